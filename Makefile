@@ -1,0 +1,94 @@
+# jobrun's targets. `make help` lists them.
+#
+# Everything builds from Go modules: hack/build-tools.sh builds the control
+# plane (kube-apiserver, etcd, kubectl, ...), controller-gen and helm into
+# bin/ (git-ignored) and skips what is already built.
+
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+BIN            := $(CURDIR)/bin
+CONTROLLER_GEN := $(BIN)/controller-gen
+HELM           := $(BIN)/helm
+KUBECTL        := $(BIN)/k8s/kubectl
+export KUBEBUILDER_ASSETS ?= $(BIN)/k8s
+
+# Test flags: the race detector on, results never cached (the suites talk to
+# a real API server), one overall bound.
+GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
+
+.DEFAULT_GOAL := help
+
+##@ General
+
+.PHONY: help
+help: ## Show the targets.
+	@awk 'BEGIN {FS = ":.*##"; printf "usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  %-14s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: dev
+dev: tools-dev build ## Run jobrun locally: a real control plane on loopback, the CRDs, the samples and the manager. Ctrl-C stops it.
+	go build -o $(BIN)/devcluster ./hack/devcluster
+	$(BIN)/devcluster --root $(CURDIR) --manager $(BIN)/jobrun
+
+.PHONY: generate
+generate: tools-gen ## Generate the API types' DeepCopy methods.
+	$(CONTROLLER_GEN) object paths=./api/...
+
+.PHONY: manifests
+manifests: tools-gen ## Generate CRDs and RBAC into config/, and copy the CRDs into the Helm chart.
+	$(CONTROLLER_GEN) crd rbac:roleName=manager-role paths=./... \
+		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	rm -f charts/jobrun/crds/*.yaml
+	cp config/crd/bases/*.yaml charts/jobrun/crds/
+
+.PHONY: fmt
+fmt: ## Format the Go code.
+	gofmt -l -w $$(git ls-files '*.go')
+
+.PHONY: vet
+vet: ## go vet every package.
+	go vet ./...
+
+.PHONY: verify
+verify: generate manifests tools-helm ## Regenerate everything and fail if a generated file, go.mod or the formatting is out of date.
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted (run make fmt)"; exit 1; fi
+	go mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	@changed=$$(git status --porcelain -- api config charts); \
+	if [ -n "$$changed" ]; then echo "generated files are out of date (run make generate manifests and commit):"; echo "$$changed"; git --no-pager diff --stat -- api config charts; exit 1; fi
+	$(HELM) lint --strict charts/jobrun
+
+.PHONY: test
+test: tools vet verify ## Run all tests (builds the tools if missing, vets, verifies generated files, runs every suite against a real kube-apiserver).
+	go test $(GO_TEST_FLAGS) ./...
+
+##@ Build
+
+.PHONY: build
+build: ## Build the jobrun binary (all roles) into bin/jobrun.
+	CGO_ENABLED=0 go build -trimpath -o $(BIN)/jobrun ./cmd/jobrun
+
+IMG ?= jobrun:dev
+.PHONY: docker-build
+docker-build: ## Build the image (needs a Docker engine).
+	docker build -t $(IMG) .
+
+##@ Tools (built from Go modules into bin/, skipped when up to date)
+
+.PHONY: tools
+tools: ## Build what the tests need: kube-apiserver, etcd, kubectl, controller-gen, helm.
+	hack/build-tools.sh test helm
+
+.PHONY: tools-dev
+tools-dev: ## Build what make dev needs (adds kube-controller-manager, kube-scheduler).
+	hack/build-tools.sh dev
+
+.PHONY: tools-gen
+tools-gen:
+	hack/build-tools.sh controller-gen
+
+.PHONY: tools-helm
+tools-helm:
+	hack/build-tools.sh helm

@@ -1,0 +1,93 @@
+package v1alpha1_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+func TestNewProgress(t *testing.T) {
+	tests := []struct {
+		processed, total int64
+		want             string
+	}{
+		{0, 0, "0/0"},
+		{45, 200, "45/200"},
+		{1_000_000_000_000_000, 1_000_000_000_000_000, "1000000000000000/1000000000000000"},
+	}
+	for _, tt := range tests {
+		got := jobsv1alpha1.NewProgress(tt.processed, tt.total, "m")
+		want := &jobsv1alpha1.JobRunProgress{Processed: tt.processed, Total: tt.total, Message: "m", Summary: tt.want}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("NewProgress(%d, %d) (-want +got):\n%s", tt.processed, tt.total, diff)
+		}
+	}
+}
+
+func TestPhases(t *testing.T) {
+	tests := []struct {
+		stored   jobsv1alpha1.JobRunPhase
+		current  jobsv1alpha1.JobRunPhase
+		terminal bool
+	}{
+		{"", jobsv1alpha1.JobRunPending, false},
+		{jobsv1alpha1.JobRunPending, jobsv1alpha1.JobRunPending, false},
+		{jobsv1alpha1.JobRunRunning, jobsv1alpha1.JobRunRunning, false},
+		{jobsv1alpha1.JobRunCompleted, jobsv1alpha1.JobRunCompleted, true},
+		{jobsv1alpha1.JobRunFailed, jobsv1alpha1.JobRunFailed, true},
+		{jobsv1alpha1.JobRunCancelled, jobsv1alpha1.JobRunCancelled, true},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.stored), func(t *testing.T) {
+			run := &jobsv1alpha1.JobRun{Status: jobsv1alpha1.JobRunStatus{Phase: tt.stored}}
+			if got := run.CurrentPhase(); got != tt.current {
+				t.Errorf("CurrentPhase = %q, want %q", got, tt.current)
+			}
+			if got := run.CurrentPhase().IsTerminal(); got != tt.terminal {
+				t.Errorf("IsTerminal = %v, want %v", got, tt.terminal)
+			}
+		})
+	}
+}
+
+func TestCreatedAt(t *testing.T) {
+	created := time.Date(2026, 1, 15, 10, 30, 0, 0, time.UTC)
+	triggered := time.Date(2026, 1, 15, 10, 29, 59, 987_000_000, time.UTC)
+
+	run := &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{CreationTimestamp: metav1.NewTime(created)}}
+	if got := run.CreatedAt(); !got.Equal(created) {
+		t.Errorf("without spec.createdAt: %v, want creationTimestamp %v", got, created)
+	}
+	run.Spec.CreatedAt = &metav1.MicroTime{Time: triggered}
+	if got := run.CreatedAt(); !got.Equal(triggered) {
+		t.Errorf("with spec.createdAt: %v, want %v", got, triggered)
+	}
+}
+
+func TestJobTypeObjectName(t *testing.T) {
+	for in, want := range map[string]string{
+		"revenuecat_sync":  "revenuecat-sync",
+		"demo_maintenance": "demo-maintenance",
+		"cleanup":          "cleanup",
+		"a_b_c":            "a-b-c",
+	} {
+		if got := jobsv1alpha1.JobTypeObjectName(in); got != want {
+			t.Errorf("JobTypeObjectName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestIsCancelRequested(t *testing.T) {
+	run := &jobsv1alpha1.JobRun{}
+	if run.IsCancelRequested() {
+		t.Error("a run without annotations reports a cancel request")
+	}
+	run.Annotations = map[string]string{jobsv1alpha1.AnnotationCancelRequested: "2026-01-15T10:31:00Z"}
+	if !run.IsCancelRequested() {
+		t.Error("a run with the cancel annotation reports none")
+	}
+}

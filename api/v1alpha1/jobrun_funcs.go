@@ -1,0 +1,50 @@
+package v1alpha1
+
+import (
+	"strconv"
+	"time"
+)
+
+// IsTerminal reports whether a run in phase p has ended; a terminal phase
+// never changes again.
+func (p JobRunPhase) IsTerminal() bool {
+	switch p {
+	case JobRunCompleted, JobRunFailed, JobRunCancelled:
+		return true
+	}
+	return false
+}
+
+// CurrentPhase is the run's phase, pending when nobody has written a status
+// yet.
+func (r *JobRun) CurrentPhase() JobRunPhase {
+	if r.Status.Phase == "" {
+		return JobRunPending
+	}
+	return r.Status.Phase
+}
+
+// CreatedAt is when the run was triggered: spec.createdAt, or the object's
+// creation time for runs created without one.
+func (r *JobRun) CreatedAt() time.Time {
+	if r.Spec.CreatedAt != nil {
+		return r.Spec.CreatedAt.Time
+	}
+	return r.CreationTimestamp.Time
+}
+
+// IsCancelRequested reports whether someone asked the run to stop.
+func (r *JobRun) IsCancelRequested() bool {
+	_, ok := r.Annotations[AnnotationCancelRequested]
+	return ok
+}
+
+// NewProgress returns a progress report with its summary filled in.
+func NewProgress(processed, total int64, message string) *JobRunProgress {
+	return &JobRunProgress{
+		Processed: processed,
+		Total:     total,
+		Message:   message,
+		Summary:   strconv.FormatInt(processed, 10) + "/" + strconv.FormatInt(total, 10),
+	}
+}

@@ -1,0 +1,241 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// JobRunPhase is where a run is in its life. The REST API calls it status.
+// +kubebuilder:validation:Enum=pending;running;completed;failed;cancelled
+type JobRunPhase string
+
+const (
+	// JobRunPending runs wait for their pod to start.
+	JobRunPending JobRunPhase = "pending"
+	// JobRunRunning runs have a handler executing.
+	JobRunRunning JobRunPhase = "running"
+	// JobRunCompleted runs ended with the handler returning a result.
+	JobRunCompleted JobRunPhase = "completed"
+	// JobRunFailed runs ended with an error, a lost pod or a deadline.
+	JobRunFailed JobRunPhase = "failed"
+	// JobRunCancelled runs ended because someone asked them to stop.
+	JobRunCancelled JobRunPhase = "cancelled"
+)
+
+// Labels and annotations jobrun puts on JobRuns, so that
+// `kubectl get jobruns -l ...` and server-side selectors work.
+const (
+	// LabelTeam holds the run's team id.
+	LabelTeam = "jobs.jobrun.dev/team"
+	// LabelProject holds the run's project id.
+	LabelProject = "jobs.jobrun.dev/project"
+	// LabelJobType holds the run's job type string.
+	LabelJobType = "jobs.jobrun.dev/job-type"
+	// LabelStatus holds the run's phase; the controller keeps it current.
+	LabelStatus = "jobs.jobrun.dev/status"
+	// LabelSchedule holds the name of the JobSchedule that created the run.
+	LabelSchedule = "jobs.jobrun.dev/schedule"
+
+	// AnnotationCancelRequested asks a running run to stop. Its value is the
+	// time of the request (RFC 3339); its presence is what counts.
+	AnnotationCancelRequested = "jobs.jobrun.dev/cancel-requested"
+)
+
+// JobRunSpec is what was asked for: one run of a job type. It is immutable; a
+// run's record never changes after it is created.
+//
+// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.teamID) == has(self.projectID)",message="teamID and projectID are set together (project runs) or not at all (system runs)"
+type JobRunSpec struct {
+	// jobType is the job type string (spec.jobType of a JobType), such as
+	// revenuecat_sync.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z]([a-z0-9_]*[a-z0-9])?$`
+	JobType string `json:"jobType"`
+
+	// teamID is the team the run belongs to; empty for system runs.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	TeamID string `json:"teamID,omitempty"`
+
+	// projectID is the project the run works on; empty for system runs.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`
+	ProjectID string `json:"projectID,omitempty"`
+
+	// params are the job-specific parameters passed to the handler: a JSON
+	// object.
+	// +optional
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:validation:Type=object
+	Params *runtime.RawExtension `json:"params,omitempty"`
+
+	// notify sends one email to the trigger's address when the run completes
+	// or fails.
+	// +optional
+	// +kubebuilder:default=false
+	Notify bool `json:"notify,omitempty"`
+
+	// notifyEmail is the address the notification goes to.
+	// +optional
+	// +kubebuilder:validation:MaxLength=254
+	// +kubebuilder:validation:Pattern=`^[^@\s]+@[^@\s]+$`
+	NotifyEmail string `json:"notifyEmail,omitempty"`
+
+	// triggeredBy records who started the run: manual:user:<sub>,
+	// manual:api_key:<id> or schedule:<name>.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	TriggeredBy string `json:"triggeredBy"`
+
+	// createdAt is when the run was triggered, at millisecond precision; runs
+	// are listed newest first by (createdAt, name). When empty,
+	// metadata.creationTimestamp stands in.
+	// +optional
+	CreatedAt *metav1.MicroTime `json:"createdAt,omitempty"`
+}
+
+// JobRunProgress is what a handler last reported of its progress.
+//
+// +kubebuilder:validation:XValidation:rule="self.summary.matches('^[0-9]{1,16}/[0-9]{1,16}$') && int(self.summary.split('/')[0]) == self.processed && int(self.summary.split('/')[1]) == self.total",message="summary must be processed/total"
+type JobRunProgress struct {
+	// processed is how many items the handler has done.
+	// +required
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000000000000
+	Processed int64 `json:"processed"`
+
+	// total is how many items there are, as far as the handler knows.
+	// +required
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000000000000
+	Total int64 `json:"total"`
+
+	// message is a line for people, such as "Synced 38 users, 7 skipped".
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
+
+	// summary is "processed/total", for the PROGRESS column of
+	// `kubectl get jobruns`. Set it with SetProgress.
+	// +required
+	// +kubebuilder:validation:MaxLength=33
+	Summary string `json:"summary"`
+}
+
+// JobRun condition types and reasons. Conditions record each transition of a
+// run for people and tools; status.phase is the state the REST API shows.
+const (
+	// JobRunConditionAccepted is True once the run's JobType and params were
+	// found valid, False (reason JobTypeNotFound or InvalidParams) otherwise.
+	JobRunConditionAccepted = "Accepted"
+	// JobRunConditionRunning is True while a handler executes.
+	JobRunConditionRunning = "Running"
+	// JobRunConditionFinished is True once the run reached a terminal phase;
+	// its reason says how (Completed, Failed, Cancelled, DeadlineExceeded,
+	// PodLost, ...).
+	JobRunConditionFinished = "Finished"
+	// JobRunConditionCancelRequested is True once a cancel request was seen.
+	JobRunConditionCancelRequested = "CancelRequested"
+)
+
+// JobRunStatus is what happened to a run. Once phase is terminal (completed,
+// failed, cancelled) it never changes again: the API server refuses it.
+//
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.phase) || !(oldSelf.phase in ['completed', 'failed', 'cancelled']) || (has(self.phase) && self.phase == oldSelf.phase)",message="a finished run's phase cannot change"
+type JobRunStatus struct {
+	// phase is pending, running, completed, failed or cancelled. Empty means
+	// pending: nobody has looked at the run yet.
+	// +optional
+	Phase JobRunPhase `json:"phase,omitempty"`
+
+	// progress is what the handler last reported.
+	// +optional
+	Progress *JobRunProgress `json:"progress,omitempty"`
+
+	// result is what the handler returned, a JSON value.
+	// +optional
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Schemaless
+	Result *runtime.RawExtension `json:"result,omitempty"`
+
+	// error is why the run failed, for people.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	Error string `json:"error,omitempty"`
+
+	// startedAt is when the handler started, at millisecond precision.
+	// +optional
+	StartedAt *metav1.MicroTime `json:"startedAt,omitempty"`
+
+	// completedAt is when the run reached a terminal phase.
+	// +optional
+	CompletedAt *metav1.MicroTime `json:"completedAt,omitempty"`
+
+	// podName is the pod of the current (or last) attempt.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	PodName string `json:"podName,omitempty"`
+
+	// attempts is how many pods were started for the run.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Attempts int32 `json:"attempts,omitempty"`
+
+	// observedGeneration is the metadata.generation the status describes.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions record the run's transitions.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// JobRun is one run of a job: its name is the run id (a UUID), its spec what
+// was asked, its status what happened.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=jr,categories={jobrun,all}
+// +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.spec.jobType`
+// +kubebuilder:printcolumn:name="Project",type=string,JSONPath=`.spec.projectID`
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Progress",type=string,JSONPath=`.status.progress.summary`
+// +kubebuilder:printcolumn:name="Team",type=string,JSONPath=`.spec.teamID`,priority=1
+// +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.progress.message`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type JobRun struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the object's metadata; the name is the run id.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is what was asked for.
+	// +required
+	Spec JobRunSpec `json:"spec"`
+
+	// status is what happened.
+	// +optional
+	Status JobRunStatus `json:"status,omitempty"`
+}
+
+// JobRunList is a list of JobRuns.
+//
+// +kubebuilder:object:root=true
+type JobRunList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []JobRun `json:"items"`
+}

@@ -1,0 +1,46 @@
+// Command jobrun is the one binary of the jobrun image. Its first argument
+// picks the role:
+//
+//	jobrun manager [flags]   the operator: leader election, probes, metrics, reconcilers
+//
+// Later roles (the REST server, the runner in job pods, the dev node agent)
+// are subcommands of the same binary, so one image serves them all.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n")
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var err error
+	switch role, args := os.Args[1], os.Args[2:]; role {
+	case "manager":
+		err = runManager(ctx, args)
+	case "-h", "-help", "--help", "help":
+		usage()
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "jobrun: unknown role %q\n\n", role)
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "jobrun %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"jobrun.dev/jobrun/test/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Main(m, &env) }
+
+// manager is one manager process run in-process, as `jobrun manager` would.
+type manager struct {
+	probeAddr, metricsAddr string
+	cancel                 context.CancelFunc
+	done                   chan error
+}
+
+func startManager(t *testing.T, leaseNamespace string) *manager {
+	t.Helper()
+	m := &manager{probeAddr: freeAddr(t), metricsAddr: freeAddr(t), done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	args := []string{
+		"--kubeconfig", env.Kubeconfig,
+		"--health-probe-bind-address", m.probeAddr,
+		"--metrics-bind-address", m.metricsAddr,
+		"--metrics-secure=false",
+		"--leader-election-namespace", leaseNamespace,
+	}
+	go func() { m.done <- runManager(ctx, args) }()
+	t.Cleanup(func() { m.stop(t) })
+	return m
+}
+
+// stop cancels the manager and waits for it to return; a manager that does
+// not stop fails the test rather than leaking.
+func (m *manager) stop(t *testing.T) {
+	t.Helper()
+	if m.cancel == nil {
+		return
+	}
+	m.cancel()
+	m.cancel = nil
+	select {
+	case err := <-m.done:
+		if err != nil {
+			t.Errorf("manager returned %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("manager did not stop within 30s of its context ending")
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func get(ctx context.Context, url string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+func expectOK(url string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		code, body, err := get(ctx, url)
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("GET %s: %d %s", url, code, body)
+		}
+		return nil
+	}
+}
+
+func leaseHolder(ctx context.Context, ns string) (string, error) {
+	lease := &coordinationv1.Lease{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: leaderElectionID}, lease); err != nil {
+		return "", err
+	}
+	if lease.Spec.HolderIdentity == nil {
+		return "", nil
+	}
+	return *lease.Spec.HolderIdentity, nil
+}
+
+func TestManagerProbesMetricsAndLeaderElection(t *testing.T) {
+	ns := env.Namespace(t)
+
+	first := startManager(t, ns)
+	testenv.Eventually(t, 30*time.Second, expectOK("http://"+first.probeAddr+"/healthz"))
+	testenv.Eventually(t, 30*time.Second, expectOK("http://"+first.probeAddr+"/readyz"))
+
+	var firstHolder string
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		holder, err := leaseHolder(ctx, ns)
+		if err != nil || holder == "" {
+			return fmt.Errorf("no leader yet: %v", err)
+		}
+		firstHolder = holder
+		return nil
+	})
+
+	leaderMetric := fmt.Sprintf(`leader_election_master_status{name=%q} 1`, leaderElectionID)
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		code, body, err := get(ctx, "http://"+first.metricsAddr+"/metrics")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK || !strings.Contains(body, leaderMetric) {
+			return fmt.Errorf("metrics (%d) lack %q", code, leaderMetric)
+		}
+		return nil
+	})
+
+	// A second replica is ready (a standby can take over at once) but does
+	// not lead while the first holds the lease.
+	second := startManager(t, ns)
+	testenv.Eventually(t, 30*time.Second, expectOK("http://"+second.probeAddr+"/readyz"))
+	ctx := testenv.Context(t)
+	if holder, err := leaseHolder(ctx, ns); err != nil || holder != firstHolder {
+		t.Fatalf("lease holder with two replicas = %q (%v), want the first %q", holder, err, firstHolder)
+	}
+
+	// The leader stops: it releases the lease on the way out, so the standby
+	// takes over within a retry period (2s) instead of a whole lease
+	// duration (15s).
+	first.stop(t)
+	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
+		holder, err := leaseHolder(ctx, ns)
+		if err != nil {
+			return err
+		}
+		if holder == "" || holder == firstHolder {
+			return fmt.Errorf("lease still held by %q", holder)
+		}
+		return nil
+	})
+}
+
+func TestManagerRejectsBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--no-such-flag"},
+		{"--leader-elect=maybe"},
+		{"stray-argument"},
+	} {
+		err := runManager(context.Background(), args)
+		if err == nil || errors.Is(err, context.Canceled) {
+			t.Errorf("runManager(%q) = %v, want a flag error", args, err)
+		}
+	}
+}

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"jobrun.dev/jobrun/test/testenv"
+)
+
+// TestDevCluster runs the local default end to end: everything comes up, the
+// samples are there for kubectl, the manager is ready, and cancelling (what
+// Ctrl-C does) leaves nothing running.
+func TestDevCluster(t *testing.T) {
+	root := testenv.Root()
+	tmp := t.TempDir()
+	manager := filepath.Join(tmp, "jobrun")
+	build := exec.Command("go", "build", "-o", manager, "./cmd/jobrun")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the manager: %v\n%s", err, out)
+	}
+
+	o := options{
+		root:        root,
+		dir:         mustRel(t, root, filepath.Join(tmp, "dev")),
+		namespace:   "jobrun-system",
+		manager:     manager,
+		probeAddr:   freeAddr(t),
+		metricsAddr: freeAddr(t),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}) // closed when run returns; runErr is its result
+	var runErr error
+	go func() {
+		defer close(done)
+		runErr = run(ctx, o)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+
+	dir := filepath.Join(tmp, "dev")
+	ready := filepath.Join(dir, "ready")
+	testenv.Eventually(t, 90*time.Second, func(context.Context) error {
+		select {
+		case <-done:
+			t.Fatalf("devcluster returned before it was ready: %v", runErr)
+		default:
+		}
+		_, err := os.Stat(ready)
+		return err
+	})
+	host, err := os.ReadFile(ready)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	kubectl := filepath.Join(root, "bin", "k8s", "kubectl")
+	out, err := exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "jobruns,jobtypes,jobschedules,projects", "-A").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl get: %v\n%s", err, out)
+	}
+	for _, want := range []string{"demo_sync", "demo_maintenance", "nightly-maintenance", "demo-project", "5f0c8c3e-2b7a-4c1d-9e8f-0a1b2c3d4e5f"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("kubectl get lacks sample %s:\n%s", want, out)
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		resp, err := http.Get("http://" + o.probeAddr + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("manager /readyz: %d", resp.StatusCode)
+		}
+		return nil
+	})
+
+	// Find the children before stopping, to check they are gone after.
+	pids := childPIDs(t, os.Getpid())
+	if len(pids) < 5 {
+		t.Fatalf("expected etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the manager as children, found pids %v", pids)
+	}
+
+	cancel()
+	select {
+	case <-done:
+		if runErr != nil {
+			t.Errorf("devcluster stopped with %v", runErr)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("devcluster did not stop within 60s")
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); err == nil && !isZombie(pid) {
+			t.Errorf("process %d still running after devcluster stopped", pid)
+		}
+	}
+	if _, err := os.Stat(kubeconfig); !os.IsNotExist(err) {
+		t.Errorf("kubeconfig of the stopped control plane left behind: %v", err)
+	}
+	if conn, err := net.DialTimeout("tcp", strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(string(host)), "https://"), "/"), time.Second); err == nil {
+		conn.Close()
+		t.Errorf("kube-apiserver at %s still answers", host)
+	}
+}
+
+func mustRel(t *testing.T, base, path string) string {
+	t.Helper()
+	rel, err := filepath.Rel(base, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rel
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// childPIDs lists the direct children of pid, from /proc.
+func childPIDs(t *testing.T, pid int) []int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var pids []int
+	if err == nil {
+		for _, f := range strings.Fields(string(data)) {
+			var p int
+			fmt.Sscan(f, &p)
+			pids = append(pids, p)
+		}
+	}
+	// Children of other threads of this process.
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	seen := map[int]bool{}
+	for _, p := range pids {
+		seen[p] = true
+	}
+	for _, task := range tasks {
+		data, err := os.ReadFile(task)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(data)) {
+			var p int
+			fmt.Sscan(f, &p)
+			if !seen[p] {
+				seen[p] = true
+				pids = append(pids, p)
+			}
+		}
+	}
+	return pids
+}
+
+func isZombie(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	fields := strings.Fields(string(data))
+	return len(fields) > 2 && fields[2] == "Z"
+}

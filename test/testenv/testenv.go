@@ -1,0 +1,157 @@
+// Package testenv is the shared harness of jobrun's suites that run against a
+// real kube-apiserver and etcd: one control plane per test package, started
+// from TestMain, with a fresh namespace per test and a non-cached client for
+// assertions.
+//
+//	var env *testenv.Env
+//
+//	func TestMain(m *testing.M) { testenv.Main(m, &env) }
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"jobrun.dev/jobrun/internal/controlplane"
+)
+
+// Env is a running control plane for one test package.
+type Env struct {
+	*controlplane.ControlPlane
+	// Client reads straight from the API server (no cache), so assertions see
+	// what is stored, not what an informer has caught up with.
+	Client client.Client
+	// Kubeconfig is the path of an admin kubeconfig, for kubectl.
+	Kubeconfig string
+	// Root is the repository root.
+	Root string
+}
+
+// Root is the repository root, found from this file's location.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Main starts a control plane, stores it in *env, runs the package's tests
+// and stops the control plane. It exits the process with the tests' code.
+func Main(m *testing.M, env **Env) {
+	os.Exit(run(m, env))
+}
+
+func run(m *testing.M, envp **Env) int {
+	root := Root()
+	cp, err := controlplane.Start(controlplane.Options{Root: root})
+	defer func() {
+		if err := cp.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "testenv: stopping the control plane: %v\n", err)
+		}
+	}()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+		return 1
+	}
+	env, err := newEnv(cp, root)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(filepath.Dir(env.Kubeconfig))
+	*envp = env
+	return m.Run()
+}
+
+func newEnv(cp *controlplane.ControlPlane, root string) (*Env, error) {
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.QPS, cfg.Burst = 200, 400
+	c, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		return nil, fmt.Errorf("creating client: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "jobrun-testenv-")
+	if err != nil {
+		return nil, err
+	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := cp.WriteAdminKubeconfig(kubeconfig); err != nil {
+		return nil, err
+	}
+	return &Env{ControlPlane: cp, Client: c, Kubeconfig: kubeconfig, Root: root}, nil
+}
+
+// Context is a context for one test, cancelled when the test ends.
+func Context(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Namespace creates a namespace of its own for t and deletes it when t ends.
+func (e *Env) Namespace(t testing.TB) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: "t-" + strings.ToLower(rand.String(8)),
+	}}
+	if err := e.Client.Create(context.Background(), ns); err != nil {
+		t.Fatalf("creating namespace: %v", err)
+	}
+	t.Cleanup(func() {
+		// No namespace controller runs here, so the objects stay; deleting
+		// the namespace still keeps later tests from listing them by accident.
+		_ = e.Client.Delete(context.Background(), ns)
+	})
+	return ns.Name
+}
+
+// Kubectl runs the kubectl built beside kube-apiserver as the admin user and
+// returns its standard output; it fails t when kubectl fails.
+func (e *Env) Kubectl(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := e.TryKubectl(args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+// TryKubectl runs kubectl like Kubectl and returns its error, with standard
+// error in it, instead of failing the test.
+func (e *Env) TryKubectl(args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(e.AssetsDir, "kubectl"), append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
+
+// Eventually polls cond every 100ms until it returns nil or timeout passes,
+// then fails t with cond's last error. Use it wherever something happens
+// asynchronously; never sleep for ordering.
+func Eventually(t testing.TB, timeout time.Duration, cond func(ctx context.Context) error) {
+	t.Helper()
+	var last error
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		last = cond(ctx)
+		return last == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("condition not met within %s: %v", timeout, last)
+	}
+}
