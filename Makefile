@@ -78,8 +78,8 @@ docker-build: ## Build the image (needs a Docker engine).
 ##@ Tools (built from Go modules into bin/, skipped when up to date)
 
 .PHONY: tools
-tools: ## Build what the tests need: kube-apiserver, etcd, kubectl, controller-gen, helm.
-	hack/build-tools.sh test helm
+tools: ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm.
+	hack/build-tools.sh all
 
 .PHONY: tools-dev
 tools-dev: ## Build what make dev needs (adds kube-controller-manager, kube-scheduler).

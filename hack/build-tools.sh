@@ -13,10 +13,9 @@
 # in instead of rebuilding; Go's own build cache makes a rebuild take ~2 min
 # instead of ~10.
 #
-# Usage: hack/build-tools.sh [all|test|dev|NAME...]
-#   test: what `make test` needs (kube-apiserver, etcd, kubectl, controller-gen)
-#   dev:  test + kube-controller-manager, kube-scheduler
-#   all:  dev + helm
+# Usage: hack/build-tools.sh [all|dev|NAME...]
+#   dev:  what `make dev` needs: the control plane and controller-gen
+#   all:  dev + helm (what `make test` needs)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -120,14 +119,12 @@ build() {
 	esac
 }
 
-test_tools=(controller-gen etcd kube-apiserver kubectl)
-dev_tools=("${test_tools[@]}" kube-controller-manager kube-scheduler)
+dev_tools=(controller-gen etcd kube-apiserver kubectl kube-controller-manager kube-scheduler)
 all_tools=("${dev_tools[@]}" helm)
 
 targets=()
 for arg in "${@:-all}"; do
 	case $arg in
-	test) targets+=("${test_tools[@]}") ;;
 	dev) targets+=("${dev_tools[@]}") ;;
 	all) targets+=("${all_tools[@]}") ;;
 	*) targets+=("$arg") ;;

@@ -197,7 +197,7 @@ func (ps *processes) start(name, logFile, path string, args ...string) error {
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", name, err)
+		return fmt.Errorf("starting %s (make tools-dev builds the control plane, make build the manager): %w", name, err)
 	}
 	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
 	ps.list = append(ps.list, p)

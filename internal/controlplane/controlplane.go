@@ -62,7 +62,7 @@ func AssetsDir(root string) (string, error) {
 	}
 	for _, name := range []string{"etcd", "kube-apiserver", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
-			return "", fmt.Errorf("control-plane binary %s missing in %s: run `make tools` (or hack/build-tools.sh test) first: %w", name, dir, err)
+			return "", fmt.Errorf("control-plane binary %s missing in %s: run `make tools` first: %w", name, dir, err)
 		}
 	}
 	return dir, nil
