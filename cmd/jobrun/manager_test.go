@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -30,7 +29,7 @@ type manager struct {
 
 func startManager(t *testing.T, leaseNamespace string) *manager {
 	t.Helper()
-	m := &manager{probeAddr: freeAddr(t), metricsAddr: freeAddr(t), done: make(chan error, 1)}
+	m := &manager{probeAddr: testenv.FreeAddr(t), metricsAddr: testenv.FreeAddr(t), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	args := []string{
@@ -62,16 +61,6 @@ func (m *manager) stop(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Error("manager did not stop within 30s of its context ending")
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func get(ctx context.Context, url string) (int, string, error) {

@@ -34,8 +34,8 @@ func TestDevCluster(t *testing.T) {
 		dir:         mustRel(t, root, filepath.Join(tmp, "dev")),
 		namespace:   "jobrun-system",
 		manager:     manager,
-		probeAddr:   freeAddr(t),
-		metricsAddr: freeAddr(t),
+		probeAddr:   testenv.FreeAddr(t),
+		metricsAddr: testenv.FreeAddr(t),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}) // closed when run returns; runErr is its result
@@ -124,16 +124,6 @@ func mustRel(t *testing.T, base, path string) string {
 		t.Fatal(err)
 	}
 	return rel
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // childPIDs lists the direct children of pid, from /proc.

@@ -11,6 +11,7 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,6 +140,18 @@ func (e *Env) TryKubectl(args ...string) (string, error) {
 		return string(out), fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return string(out), nil
+}
+
+// FreeAddr is a loopback address with a port that was free a moment ago, for
+// a server under test to bind.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // Eventually polls cond every 100ms until it returns nil or timeout passes,
