@@ -41,6 +41,29 @@ const (
 	AnnotationCancelRequested = "jobs.jobrun.dev/cancel-requested"
 )
 
+// The contract between the controller, which starts a run's pod, and the
+// runner inside it.
+const (
+	// EnvRunName holds the run's name (its id) in the handler container.
+	EnvRunName = "JOBRUN_RUN_NAME"
+	// EnvRunNamespace holds the run's namespace in the handler container.
+	EnvRunNamespace = "JOBRUN_RUN_NAMESPACE"
+	// EnvJobType holds the run's job type string in the handler container.
+	EnvJobType = "JOBRUN_JOB_TYPE"
+	// EnvAttempt holds the attempt number (1, 2, ...) in the handler container.
+	EnvAttempt = "JOBRUN_ATTEMPT"
+
+	// ExitCodeFailed is the runner's exit code when the handler returned an
+	// error (recorded in status.error first).
+	ExitCodeFailed = 1
+	// ExitCodeRunnerError is the runner's exit code when it could not run the
+	// handler at all (no API server, no such run, no handler for the type).
+	ExitCodeRunnerError = 2
+	// ExitCodeCancelled is the runner's exit code when the handler stopped
+	// because the run was cancelled.
+	ExitCodeCancelled = 3
+)
+
 // JobRunSpec is what was asked for: one run of a job type. It is immutable; a
 // run's record never changes after it is created.
 //

@@ -2,9 +2,10 @@
 // picks the role:
 //
 //	jobrun manager [flags]   the operator: leader election, probes, metrics, reconcilers
+//	jobrun runner [flags]    inside a run's pod: executes the run with the built-in handlers
 //
-// Later roles (the REST server, the runner in job pods, the dev node agent)
-// are subcommands of the same binary, so one image serves them all.
+// Later roles (the REST server, the dev node agent) are subcommands of the
+// same binary, so one image serves them all.
 package main
 
 import (
@@ -16,7 +17,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n")
+	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n")
 }
 
 func main() {
@@ -31,6 +32,14 @@ func main() {
 	switch role, args := os.Args[1], os.Args[2:]; role {
 	case "manager":
 		err = runManager(ctx, args)
+	case "runner":
+		// The exit code tells the controller how the run ended.
+		code, err := runRunner(ctx, args)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "jobrun runner: %v\n", err)
+		}
+		stop()
+		os.Exit(code)
 	case "-h", "-help", "--help", "help":
 		usage()
 		return
