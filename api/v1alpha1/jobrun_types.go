@@ -166,9 +166,41 @@ const (
 	// its reason says how (Completed, Failed, Cancelled, DeadlineExceeded,
 	// PodLost, ...).
 	JobRunConditionFinished = "Finished"
-	// JobRunConditionCancelRequested is True once a cancel request was seen.
+	// JobRunConditionCancelRequested is True once a cancel request was seen;
+	// its lastTransitionTime starts the JobType's cancel grace period.
 	JobRunConditionCancelRequested = "CancelRequested"
+
+	// ReasonAccepted: the JobType exists and the run may start.
+	ReasonAccepted = "Accepted"
+	// ReasonJobTypeNotFound: no JobType serves the run's job type.
+	ReasonJobTypeNotFound = "JobTypeNotFound"
+	// ReasonPodPending: the run's pod waits to be scheduled or started.
+	ReasonPodPending = "PodPending"
+	// ReasonHandlerRunning: the handler executes.
+	ReasonHandlerRunning = "HandlerRunning"
+	// ReasonRetrying: an attempt failed and another one starts.
+	ReasonRetrying = "Retrying"
+	// ReasonCompleted: the handler returned a result.
+	ReasonCompleted = "Completed"
+	// ReasonHandlerFailed: the handler returned an error or its process
+	// failed.
+	ReasonHandlerFailed = "HandlerFailed"
+	// ReasonPodLost: the pod disappeared or was evicted before the handler
+	// finished.
+	ReasonPodLost = "PodLost"
+	// ReasonDeadlineExceeded: the run took longer than the JobType allows.
+	ReasonDeadlineExceeded = "DeadlineExceeded"
+	// ReasonCancelled: the handler stopped after a cancel request.
+	ReasonCancelled = "Cancelled"
+	// ReasonCancelGracePeriodExceeded: the handler ignored a cancel request
+	// and its pod was deleted when the grace period ended.
+	ReasonCancelGracePeriodExceeded = "CancelGracePeriodExceeded"
+	// ReasonCancelRequested: someone asked the run to stop.
+	ReasonCancelRequested = "CancelRequested"
 )
+
+// LabelRun is on the pods of a run: the run's name.
+const LabelRun = "jobs.jobrun.dev/run"
 
 // JobRunStatus is what happened to a run. Once phase is terminal (completed,
 // failed, cancelled) it never changes again: the API server refuses it.

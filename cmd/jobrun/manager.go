@@ -16,6 +16,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/controllers"
 	"jobrun.dev/jobrun/internal/controlplane"
 	"jobrun.dev/jobrun/internal/probes"
 )
@@ -37,6 +38,7 @@ type managerFlags struct {
 	probeAddr               string
 	leaderElect             bool
 	leaderElectionNamespace string
+	runnerServiceAccount    string
 	zap                     zap.Options
 }
 
@@ -49,6 +51,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
 	fs.BoolVar(&f.leaderElect, "leader-elect", true, "Elect a leader, so that only one of several replicas reconciles.")
 	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader-election Lease. Empty: the pod's own namespace (in a cluster).")
+	fs.StringVar(&f.runnerServiceAccount, "runner-service-account", controllers.DefaultRunnerServiceAccount, "Service account of run pods whose JobType template names none.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -115,6 +118,10 @@ func runManager(ctx context.Context, args []string) error {
 	// the CRDs no reconciler can do anything.
 	if err := mgr.AddReadyzCheck("jobrun-api", probes.KindsServed(mgr.GetRESTMapper(), jobsv1alpha1.GroupVersion, "JobRun", "JobType", "JobSchedule", "Project")); err != nil {
 		return err
+	}
+
+	if err := controllers.NewJobRunReconciler(mgr, controllers.WithRunnerServiceAccount(f.runnerServiceAccount)).SetupWithManager(ctx, mgr); err != nil {
+		return fmt.Errorf("setting up the JobRun controller: %w", err)
 	}
 
 	log.Info("starting", "leaderElection", f.leaderElect, "metrics", f.metricsAddr, "probes", f.probeAddr)

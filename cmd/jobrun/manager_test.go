@@ -6,7 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,46 +25,70 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
-// manager is one manager process run in-process, as `jobrun manager` would.
+// manager is one `jobrun manager` process: replicas are separate processes,
+// as in a cluster.
 type manager struct {
 	probeAddr, metricsAddr string
-	cancel                 context.CancelFunc
+	cmd                    *exec.Cmd
 	done                   chan error
 }
 
+// buildJobrun builds the jobrun binary once per test run.
+var buildJobrun = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "jobrun-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "jobrun")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
 func startManager(t *testing.T, leaseNamespace string) *manager {
 	t.Helper()
+	bin, err := buildJobrun()
+	if err != nil {
+		t.Fatal(err)
+	}
 	m := &manager{probeAddr: testenv.FreeAddr(t), metricsAddr: testenv.FreeAddr(t), done: make(chan error, 1)}
-	ctx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
-	args := []string{
+	m.cmd = exec.Command(bin, "manager",
 		"--kubeconfig", env.Kubeconfig,
 		"--health-probe-bind-address", m.probeAddr,
 		"--metrics-bind-address", m.metricsAddr,
 		"--metrics-secure=false",
 		"--leader-election-namespace", leaseNamespace,
+	)
+	m.cmd.Stdout, m.cmd.Stderr = os.Stderr, os.Stderr
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	go func() { m.done <- runManager(ctx, args) }()
+	cmd := m.cmd
+	go func() { m.done <- cmd.Wait() }()
 	t.Cleanup(func() { m.stop(t) })
 	return m
 }
 
-// stop cancels the manager and waits for it to return; a manager that does
-// not stop fails the test rather than leaking.
+// stop sends SIGTERM, as the kubelet does, and waits for a clean exit; a
+// manager that does not stop fails the test rather than leaking.
 func (m *manager) stop(t *testing.T) {
 	t.Helper()
-	if m.cancel == nil {
+	if m.cmd == nil {
 		return
 	}
-	m.cancel()
-	m.cancel = nil
+	cmd := m.cmd
+	m.cmd = nil
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-m.done:
 		if err != nil {
-			t.Errorf("manager returned %v", err)
+			t.Errorf("manager exited with %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Error("manager did not stop within 30s of its context ending")
+		_ = cmd.Process.Kill()
+		t.Error("manager did not stop within 30s of SIGTERM")
 	}
 }
 

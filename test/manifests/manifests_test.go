@@ -16,7 +16,10 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
-const managerSA = "system:serviceaccount:jobrun-system:jobrun-manager"
+const (
+	managerSA = "system:serviceaccount:jobrun-system:jobrun-manager"
+	runnerSA  = "system:serviceaccount:jobrun-system:jobrun-runner"
+)
 
 func TestDefaultManifestsApply(t *testing.T) {
 	manifests := env.Kubectl(t, "kustomize", filepath.Join(env.Root, "config", "default"))
@@ -39,25 +42,37 @@ func TestDefaultManifestsApply(t *testing.T) {
 
 	// What the manager may do, checked by the API server's own authorizer.
 	tests := []struct {
+		as   string
 		args []string
 		want string
 	}{
-		{[]string{"create", "leases.coordination.k8s.io", "-n", "jobrun-system"}, "yes"},
-		{[]string{"update", "leases.coordination.k8s.io", "-n", "jobrun-system"}, "yes"},
-		{[]string{"create", "events", "-n", "jobrun-system"}, "yes"},
-		{[]string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
-		{[]string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
-		// Least privilege: leases only in its own namespace, and nothing it
-		// has no use for yet.
-		{[]string{"create", "leases.coordination.k8s.io", "-n", "default"}, "no"},
-		{[]string{"get", "secrets", "-n", "jobrun-system"}, "no"},
-		{[]string{"create", "pods", "-n", "jobrun-system"}, "no"},
+		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"update", "leases.coordination.k8s.io", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"create", "events", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
+		{managerSA, []string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
+		// Least privilege: leases only in its own namespace, no secrets, no
+		// writes to specs it does not own.
+		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", "default"}, "no"},
+		{managerSA, []string{"get", "secrets", "-n", "jobrun-system"}, "no"},
+		{managerSA, []string{"create", "pods", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
+		{managerSA, []string{"create", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
+		// The runner: read and watch runs, patch their status, nothing more.
+		{runnerSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
+		{runnerSA, []string{"watch", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
+		{runnerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", "jobrun-system"}, "yes"},
+		{runnerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
+		{runnerSA, []string{"delete", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
+		{runnerSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", "default"}, "no"},
+		{runnerSA, []string{"get", "secrets", "-n", "jobrun-system"}, "no"},
 	}
 	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			out, _ := env.TryKubectl(append([]string{"auth", "can-i", "--as", managerSA}, tt.args...)...)
+		t.Run(tt.as+" "+strings.Join(tt.args, " "), func(t *testing.T) {
+			out, _ := env.TryKubectl(append([]string{"auth", "can-i", "--as", tt.as}, tt.args...)...)
 			if got := strings.TrimSpace(out); got != tt.want {
-				t.Errorf("manager can-i %s = %q, want %q", strings.Join(tt.args, " "), got, tt.want)
+				t.Errorf("%s can-i %s = %q, want %q", tt.as, strings.Join(tt.args, " "), got, tt.want)
 			}
 		})
 	}

@@ -1,0 +1,407 @@
+// Package controllers holds jobrun's reconcilers.
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// DefaultRunnerServiceAccount is the service account of run pods whose
+// JobType's template names none. The install creates it with the runner's
+// least-privilege Role.
+const DefaultRunnerServiceAccount = "jobrun-runner"
+
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=get;list;watch;update;patch;delete
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// JobRunReconciler turns pending runs into pods and pods' outcomes into run
+// status; it enforces deadlines and cancel grace periods, retries failed
+// attempts and deletes finished runs after their TTL or history limit.
+type JobRunReconciler struct {
+	client client.Client
+	// apiReader reads around the cache, to confirm that something the cache
+	// lacks is really gone before acting on its absence.
+	apiReader      client.Reader
+	scheme         *runtime.Scheme
+	recorder       events.EventRecorder
+	clock          clock.PassiveClock
+	serviceAccount string
+	metrics        *runMetrics
+}
+
+// JobRunOption configures a JobRunReconciler.
+type JobRunOption func(*JobRunReconciler)
+
+// WithClock sets the clock that deadlines, grace periods and TTLs are read
+// from (tests move it).
+func WithClock(c clock.PassiveClock) JobRunOption { return func(r *JobRunReconciler) { r.clock = c } }
+
+// WithRunnerServiceAccount sets the service account of run pods whose
+// template names none.
+func WithRunnerServiceAccount(name string) JobRunOption {
+	return func(r *JobRunReconciler) { r.serviceAccount = name }
+}
+
+// NewJobRunReconciler returns a reconciler that uses mgr's client, cache and
+// event recorder.
+func NewJobRunReconciler(mgr ctrl.Manager, opts ...JobRunOption) *JobRunReconciler {
+	r := &JobRunReconciler{
+		client:         mgr.GetClient(),
+		apiReader:      mgr.GetAPIReader(),
+		scheme:         mgr.GetScheme(),
+		recorder:       mgr.GetEventRecorder("jobrun-controller"),
+		clock:          clock.RealClock{},
+		serviceAccount: DefaultRunnerServiceAccount,
+		metrics:        defaultRunMetrics,
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+// indexProjectJobType indexes runs by (project, job type), for history limits.
+const indexProjectJobType = "jobrun.projectJobType"
+
+func projectJobTypeKey(run *jobsv1alpha1.JobRun) string {
+	return run.Spec.ProjectID + "/" + run.Spec.JobType
+}
+
+// SetupWithManager registers the reconciler: it watches runs and the pods
+// they own.
+func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &jobsv1alpha1.JobRun{}, indexProjectJobType, func(o client.Object) []string {
+		return []string{projectJobTypeKey(o.(*jobsv1alpha1.JobRun))}
+	}); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{},
+			predicate.LabelChangedPredicate{}, statusPhaseChanged{}))).
+		Owns(&corev1.Pod{}).
+		Named("jobrun").
+		Complete(r)
+}
+
+// statusPhaseChanged lets through updates that change what the controller
+// decides from (phase, attempts), not the runner's frequent progress writes.
+type statusPhaseChanged struct{ predicate.Funcs }
+
+func (statusPhaseChanged) Update(e event.UpdateEvent) bool {
+	oldRun, ok1 := e.ObjectOld.(*jobsv1alpha1.JobRun)
+	newRun, ok2 := e.ObjectNew.(*jobsv1alpha1.JobRun)
+	if !ok1 || !ok2 {
+		return true
+	}
+	return oldRun.Status.Phase != newRun.Status.Phase || oldRun.Status.Attempts != newRun.Status.Attempts
+}
+
+// Reconcile brings one run one step closer to its end.
+func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	run := &jobsv1alpha1.JobRun{}
+	if err := r.client.Get(ctx, req.NamespacedName, run); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if run.CurrentPhase().IsTerminal() {
+		return r.reconcileFinished(ctx, run)
+	}
+
+	jobType, err := r.jobType(ctx, run)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	var pod *corev1.Pod
+	if run.Status.Attempts > 0 && jobType != nil {
+		if pod, err = r.pod(ctx, run.Namespace, podName(run.Name, run.Status.Attempts)); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+
+	d := decide(observation{run: run, jobType: jobType, pod: pod, now: r.clock.Now()})
+
+	if d.createAttempt > 0 {
+		if err := r.createPod(ctx, run, jobType, d.createAttempt); err != nil {
+			if !apierrors.IsInvalid(err) {
+				return ctrl.Result{}, err
+			}
+			// The JobType's template cannot make a valid pod: retrying
+			// would fail forever.
+			d = decision{status: d.status}
+			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonHandlerFailed, "the JobType's pod template is invalid: "+err.Error(), r.clock.Now())
+		}
+	}
+	// Record the decision before acting on the pod: had the pod gone first
+	// and the status write failed, the next pass would see a lost pod.
+	if err := r.patchStatus(ctx, run, d.status); err != nil {
+		return ctrl.Result{}, err
+	}
+	if d.deletePod && pod != nil {
+		if err := r.deletePod(ctx, pod); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	// Only now is the transition recorded; count and announce it once.
+	var related runtime.Object
+	if pod != nil {
+		related = pod
+	}
+	for _, e := range d.events {
+		r.recorder.Eventf(run, related, e.eventType, e.reason, e.reason, "%s", e.message)
+	}
+	if d.started {
+		r.metrics.started(run)
+	}
+	if d.finished {
+		r.metrics.finished(run)
+	}
+	if err := r.syncStatusLabel(ctx, run); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: d.requeueAfter}, nil
+}
+
+// jobType finds the run's JobType, confirming a cache miss with the API
+// server: a JobType created a moment ago must not fail a run.
+func (r *JobRunReconciler) jobType(ctx context.Context, run *jobsv1alpha1.JobRun) (*jobsv1alpha1.JobType, error) {
+	key := client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}
+	jt := &jobsv1alpha1.JobType{}
+	err := r.client.Get(ctx, key, jt)
+	if apierrors.IsNotFound(err) {
+		err = r.apiReader.Get(ctx, key, jt)
+	}
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case jt.Spec.JobType != run.Spec.JobType:
+		return nil, nil
+	}
+	return jt, nil
+}
+
+// pod returns the named pod, or nil when the API server confirms it does not
+// exist: a pod created a moment ago may not be in the cache yet.
+func (r *JobRunReconciler) pod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+	pod := &corev1.Pod{}
+	err := r.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
+	if apierrors.IsNotFound(err) {
+		err = r.apiReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
+	}
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	return pod, err
+}
+
+// createPod creates the pod of one attempt. AlreadyExists is success: the
+// name is deterministic, so it can only be this attempt's pod.
+func (r *JobRunReconciler) createPod(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, attempt int32) error {
+	pod := buildPod(run, jt, attempt, r.serviceAccount)
+	if err := controllerutil.SetControllerReference(run, pod, r.scheme); err != nil {
+		return err
+	}
+	err := r.client.Create(ctx, pod)
+	if apierrors.IsAlreadyExists(err) {
+		return nil
+	}
+	if err == nil {
+		logf.FromContext(ctx).Info("created pod", "pod", pod.Name, "attempt", attempt)
+	}
+	return err
+}
+
+// buildPod is the pod of one attempt: the JobType's template, the run's
+// identity in every container's environment, never restarted in place.
+func buildPod(run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, attempt int32, serviceAccount string) *corev1.Pod {
+	tmpl := jt.Spec.Template.DeepCopy()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        podName(run.Name, attempt),
+			Namespace:   run.Namespace,
+			Labels:      tmpl.Labels,
+			Annotations: tmpl.Annotations,
+		},
+		Spec: tmpl.Spec,
+	}
+	if pod.Labels == nil {
+		pod.Labels = map[string]string{}
+	}
+	pod.Labels[jobsv1alpha1.LabelRun] = run.Name
+	pod.Labels[jobsv1alpha1.LabelJobType] = run.Spec.JobType
+	pod.Spec.RestartPolicy = corev1.RestartPolicyNever
+	if pod.Spec.ServiceAccountName == "" {
+		pod.Spec.ServiceAccountName = serviceAccount
+	}
+	if jt.Spec.ActiveDeadlineSeconds != nil && pod.Spec.ActiveDeadlineSeconds == nil {
+		// The kubelet enforces it too, should the controller be down.
+		pod.Spec.ActiveDeadlineSeconds = ptr.To(*jt.Spec.ActiveDeadlineSeconds + ptr.Deref(jt.Spec.CancelGracePeriodSeconds, 30))
+	}
+	env := []corev1.EnvVar{
+		{Name: jobsv1alpha1.EnvRunName, Value: run.Name},
+		{Name: jobsv1alpha1.EnvRunNamespace, Value: run.Namespace},
+		{Name: jobsv1alpha1.EnvJobType, Value: run.Spec.JobType},
+		{Name: jobsv1alpha1.EnvAttempt, Value: strconv.Itoa(int(attempt))},
+	}
+	for i := range pod.Spec.Containers {
+		pod.Spec.Containers[i].Env = append(pod.Spec.Containers[i].Env, env...)
+	}
+	return pod
+}
+
+// patchStatus writes status if it changed, based on the exact version read:
+// a stale read gets a conflict and a retry, never a lost terminal state.
+func (r *JobRunReconciler) patchStatus(ctx context.Context, run *jobsv1alpha1.JobRun, status jobsv1alpha1.JobRunStatus) error {
+	if equality.Semantic.DeepEqual(run.Status, status) {
+		return nil
+	}
+	orig := run.DeepCopy()
+	run.Status = status
+	return r.client.Status().Patch(ctx, run, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+}
+
+// syncStatusLabel keeps the status label equal to the phase, for selectors.
+func (r *JobRunReconciler) syncStatusLabel(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	phase := string(run.CurrentPhase())
+	if run.Labels[jobsv1alpha1.LabelStatus] == phase {
+		return nil
+	}
+	orig := run.DeepCopy()
+	if run.Labels == nil {
+		run.Labels = map[string]string{}
+	}
+	run.Labels[jobsv1alpha1.LabelStatus] = phase
+	return r.client.Patch(ctx, run, client.MergeFrom(orig))
+}
+
+// reconcileFinished keeps a finished run's pod from running on and deletes
+// the run once its TTL has passed or its history limit is exceeded; the
+// garbage collector then deletes its pods.
+func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alpha1.JobRun) (ctrl.Result, error) {
+	if err := r.syncStatusLabel(ctx, run); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.stopPods(ctx, run); err != nil {
+		return ctrl.Result{}, err
+	}
+	jt := &jobsv1alpha1.JobType{}
+	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}, jt); err != nil {
+		// Without its JobType a run has no TTL; it stays until deleted.
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	now := r.clock.Now()
+	finishedAt := run.CreatedAt()
+	if run.Status.CompletedAt != nil {
+		finishedAt = run.Status.CompletedAt.Time
+	}
+	ttl := time.Duration(ptr.Deref(jt.Spec.TTLSecondsAfterFinished, 604800)) * time.Second
+	if left := finishedAt.Add(ttl).Sub(now); left > 0 {
+		excess, err := r.beyondHistoryLimit(ctx, run, jt)
+		if err != nil || !excess {
+			return ctrl.Result{RequeueAfter: left}, err
+		}
+		logf.FromContext(ctx).Info("deleting finished run beyond the history limit", "limit", ptr.Deref(jt.Spec.HistoryLimit, 100))
+	} else {
+		logf.FromContext(ctx).Info("deleting finished run after its TTL", "ttl", ttl)
+	}
+	err := r.client.Delete(ctx, run, client.Preconditions{UID: &run.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground))
+	return ctrl.Result{}, client.IgnoreNotFound(err)
+}
+
+// stopPods deletes the run's pods that still run: a deadline or an ignored
+// cancel ended the run, and the pod must not go on working for it.
+func (r *JobRunReconciler) stopPods(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	pods := &corev1.PodList{}
+	if err := r.client.List(ctx, pods, client.InNamespace(run.Namespace), client.MatchingLabels{jobsv1alpha1.LabelRun: run.Name}); err != nil {
+		return err
+	}
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		if err := r.deletePod(ctx, pod); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *JobRunReconciler) deletePod(ctx context.Context, pod *corev1.Pod) error {
+	err := r.client.Delete(ctx, pod, client.Preconditions{UID: &pod.UID})
+	if client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting pod %s: %w", pod.Name, err)
+	}
+	if err == nil {
+		logf.FromContext(ctx).Info("deleted pod of a finished run", "pod", pod.Name)
+	}
+	return nil
+}
+
+// beyondHistoryLimit reports whether run is older than the newest
+// historyLimit finished runs of its (project, job type).
+func (r *JobRunReconciler) beyondHistoryLimit(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType) (bool, error) {
+	limit := int(ptr.Deref(jt.Spec.HistoryLimit, 100))
+	list := &jobsv1alpha1.JobRunList{}
+	if err := r.client.List(ctx, list, client.InNamespace(run.Namespace), client.MatchingFields{indexProjectJobType: projectJobTypeKey(run)}); err != nil {
+		return false, err
+	}
+	finished := list.Items[:0]
+	for _, other := range list.Items {
+		if other.CurrentPhase().IsTerminal() {
+			finished = append(finished, other)
+		}
+	}
+	if len(finished) <= limit {
+		return false, nil
+	}
+	sort.Slice(finished, func(i, j int) bool { return newerFinished(&finished[i], &finished[j]) })
+	for i := range finished[:limit] {
+		if finished[i].UID == run.UID {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// newerFinished orders finished runs newest first, by completion time, then
+// name, so every reconcile agrees on which ones to keep.
+func newerFinished(a, b *jobsv1alpha1.JobRun) bool {
+	ta, tb := finishTime(a), finishTime(b)
+	if !ta.Equal(tb) {
+		return ta.After(tb)
+	}
+	return a.Name > b.Name
+}
+
+func finishTime(run *jobsv1alpha1.JobRun) time.Time {
+	if run.Status.CompletedAt != nil {
+		return run.Status.CompletedAt.Time
+	}
+	return run.CreatedAt()
+}

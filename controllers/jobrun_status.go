@@ -1,0 +1,230 @@
+package controllers
+
+import (
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// observation is what the reconciler saw of one active run and its world.
+type observation struct {
+	run *jobsv1alpha1.JobRun
+	// jobType is nil when no JobType serves the run's job type (confirmed
+	// against the API server, not only the cache).
+	jobType *jobsv1alpha1.JobType
+	// pod is the pod of the run's current attempt; nil when it does not
+	// exist (confirmed against the API server).
+	pod *corev1.Pod
+	now time.Time
+}
+
+// runEvent is an Event for people about a transition.
+type runEvent struct {
+	eventType, reason, message string
+}
+
+// decision is what to do about one active run: the status it should have,
+// and the actions that get it there.
+type decision struct {
+	status jobsv1alpha1.JobRunStatus
+	// createAttempt is the attempt whose pod to create (0: none).
+	createAttempt int32
+	// deletePod asks to stop the current attempt's pod.
+	deletePod bool
+	// requeueAfter is when time alone changes the decision (deadline, grace).
+	requeueAfter time.Duration
+	events       []runEvent
+	// started and finished mark the transitions that metrics count.
+	started, finished bool
+}
+
+// podName is the deterministic name of a run's pod for one attempt: a
+// restarted controller or a stale cache can never create a second pod for the
+// same attempt, because the API server refuses the duplicate name.
+func podName(runName string, attempt int32) string {
+	return fmt.Sprintf("%s-%d", runName, attempt)
+}
+
+// decide is the pure heart of the JobRun controller: observed world in,
+// desired status and actions out. It never moves a terminal run.
+func decide(o observation) decision {
+	run := o.run
+	d := decision{status: *run.Status.DeepCopy()}
+	st := &d.status
+	st.ObservedGeneration = run.Generation
+	now := metav1.NewTime(o.now)
+
+	if o.jobType == nil {
+		d.setCondition(jobsv1alpha1.JobRunConditionAccepted, metav1.ConditionFalse, jobsv1alpha1.ReasonJobTypeNotFound,
+			fmt.Sprintf("no JobType serves job type %q (looked for JobType %q in namespace %s)", run.Spec.JobType, jobsv1alpha1.JobTypeObjectName(run.Spec.JobType), run.Namespace), now)
+		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonJobTypeNotFound, fmt.Sprintf("job type %q does not exist", run.Spec.JobType), o.now)
+		return d
+	}
+	d.setCondition(jobsv1alpha1.JobRunConditionAccepted, metav1.ConditionTrue, jobsv1alpha1.ReasonAccepted, "JobType "+o.jobType.Name+" found", now)
+
+	cancel := run.IsCancelRequested()
+	if cancel && meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionCancelRequested) == nil {
+		d.setCondition(jobsv1alpha1.JobRunConditionCancelRequested, metav1.ConditionTrue, jobsv1alpha1.ReasonCancelRequested, "cancel requested; the handler is asked to stop", now)
+		d.events = append(d.events, runEvent{corev1.EventTypeNormal, jobsv1alpha1.ReasonCancelRequested, "Cancel requested"})
+	}
+
+	if st.Attempts == 0 {
+		if cancel {
+			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelled, "cancelled before it started", o.now)
+			return d
+		}
+		d.startAttempt(run, 1, now)
+		st.Phase = jobsv1alpha1.JobRunPending
+		return d
+	}
+
+	pod := o.pod
+	switch {
+	case pod == nil:
+		if cancel {
+			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelled, "pod deleted after the cancel request", o.now)
+			return d
+		}
+		d.attemptFailed(run, o.jobType, jobsv1alpha1.ReasonPodLost, fmt.Sprintf("pod %s disappeared before the handler finished", podName(run.Name, st.Attempts)), now)
+		return d
+	case pod.Status.Phase == corev1.PodSucceeded:
+		d.finish(jobsv1alpha1.JobRunCompleted, jobsv1alpha1.ReasonCompleted, "handler returned a result", o.now)
+		return d
+	case pod.Status.Phase == corev1.PodFailed:
+		code, reason, message := podFailure(pod)
+		if code == jobsv1alpha1.ExitCodeCancelled || cancel {
+			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelled, "handler stopped after the cancel request", o.now)
+			return d
+		}
+		d.attemptFailed(run, o.jobType, reason, message, now)
+		return d
+	case pod.Status.Phase == corev1.PodRunning && st.Phase != jobsv1alpha1.JobRunRunning:
+		st.Phase = jobsv1alpha1.JobRunRunning
+		if st.StartedAt == nil {
+			st.StartedAt = ptr.To(metav1.NewMicroTime(o.now))
+			d.started = true
+		}
+		d.setCondition(jobsv1alpha1.JobRunConditionRunning, metav1.ConditionTrue, jobsv1alpha1.ReasonHandlerRunning, "pod "+pod.Name+" is running the handler", now)
+		d.events = append(d.events, runEvent{corev1.EventTypeNormal, "Started", fmt.Sprintf("Handler started in pod %s (attempt %d)", pod.Name, st.Attempts)})
+	}
+
+	// Still active: time decides the rest.
+	if st.StartedAt != nil && o.jobType.Spec.ActiveDeadlineSeconds != nil {
+		deadline := time.Duration(*o.jobType.Spec.ActiveDeadlineSeconds) * time.Second
+		if left := st.StartedAt.Add(deadline).Sub(o.now); left <= 0 {
+			d.deletePod = true
+			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonDeadlineExceeded, fmt.Sprintf("run exceeded its deadline of %s", deadline), o.now)
+			return d
+		} else {
+			d.requeue(left)
+		}
+	}
+	if cancel {
+		cond := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionCancelRequested)
+		grace := time.Duration(ptr.Deref(o.jobType.Spec.CancelGracePeriodSeconds, 30)) * time.Second
+		if left := cond.LastTransitionTime.Add(grace).Sub(o.now); left <= 0 {
+			d.deletePod = true
+			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelGracePeriodExceeded,
+				fmt.Sprintf("handler ignored the cancel request for %s; its pod was deleted", grace), o.now)
+			return d
+		} else {
+			d.requeue(left)
+		}
+	}
+	return d
+}
+
+// startAttempt asks for the pod of attempt n.
+func (d *decision) startAttempt(run *jobsv1alpha1.JobRun, n int32, now metav1.Time) {
+	d.createAttempt = n
+	d.status.Attempts = n
+	d.status.PodName = podName(run.Name, n)
+	d.setCondition(jobsv1alpha1.JobRunConditionRunning, metav1.ConditionFalse, jobsv1alpha1.ReasonPodPending, "pod "+d.status.PodName+" is starting", now)
+}
+
+// attemptFailed retries when the JobType allows another attempt, else fails
+// the run, keeping the runner's error when it recorded one.
+func (d *decision) attemptFailed(run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, reason, message string, now metav1.Time) {
+	if d.status.Attempts <= ptr.Deref(jt.Spec.RetryLimit, 0) {
+		d.events = append(d.events, runEvent{corev1.EventTypeWarning, jobsv1alpha1.ReasonRetrying,
+			fmt.Sprintf("Attempt %d failed (%s: %s); starting attempt %d", d.status.Attempts, reason, message, d.status.Attempts+1)})
+		d.status.Error = ""
+		d.startAttempt(run, d.status.Attempts+1, now)
+		return
+	}
+	if d.status.Error != "" {
+		message = d.status.Error
+	}
+	d.finish(jobsv1alpha1.JobRunFailed, reason, message, now.Time)
+}
+
+// finish moves the run to a terminal phase.
+func (d *decision) finish(phase jobsv1alpha1.JobRunPhase, reason, message string, now time.Time) {
+	st := &d.status
+	st.Phase = phase
+	st.CompletedAt = ptr.To(metav1.NewMicroTime(now))
+	if phase == jobsv1alpha1.JobRunFailed && st.Error == "" {
+		st.Error = message
+	}
+	d.finished = true
+	d.requeueAfter = 0
+	t := metav1.NewTime(now)
+	if meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionRunning) != nil {
+		d.setCondition(jobsv1alpha1.JobRunConditionRunning, metav1.ConditionFalse, reason, "the run has ended", t)
+	}
+	d.setCondition(jobsv1alpha1.JobRunConditionFinished, metav1.ConditionTrue, reason, message, t)
+	eventType := corev1.EventTypeNormal
+	if phase == jobsv1alpha1.JobRunFailed {
+		eventType = corev1.EventTypeWarning
+	}
+	d.events = append(d.events, runEvent{eventType, reason, fmt.Sprintf("Run %s: %s", phase, message)})
+}
+
+func (d *decision) setCondition(t string, status metav1.ConditionStatus, reason, message string, now metav1.Time) {
+	meta.SetStatusCondition(&d.status.Conditions, metav1.Condition{
+		Type: t, Status: status, Reason: reason, Message: message,
+		ObservedGeneration: d.status.ObservedGeneration, LastTransitionTime: now,
+	})
+}
+
+func (d *decision) requeue(after time.Duration) {
+	if d.requeueAfter == 0 || after < d.requeueAfter {
+		d.requeueAfter = after
+	}
+}
+
+// podFailure explains a failed pod: the handler container's exit code, and a
+// reason and message a person can read.
+func podFailure(pod *corev1.Pod) (exitCode int32, reason, message string) {
+	if pod.Status.Reason == "Evicted" {
+		return -1, jobsv1alpha1.ReasonPodLost, "pod was evicted: " + pod.Status.Message
+	}
+	if pod.Status.Reason == "DeadlineExceeded" {
+		return -1, jobsv1alpha1.ReasonDeadlineExceeded, "pod exceeded its active deadline"
+	}
+	for _, cs := range pod.Status.ContainerStatuses {
+		term := cs.State.Terminated
+		if term == nil || term.ExitCode == 0 {
+			continue
+		}
+		switch {
+		case term.Reason == "OOMKilled":
+			return term.ExitCode, jobsv1alpha1.ReasonHandlerFailed, fmt.Sprintf("container %s ran out of memory and was killed (OOMKilled, exit code %d)", cs.Name, term.ExitCode)
+		case term.ExitCode == 137 || term.Signal == 9:
+			return term.ExitCode, jobsv1alpha1.ReasonHandlerFailed, fmt.Sprintf("container %s was killed (SIGKILL, exit code %d)", cs.Name, term.ExitCode)
+		default:
+			return term.ExitCode, jobsv1alpha1.ReasonHandlerFailed, fmt.Sprintf("container %s exited with code %d", cs.Name, term.ExitCode)
+		}
+	}
+	msg := "pod failed"
+	if pod.Status.Message != "" {
+		msg += ": " + pod.Status.Message
+	}
+	return -1, jobsv1alpha1.ReasonHandlerFailed, msg
+}

@@ -1,0 +1,218 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+var t0 = time.Date(2026, 1, 15, 10, 30, 0, 0, time.UTC)
+
+func testJobType() *jobsv1alpha1.JobType {
+	return &jobsv1alpha1.JobType{
+		ObjectMeta: metav1.ObjectMeta{Name: "demo-sync"},
+		Spec: jobsv1alpha1.JobTypeSpec{
+			JobType: "demo_sync", ActiveDeadlineSeconds: ptr.To[int64](600),
+			CancelGracePeriodSeconds: ptr.To[int64](10), RetryLimit: ptr.To[int32](1),
+		},
+	}
+}
+
+type runOpt func(*jobsv1alpha1.JobRun)
+
+func testRun(opts ...runOpt) *jobsv1alpha1.JobRun {
+	r := &jobsv1alpha1.JobRun{
+		ObjectMeta: metav1.ObjectMeta{Name: "r1", Namespace: "ns", Generation: 1},
+		Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TriggeredBy: "manual:user:u"},
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+func attempt(n int32) runOpt { return func(r *jobsv1alpha1.JobRun) { r.Status.Attempts = n } }
+func running(at time.Time) runOpt {
+	return func(r *jobsv1alpha1.JobRun) {
+		r.Status.Phase = jobsv1alpha1.JobRunRunning
+		r.Status.StartedAt = ptr.To(metav1.NewMicroTime(at))
+	}
+}
+func cancelRequestedAt(at time.Time) runOpt {
+	return func(r *jobsv1alpha1.JobRun) {
+		r.Annotations = map[string]string{jobsv1alpha1.AnnotationCancelRequested: at.Format(time.RFC3339)}
+		meta.SetStatusCondition(&r.Status.Conditions, metav1.Condition{Type: jobsv1alpha1.JobRunConditionCancelRequested, Status: metav1.ConditionTrue, Reason: "CancelRequested", LastTransitionTime: metav1.NewTime(at)})
+	}
+}
+func runnerError(msg string) runOpt { return func(r *jobsv1alpha1.JobRun) { r.Status.Error = msg } }
+
+func testPod(phase corev1.PodPhase, exitCode int32, reason string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "r1-1"}, Status: corev1.PodStatus{Phase: phase}}
+	if phase == corev1.PodFailed || phase == corev1.PodSucceeded {
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "handler", State: corev1.ContainerState{
+			Terminated: &corev1.ContainerStateTerminated{ExitCode: exitCode, Reason: reason},
+		}}}
+	}
+	return p
+}
+
+// TestDecide walks the run's state machine: what status and actions follow
+// from each observed world.
+func TestDecide(t *testing.T) {
+	type want struct {
+		phase         jobsv1alpha1.JobRunPhase
+		attempts      int32
+		createAttempt int32
+		deletePod     bool
+		finished      bool
+		started       bool
+		reason        string // reason of the Finished condition, when finished
+		errorText     string
+		requeueAfter  time.Duration
+	}
+	tests := []struct {
+		name    string
+		run     *jobsv1alpha1.JobRun
+		jobType *jobsv1alpha1.JobType
+		pod     *corev1.Pod
+		now     time.Time
+		want    want
+	}{
+		{
+			name: "new run gets its first pod", run: testRun(), jobType: testJobType(), now: t0,
+			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1, createAttempt: 1},
+		},
+		{
+			name: "missing job type fails the run", run: testRun(), jobType: nil, now: t0,
+			want: want{phase: jobsv1alpha1.JobRunFailed, finished: true, reason: jobsv1alpha1.ReasonJobTypeNotFound, errorText: `job type "demo_sync" does not exist`},
+		},
+		{
+			name: "cancelled before start needs no pod", run: testRun(cancelRequestedAt(t0)), jobType: testJobType(), now: t0,
+			want: want{phase: jobsv1alpha1.JobRunCancelled, finished: true, reason: jobsv1alpha1.ReasonCancelled},
+		},
+		{
+			name: "pending pod keeps the run pending", run: testRun(attempt(1), func(r *jobsv1alpha1.JobRun) { r.Status.Phase = jobsv1alpha1.JobRunPending }),
+			jobType: testJobType(), pod: testPod(corev1.PodPending, 0, ""), now: t0,
+			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1},
+		},
+		{
+			name: "running pod starts the run", run: testRun(attempt(1)), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0,
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, started: true, requeueAfter: 600 * time.Second},
+		},
+		{
+			name: "running run waits for its deadline", run: testRun(attempt(1), running(t0)), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(590 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, requeueAfter: 10 * time.Second},
+		},
+		{
+			name: "deadline passed: pod deleted, run failed", run: testRun(attempt(1), running(t0)), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(600 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 1, deletePod: true, finished: true, reason: jobsv1alpha1.ReasonDeadlineExceeded, errorText: "run exceeded its deadline of 10m0s"},
+		},
+		{
+			name: "succeeded pod completes the run", run: testRun(attempt(1), running(t0)), jobType: testJobType(), pod: testPod(corev1.PodSucceeded, 0, "Completed"), now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunCompleted, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCompleted},
+		},
+		{
+			name: "failed first attempt is retried", run: testRun(attempt(1), running(t0), runnerError("boom")), jobType: testJobType(), pod: testPod(corev1.PodFailed, 1, "Error"), now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 2, createAttempt: 2},
+		},
+		{
+			name: "failed last attempt fails the run with the runner's error", run: testRun(attempt(2), running(t0), runnerError("boom")), jobType: testJobType(), pod: testPod(corev1.PodFailed, 1, "Error"), now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 2, finished: true, reason: jobsv1alpha1.ReasonHandlerFailed, errorText: "boom"},
+		},
+		{
+			name: "OOMKilled without a runner error says so", run: testRun(attempt(2), running(t0)), jobType: testJobType(), pod: testPod(corev1.PodFailed, 137, "OOMKilled"), now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 2, finished: true, reason: jobsv1alpha1.ReasonHandlerFailed, errorText: "container handler ran out of memory and was killed (OOMKilled, exit code 137)"},
+		},
+		{
+			name: "vanished pod on the last attempt: pod lost", run: testRun(attempt(2), running(t0)), jobType: testJobType(), pod: nil, now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 2, finished: true, reason: jobsv1alpha1.ReasonPodLost, errorText: "pod r1-2 disappeared before the handler finished"},
+		},
+		{
+			name: "runner exit code for cancellation", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodFailed, jobsv1alpha1.ExitCodeCancelled, "Error"), now: t0.Add(61 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCancelled},
+		},
+		{
+			name: "cancel requested: wait out the grace period", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(65 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, requeueAfter: 5 * time.Second},
+		},
+		{
+			name: "grace period over: pod deleted, run cancelled", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(70 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, deletePod: true, finished: true, reason: jobsv1alpha1.ReasonCancelGracePeriodExceeded},
+		},
+		{
+			name: "cancelled run whose pod is gone", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: nil, now: t0.Add(70 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCancelled},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := decide(observation{run: tt.run, jobType: tt.jobType, pod: tt.pod, now: tt.now})
+			got := want{
+				phase: d.status.Phase, attempts: d.status.Attempts, createAttempt: d.createAttempt,
+				deletePod: d.deletePod, finished: d.finished, started: d.started,
+				errorText: d.status.Error, requeueAfter: d.requeueAfter,
+			}
+			if c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionFinished); c != nil {
+				got.reason = c.Reason
+			}
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(want{})); diff != "" {
+				t.Errorf("decision (-want +got):\n%s", diff)
+			}
+			if d.finished && (d.status.CompletedAt == nil || !d.status.CompletedAt.Time.Equal(tt.now)) {
+				t.Errorf("completedAt = %v, want %v", d.status.CompletedAt, tt.now)
+			}
+			if d.started && !d.status.StartedAt.Time.Equal(tt.now) {
+				t.Errorf("startedAt = %v, want %v", d.status.StartedAt, tt.now)
+			}
+		})
+	}
+}
+
+func TestDecideNeverTouchesTheObservedRun(t *testing.T) {
+	run := testRun(attempt(1), running(t0))
+	before := run.DeepCopy()
+	decide(observation{run: run, jobType: testJobType(), pod: testPod(corev1.PodSucceeded, 0, ""), now: t0.Add(time.Minute)})
+	if diff := cmp.Diff(before, run); diff != "" {
+		t.Errorf("decide changed its input (-before +after):\n%s", diff)
+	}
+}
+
+func TestBuildPod(t *testing.T) {
+	jt := testJobType()
+	jt.Spec.Template = corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "sync"}},
+		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyAlways, Containers: []corev1.Container{
+			{Name: "handler", Image: "jobrun:dev", Env: []corev1.EnvVar{{Name: "LOG", Value: "debug"}}},
+		}},
+	}
+	pod := buildPod(testRun(), jt, 2, "jobrun-runner")
+	want := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "r1-2", Namespace: "ns", Labels: map[string]string{
+			"app": "sync", jobsv1alpha1.LabelRun: "r1", jobsv1alpha1.LabelJobType: "demo_sync",
+		}},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever, ServiceAccountName: "jobrun-runner",
+			ActiveDeadlineSeconds: ptr.To[int64](610),
+			Containers: []corev1.Container{{Name: "handler", Image: "jobrun:dev", Env: []corev1.EnvVar{
+				{Name: "LOG", Value: "debug"},
+				{Name: jobsv1alpha1.EnvRunName, Value: "r1"},
+				{Name: jobsv1alpha1.EnvRunNamespace, Value: "ns"},
+				{Name: jobsv1alpha1.EnvJobType, Value: "demo_sync"},
+				{Name: jobsv1alpha1.EnvAttempt, Value: "2"},
+			}}},
+		},
+	}
+	if diff := cmp.Diff(want, pod); diff != "" {
+		t.Errorf("pod (-want +got):\n%s", diff)
+	}
+	if jt.Spec.Template.Spec.RestartPolicy != corev1.RestartPolicyAlways || len(jt.Spec.Template.Spec.Containers[0].Env) != 1 {
+		t.Error("buildPod changed the JobType's template")
+	}
+}
