@@ -120,31 +120,12 @@ func runnerWrites(t *testing.T, jr *jobsv1alpha1.JobRun, patch string) {
 // a test moved the clock.
 func poke(t *testing.T, ns, name string) {
 	t.Helper()
-	jr, err := getRun(context.Background(), ns, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	patch := client.MergeFrom(jr.DeepCopy())
-	if jr.Annotations == nil {
-		jr.Annotations = map[string]string{}
-	}
-	jr.Annotations["test.jobrun.dev/poke"] = time.Now().Format(time.RFC3339Nano)
-	if err := env.Client.Patch(context.Background(), jr, patch); err != nil {
-		t.Fatal(err)
-	}
+	env.Annotate(t, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}, "test.jobrun.dev/poke", time.Now().Format(time.RFC3339Nano))
 }
 
 func requestCancel(t *testing.T, ns, name string) {
 	t.Helper()
-	jr, err := getRun(context.Background(), ns, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	patch := client.MergeFrom(jr.DeepCopy())
-	jr.Annotations = map[string]string{jobsv1alpha1.AnnotationCancelRequested: time.Now().UTC().Format(time.RFC3339)}
-	if err := env.Client.Patch(context.Background(), jr, patch); err != nil {
-		t.Fatal(err)
-	}
+	env.Annotate(t, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}, jobsv1alpha1.AnnotationCancelRequested, time.Now().UTC().Format(time.RFC3339))
 }
 
 func podsOf(t *testing.T, ns, run string) []corev1.Pod {

@@ -223,11 +223,7 @@ func TestCancellation(t *testing.T) {
 			go func() { done <- sdk.Serve(context.Background(), cfg) }()
 			<-started
 
-			patch := client.MergeFrom(jr.DeepCopy())
-			jr.Annotations = map[string]string{jobsv1alpha1.AnnotationCancelRequested: time.Now().UTC().Format(time.RFC3339)}
-			if err := env.Client.Patch(context.Background(), jr, patch); err != nil {
-				t.Fatal(err)
-			}
+			env.Annotate(t, jr.DeepCopy(), jobsv1alpha1.AnnotationCancelRequested, time.Now().UTC().Format(time.RFC3339))
 			requested := time.Now()
 			select {
 			case code := <-done:
@@ -252,11 +248,7 @@ func TestCancellation(t *testing.T) {
 func TestCancelledBeforeStart(t *testing.T) {
 	ns := env.Namespace(t)
 	jr := newRun(t, ns, "never", `{}`)
-	patch := client.MergeFrom(jr.DeepCopy())
-	jr.Annotations = map[string]string{jobsv1alpha1.AnnotationCancelRequested: "now"}
-	if err := env.Client.Patch(context.Background(), jr, patch); err != nil {
-		t.Fatal(err)
-	}
+	env.Annotate(t, jr.DeepCopy(), jobsv1alpha1.AnnotationCancelRequested, "now")
 	called := false
 	cfg := config(t, jr, map[string]sdk.Handler{"never": func(context.Context, *sdk.Run) (any, error) {
 		called = true

@@ -142,6 +142,26 @@ func (e *Env) TryKubectl(args ...string) (string, error) {
 	return string(out), nil
 }
 
+// Annotate sets one annotation on obj with a merge patch, keeping the others,
+// as a user's `kubectl annotate` would.
+func (e *Env) Annotate(t testing.TB, obj client.Object, key, value string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(obj.DeepCopyObject().(client.Object))
+	annotations := obj.GetAnnotations()
+	if annotations == nil {
+		annotations = map[string]string{}
+	}
+	annotations[key] = value
+	obj.SetAnnotations(annotations)
+	if err := e.Client.Patch(ctx, obj, patch); err != nil {
+		t.Fatalf("annotating %s: %v", obj.GetName(), err)
+	}
+}
+
 // FreeAddr is a loopback address with a port that was free a moment ago, for
 // a server under test to bind.
 func FreeAddr(t testing.TB) string {
