@@ -30,7 +30,7 @@ help: ## Show the targets.
 .PHONY: dev
 dev: tools-dev build ## Run jobrun locally: a real control plane on loopback, the CRDs, the samples and the manager. Ctrl-C stops it.
 	go build -o $(BIN)/devcluster ./hack/devcluster
-	$(BIN)/devcluster --root $(CURDIR) --manager $(BIN)/jobrun
+	$(BIN)/devcluster --root $(CURDIR) --jobrun $(BIN)/jobrun
 
 .PHONY: generate
 generate: tools-gen ## Generate the API types' DeepCopy methods.

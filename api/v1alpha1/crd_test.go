@@ -445,15 +445,20 @@ func TestPrinterColumns(t *testing.T) {
 		})
 	}
 
-	// The jobrun category lists every kind at once.
+	// The jobrun-all category lists every kind at once, and does not shadow
+	// the kinds' own names: `kubectl get jobrun NAME` still gets one run.
 	if err := env.Client.Create(ctx, newJobType(ns, "printed_type")); err != nil {
 		t.Fatal(err)
 	}
-	out := env.Kubectl(t, "get", "jobrun", "-n", ns)
+	out := env.Kubectl(t, "get", "jobrun-all", "-n", ns)
 	for _, want := range []string{"jobrun.jobs.jobrun.dev/printed-run", "jobtype.jobs.jobrun.dev/printed-type"} {
 		if !strings.Contains(out, want) {
-			t.Errorf("kubectl get jobrun (the category) lacks %s:\n%s", want, out)
+			t.Errorf("kubectl get jobrun-all (the category) lacks %s:\n%s", want, out)
 		}
+	}
+	out = env.Kubectl(t, "get", "jobrun", "printed-run", "-n", ns, "-o", "jsonpath={.status.phase}")
+	if out != "running" {
+		t.Errorf("kubectl get jobrun printed-run: %q, want its phase", out)
 	}
 }
 

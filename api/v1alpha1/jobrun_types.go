@@ -263,7 +263,7 @@ type JobRunStatus struct {
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=jr,categories={jobrun,all}
+// +kubebuilder:resource:shortName=jr,categories={jobrun-all,all}
 // +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.spec.jobType`
 // +kubebuilder:printcolumn:name="Project",type=string,JSONPath=`.spec.projectID`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.phase`

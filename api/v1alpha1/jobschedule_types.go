@@ -158,7 +158,7 @@ type JobScheduleStatus struct {
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=js,categories={jobrun,all}
+// +kubebuilder:resource:shortName=js,categories={jobrun-all,all}
 // +kubebuilder:printcolumn:name="Schedule",type=string,JSONPath=`.spec.schedule`
 // +kubebuilder:printcolumn:name="Time Zone",type=string,JSONPath=`.spec.timeZone`
 // +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.spec.jobType`

@@ -125,7 +125,7 @@ type JobTypeStatus struct {
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=jt,categories={jobrun,all}
+// +kubebuilder:resource:shortName=jt,categories={jobrun-all,all}
 // +kubebuilder:printcolumn:name="Job Type",type=string,JSONPath=`.spec.jobType`
 // +kubebuilder:printcolumn:name="Scope",type=string,JSONPath=`.spec.scope`
 // +kubebuilder:printcolumn:name="Deadline",type=integer,JSONPath=`.spec.activeDeadlineSeconds`,priority=1

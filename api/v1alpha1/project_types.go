@@ -26,7 +26,7 @@ type ProjectSpec struct {
 // against it. Nothing reconciles a Project, so it has no status.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:shortName=proj,categories={jobrun}
+// +kubebuilder:resource:shortName=proj,categories={jobrun-all}
 // +kubebuilder:printcolumn:name="Team",type=string,JSONPath=`.spec.teamID`
 // +kubebuilder:printcolumn:name="Display Name",type=string,JSONPath=`.spec.displayName`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

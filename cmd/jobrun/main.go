@@ -3,9 +3,10 @@
 //
 //	jobrun manager [flags]   the operator: leader election, probes, metrics, reconcilers
 //	jobrun runner [flags]    inside a run's pod: executes the run with the built-in handlers
+//	jobrun devnode [flags]   local default only: a node that runs job pods as local processes
 //
-// Later roles (the REST server, the dev node agent) are subcommands of the
-// same binary, so one image serves them all.
+// Later roles (the REST server) are subcommands of the same binary, so one
+// image serves them all.
 package main
 
 import (
@@ -17,7 +18,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n")
+	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n  devnode   run job pods as local processes, for the local default (jobrun devnode -h)\n")
 }
 
 func main() {
@@ -32,6 +33,8 @@ func main() {
 	switch role, args := os.Args[1], os.Args[2:]; role {
 	case "manager":
 		err = runManager(ctx, args)
+	case "devnode":
+		err = runDevNode(ctx, args)
 	case "runner":
 		// The exit code tells the controller how the run ended.
 		code, err := runRunner(ctx, args)

@@ -33,7 +33,7 @@ func TestDevCluster(t *testing.T) {
 		root:        root,
 		dir:         mustRel(t, root, filepath.Join(tmp, "dev")),
 		namespace:   "jobrun-system",
-		manager:     manager,
+		binary:      manager,
 		probeAddr:   testenv.FreeAddr(t),
 		metricsAddr: testenv.FreeAddr(t),
 	}
@@ -90,8 +90,8 @@ func TestDevCluster(t *testing.T) {
 
 	// Find the children before stopping, to check they are gone after.
 	pids := childPIDs(t, os.Getpid())
-	if len(pids) < 5 {
-		t.Fatalf("expected etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the manager as children, found pids %v", pids)
+	if len(pids) < 6 {
+		t.Fatalf("expected etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the dev node agent and the manager as children, found pids %v", pids)
 	}
 
 	cancel()
