@@ -84,6 +84,10 @@ func NewJobRunReconciler(mgr ctrl.Manager, opts ...JobRunOption) *JobRunReconcil
 	return r
 }
 
+// conflictRetryDelay is how soon a run whose status write lost a race is
+// looked at again.
+const conflictRetryDelay = 100 * time.Millisecond
+
 // indexProjectJobType indexes runs by (project, job type), for history limits.
 const indexProjectJobType = "jobrun.projectJobType"
 
@@ -158,6 +162,12 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	// Record the decision before acting on the pod: had the pod gone first
 	// and the status write failed, the next pass would see a lost pod.
 	if err := r.patchStatus(ctx, run, d.status); err != nil {
+		if apierrors.IsConflict(err) {
+			// The run changed since it was read (often the runner's progress
+			// write): decide again on the new version soon, without the
+			// growing backoff of an error.
+			return ctrl.Result{RequeueAfter: conflictRetryDelay}, nil
+		}
 		return ctrl.Result{}, err
 	}
 	if d.deletePod && pod != nil {
@@ -321,16 +331,16 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 	}
 	ttl := time.Duration(ptr.Deref(jt.Spec.TTLSecondsAfterFinished, 604800)) * time.Second
 	if left := finishedAt.Add(ttl).Sub(now); left > 0 {
-		excess, err := r.beyondHistoryLimit(ctx, run, jt)
-		if err != nil || !excess {
-			return ctrl.Result{RequeueAfter: left}, err
+		// Not yet due: prune the (project, job type) history instead, which
+		// may include this run, and look again when the TTL ends.
+		deletedSelf, err := r.pruneHistory(ctx, run, jt)
+		if err != nil || deletedSelf {
+			return ctrl.Result{}, err
 		}
-		logf.FromContext(ctx).Info("deleting finished run beyond the history limit", "limit", ptr.Deref(jt.Spec.HistoryLimit, 100))
-	} else {
-		logf.FromContext(ctx).Info("deleting finished run after its TTL", "ttl", ttl)
+		return ctrl.Result{RequeueAfter: left}, nil
 	}
-	err := r.client.Delete(ctx, run, client.Preconditions{UID: &run.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground))
-	return ctrl.Result{}, client.IgnoreNotFound(err)
+	logf.FromContext(ctx).Info("deleting finished run after its TTL", "ttl", ttl)
+	return ctrl.Result{}, r.deleteRun(ctx, run)
 }
 
 // stopPods deletes the run's pods that still run: a deadline or an ignored
@@ -363,9 +373,16 @@ func (r *JobRunReconciler) deletePod(ctx context.Context, pod *corev1.Pod) error
 	return nil
 }
 
-// beyondHistoryLimit reports whether run is older than the newest
-// historyLimit finished runs of its (project, job type).
-func (r *JobRunReconciler) beyondHistoryLimit(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType) (bool, error) {
+func (r *JobRunReconciler) deleteRun(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	err := r.client.Delete(ctx, run, client.Preconditions{UID: &run.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground))
+	return client.IgnoreNotFound(err)
+}
+
+// pruneHistory deletes the finished runs of run's (project, job type) beyond
+// the newest historyLimit. Every finished run's pass prunes the whole group,
+// so the runs that fell out of the history when a newer one finished go too,
+// without waiting for their own TTL. It reports whether run itself went.
+func (r *JobRunReconciler) pruneHistory(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType) (bool, error) {
 	limit := int(ptr.Deref(jt.Spec.HistoryLimit, 100))
 	list := &jobsv1alpha1.JobRunList{}
 	if err := r.client.List(ctx, list, client.InNamespace(run.Namespace), client.MatchingFields{indexProjectJobType: projectJobTypeKey(run)}); err != nil {
@@ -373,7 +390,7 @@ func (r *JobRunReconciler) beyondHistoryLimit(ctx context.Context, run *jobsv1al
 	}
 	finished := list.Items[:0]
 	for _, other := range list.Items {
-		if other.CurrentPhase().IsTerminal() {
+		if other.CurrentPhase().IsTerminal() && other.DeletionTimestamp == nil {
 			finished = append(finished, other)
 		}
 	}
@@ -381,12 +398,16 @@ func (r *JobRunReconciler) beyondHistoryLimit(ctx context.Context, run *jobsv1al
 		return false, nil
 	}
 	sort.Slice(finished, func(i, j int) bool { return newerFinished(&finished[i], &finished[j]) })
-	for i := range finished[:limit] {
-		if finished[i].UID == run.UID {
-			return false, nil
+	deletedSelf := false
+	for i := range finished[limit:] {
+		old := &finished[limit+i]
+		logf.FromContext(ctx).Info("deleting finished run beyond the history limit", "deleted", old.Name, "limit", limit)
+		if err := r.deleteRun(ctx, old); err != nil {
+			return false, err
 		}
+		deletedSelf = deletedSelf || old.UID == run.UID
 	}
-	return true, nil
+	return deletedSelf, nil
 }
 
 // newerFinished orders finished runs newest first, by completion time, then

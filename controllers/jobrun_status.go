@@ -94,9 +94,11 @@ func decide(o observation) decision {
 		d.attemptFailed(run, o.jobType, jobsv1alpha1.ReasonPodLost, fmt.Sprintf("pod %s disappeared before the handler finished", podName(run.Name, st.Attempts)), now)
 		return d
 	case pod.Status.Phase == corev1.PodSucceeded:
+		d.startedFromPod(pod)
 		d.finish(jobsv1alpha1.JobRunCompleted, jobsv1alpha1.ReasonCompleted, "handler returned a result", o.now)
 		return d
 	case pod.Status.Phase == corev1.PodFailed:
+		d.startedFromPod(pod)
 		code, reason, message := podFailure(pod)
 		if code == jobsv1alpha1.ExitCodeCancelled || cancel {
 			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelled, "handler stopped after the cancel request", o.now)
@@ -138,6 +140,28 @@ func decide(o observation) decision {
 		}
 	}
 	return d
+}
+
+// startedFromPod records the start of a run whose pod ran and ended between
+// two looks of the controller: the pod says when its container started.
+func (d *decision) startedFromPod(pod *corev1.Pod) {
+	if d.status.StartedAt != nil {
+		return
+	}
+	var started *metav1.Time
+	for _, cs := range pod.Status.ContainerStatuses {
+		if t := cs.State.Terminated; t != nil && !t.StartedAt.IsZero() {
+			started = &t.StartedAt
+			break
+		}
+	}
+	if started == nil {
+		started = pod.Status.StartTime
+	}
+	if started != nil {
+		d.status.StartedAt = ptr.To(metav1.NewMicroTime(started.Time))
+		d.started = true
+	}
 }
 
 // startAttempt asks for the pod of attempt n.

@@ -84,6 +84,9 @@ func TestDecide(t *testing.T) {
 		pod     *corev1.Pod
 		now     time.Time
 		want    want
+		// startedAt is the start recorded when the decision starts the run;
+		// zero means now.
+		startedAt time.Time
 	}{
 		{
 			name: "new run gets its first pod", run: testRun(), jobType: testJobType(), now: t0,
@@ -117,6 +120,16 @@ func TestDecide(t *testing.T) {
 		{
 			name: "succeeded pod completes the run", run: testRun(attempt(1), running(t0)), jobType: testJobType(), pod: testPod(corev1.PodSucceeded, 0, "Completed"), now: t0.Add(time.Minute),
 			want: want{phase: jobsv1alpha1.JobRunCompleted, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCompleted},
+		},
+		{
+			name: "pod that ran and ended between two looks: start taken from the pod", run: testRun(attempt(1)), jobType: testJobType(),
+			pod: func() *corev1.Pod {
+				p := testPod(corev1.PodSucceeded, 0, "Completed")
+				p.Status.ContainerStatuses[0].State.Terminated.StartedAt = metav1.NewTime(t0.Add(-2 * time.Second))
+				return p
+			}(), now: t0,
+			want:      want{phase: jobsv1alpha1.JobRunCompleted, attempts: 1, finished: true, started: true, reason: jobsv1alpha1.ReasonCompleted},
+			startedAt: t0.Add(-2 * time.Second),
 		},
 		{
 			name: "failed first attempt is retried", run: testRun(attempt(1), running(t0), runnerError("boom")), jobType: testJobType(), pod: testPod(corev1.PodFailed, 1, "Error"), now: t0.Add(time.Minute),
@@ -168,8 +181,12 @@ func TestDecide(t *testing.T) {
 			if d.finished && (d.status.CompletedAt == nil || !d.status.CompletedAt.Time.Equal(tt.now)) {
 				t.Errorf("completedAt = %v, want %v", d.status.CompletedAt, tt.now)
 			}
-			if d.started && !d.status.StartedAt.Time.Equal(tt.now) {
-				t.Errorf("startedAt = %v, want %v", d.status.StartedAt, tt.now)
+			wantStart := tt.startedAt
+			if wantStart.IsZero() {
+				wantStart = tt.now
+			}
+			if d.started && !d.status.StartedAt.Time.Equal(wantStart) {
+				t.Errorf("startedAt = %v, want %v", d.status.StartedAt, wantStart)
 			}
 		})
 	}

@@ -104,12 +104,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return c, err
 	}
 
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.Namespace}}
-	if err := c.Client.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
-		return c, fmt.Errorf("creating namespace %s: %w", o.Namespace, err)
-	}
-	o.Log("installing the runner's service account and Role (config/dev)")
-	if err := c.apply(ctx, "-k", filepath.Join(o.Root, "config", "dev")); err != nil {
+	if err := c.InstallRunner(ctx, o.Namespace); err != nil {
 		return c, err
 	}
 	if o.Samples {
@@ -134,6 +129,32 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 
 func (c *Cluster) logFile(name string) string {
 	return filepath.Join(c.opts.Dir, "logs", name+".log")
+}
+
+// InstallRunner creates namespace ns if needed and installs the runner's
+// service account and least-privilege Role there (config/runner, as the
+// install names them: jobrun-runner), so run pods in ns can report.
+func (c *Cluster) InstallRunner(ctx context.Context, ns string) error {
+	obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}
+	if err := c.Client.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", ns, err)
+	}
+	dir, err := os.MkdirTemp("", "jobrun-runner-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	// kustomize takes bases by relative path only.
+	base, err := filepath.Rel(dir, filepath.Join(c.opts.Root, "config", "runner"))
+	if err != nil {
+		return err
+	}
+	k := fmt.Sprintf("namespace: %s\nnamePrefix: jobrun-\nresources:\n  - %s\n", ns, base)
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		return err
+	}
+	c.opts.Log("installing the runner's service account and Role in %s", ns)
+	return c.apply(ctx, "-k", dir)
 }
 
 // apply runs kubectl apply --server-side with args.

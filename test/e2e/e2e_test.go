@@ -1,0 +1,392 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/test/testenv"
+)
+
+func freeAddrs() (string, string, error) {
+	var addrs []string
+	for range 2 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", "", err
+		}
+		addrs = append(addrs, l.Addr().String())
+		defer l.Close()
+	}
+	return addrs[0], addrs[1], nil
+}
+
+// namespace makes a namespace for one test with the runner's service account
+// and a demo_sync JobType: no retries, a 3s cancel grace period.
+func namespace(t *testing.T, mutate ...func(*jobsv1alpha1.JobType)) string {
+	t.Helper()
+	ctx := testenv.Context(t)
+	ns := "e2e-" + strings.ToLower(rand.String(6))
+	if err := cluster.InstallRunner(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	jt := &jobsv1alpha1.JobType{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "demo-sync"},
+		Spec: jobsv1alpha1.JobTypeSpec{
+			JobType: "demo_sync",
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				// A short grace period: the dev node kills ignored SIGTERMs fast.
+				TerminationGracePeriodSeconds: ptr.To[int64](2),
+				Containers: []corev1.Container{{Name: "handler", Image: "jobrun:dev", Args: []string{"runner", "--cancel-poll-interval=2s"}}},
+			}},
+			CancelGracePeriodSeconds: ptr.To[int64](3),
+			RetryLimit:               ptr.To[int32](0),
+		},
+	}
+	for _, m := range mutate {
+		m(jt)
+	}
+	if err := cluster.Client.Create(ctx, jt); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+func trigger(t *testing.T, ns, params string) *jobsv1alpha1.JobRun {
+	t.Helper()
+	now := metav1.NewMicroTime(time.Now())
+	jr := &jobsv1alpha1.JobRun{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: uuid.NewString(), Labels: map[string]string{
+			jobsv1alpha1.LabelTeam: "team-1", jobsv1alpha1.LabelProject: "project-1", jobsv1alpha1.LabelJobType: "demo_sync",
+		}},
+		Spec: jobsv1alpha1.JobRunSpec{
+			JobType: "demo_sync", TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:e2e",
+			Params: &runtime.RawExtension{Raw: []byte(params)}, CreatedAt: &now,
+		},
+	}
+	if err := cluster.Client.Create(testenv.Context(t), jr); err != nil {
+		t.Fatal(err)
+	}
+	return jr
+}
+
+func get(ctx context.Context, jr *jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
+	got := &jobsv1alpha1.JobRun{}
+	return got, cluster.Client.Get(ctx, client.ObjectKeyFromObject(jr), got)
+}
+
+// waitFor polls the run until cond accepts it.
+func waitFor(t *testing.T, jr *jobsv1alpha1.JobRun, timeout time.Duration, what string, cond func(*jobsv1alpha1.JobRun) bool) *jobsv1alpha1.JobRun {
+	t.Helper()
+	var got *jobsv1alpha1.JobRun
+	testenv.Eventually(t, timeout, func(ctx context.Context) error {
+		var err error
+		if got, err = get(ctx, jr); err != nil {
+			return err
+		}
+		if !cond(got) {
+			return fmt.Errorf("run %s is %q (progress %+v, error %q), waiting for %s", jr.Name, got.Status.Phase, got.Status.Progress, got.Status.Error, what)
+		}
+		return nil
+	})
+	return got
+}
+
+func phase(p jobsv1alpha1.JobRunPhase) func(*jobsv1alpha1.JobRun) bool {
+	return func(jr *jobsv1alpha1.JobRun) bool { return jr.Status.Phase == p }
+}
+
+func progressed(jr *jobsv1alpha1.JobRun) bool {
+	return jr.Status.Phase == jobsv1alpha1.JobRunRunning && jr.Status.Progress != nil && jr.Status.Progress.Processed > 0
+}
+
+// pid is the process the dev node runs for the run's current pod.
+func pid(t *testing.T, jr *jobsv1alpha1.JobRun) int {
+	t.Helper()
+	pod := &corev1.Pod{}
+	if err := cluster.Client.Get(context.Background(), client.ObjectKey{Namespace: jr.Namespace, Name: jr.Status.PodName}, pod); err != nil {
+		t.Fatal(err)
+	}
+	if len(pod.Status.ContainerStatuses) != 1 {
+		t.Fatalf("pod %s has no container status", pod.Name)
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(pod.Status.ContainerStatuses[0].ContainerID, "process://"))
+	if err != nil {
+		t.Fatalf("container id %q: %v", pod.Status.ContainerStatuses[0].ContainerID, err)
+	}
+	return n
+}
+
+// gone reports whether a process no longer exists (or is a zombie awaiting
+// its parent).
+func gone(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil {
+		return true
+	}
+	return false
+}
+
+func finishedReason(jr *jobsv1alpha1.JobRun) string {
+	if c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionFinished); c != nil {
+		return c.Reason
+	}
+	return ""
+}
+
+func TestDemoSyncCompletes(t *testing.T) {
+	ns := namespace(t)
+	jr := trigger(t, ns, `{"items": 30, "item_ms": 50}`)
+	running := waitFor(t, jr, 60*time.Second, "running", phase(jobsv1alpha1.JobRunRunning))
+	done := waitFor(t, jr, 60*time.Second, "completed", phase(jobsv1alpha1.JobRunCompleted))
+
+	if p := done.Status.Progress; p == nil || p.Processed != 30 || p.Total != 30 || p.Message != "Processed 30 of 30 items" {
+		t.Errorf("final progress = %+v, want 30/30", p)
+	}
+	var result map[string]int
+	if err := json.Unmarshal(done.Status.Result.Raw, &result); err != nil || result["processed"] != 30 || result["total"] != 30 {
+		t.Errorf("result = %s (%v)", done.Status.Result.Raw, err)
+	}
+	if done.Status.StartedAt == nil || done.Status.CompletedAt == nil || !done.Status.CompletedAt.After(done.Status.StartedAt.Time) {
+		t.Errorf("startedAt %v, completedAt %v", done.Status.StartedAt, done.Status.CompletedAt)
+	}
+	if done.Status.Error != "" || done.Labels[jobsv1alpha1.LabelStatus] == "" {
+		t.Errorf("error %q, status label %q", done.Status.Error, done.Labels[jobsv1alpha1.LabelStatus])
+	}
+	t.Logf("pending→running latency: %s", running.Status.StartedAt.Sub(jr.Spec.CreatedAt.Time))
+}
+
+func TestFailingHandler(t *testing.T) {
+	ns := namespace(t)
+	jr := trigger(t, ns, `{"items": 10, "item_ms": 20, "fail_at": 4}`)
+	done := waitFor(t, jr, 60*time.Second, "failed", phase(jobsv1alpha1.JobRunFailed))
+	if done.Status.Error != "item 4 failed (fail_at)" || finishedReason(done) != jobsv1alpha1.ReasonHandlerFailed {
+		t.Errorf("error %q reason %q", done.Status.Error, finishedReason(done))
+	}
+	if p := done.Status.Progress; p == nil || p.Processed != 3 {
+		t.Errorf("progress before the failure not kept: %+v", p)
+	}
+}
+
+func TestBadParamsFailClearly(t *testing.T) {
+	ns := namespace(t)
+	jr := trigger(t, ns, `{"itemz": 10}`)
+	done := waitFor(t, jr, 60*time.Second, "failed", phase(jobsv1alpha1.JobRunFailed))
+	if done.Status.Error != `invalid params: json: unknown field "itemz"` {
+		t.Errorf("error %q", done.Status.Error)
+	}
+}
+
+func TestCancelCooperativeHandler(t *testing.T) {
+	ns := namespace(t)
+	jr := trigger(t, ns, `{"items": 2000, "item_ms": 50}`)
+	running := waitFor(t, jr, 60*time.Second, "progress", progressed)
+	proc := pid(t, running)
+
+	requested := time.Now()
+	env.annotateCancel(t, jr)
+	done := waitFor(t, jr, 30*time.Second, "cancelled", phase(jobsv1alpha1.JobRunCancelled))
+	t.Logf("cancel request → run cancelled: %s", time.Since(requested))
+	if finishedReason(done) != jobsv1alpha1.ReasonCancelled || done.Status.Error != "" {
+		t.Errorf("reason %q error %q", finishedReason(done), done.Status.Error)
+	}
+	if p := done.Status.Progress; p == nil || p.Processed == 0 || p.Processed >= 2000 {
+		t.Errorf("cancelled run's progress = %+v, want its last partial progress", p)
+	}
+	testenv.Eventually(t, 10*time.Second, func(context.Context) error {
+		if !gone(proc) {
+			return fmt.Errorf("runner process %d still running", proc)
+		}
+		return nil
+	})
+}
+
+func TestCancelIgnoredUntilGracePeriod(t *testing.T) {
+	ns := namespace(t)
+	jr := trigger(t, ns, `{"items": 2000, "item_ms": 50, "ignore_cancel": true}`)
+	running := waitFor(t, jr, 60*time.Second, "progress", progressed)
+	proc := pid(t, running)
+
+	requested := time.Now()
+	env.annotateCancel(t, jr)
+	done := waitFor(t, jr, 30*time.Second, "cancelled", phase(jobsv1alpha1.JobRunCancelled))
+	elapsed := time.Since(requested)
+	if finishedReason(done) != jobsv1alpha1.ReasonCancelGracePeriodExceeded {
+		t.Errorf("reason %q, want %s", finishedReason(done), jobsv1alpha1.ReasonCancelGracePeriodExceeded)
+	}
+	if elapsed < 3*time.Second {
+		t.Errorf("cancelled after %s, before the 3s grace period ended", elapsed)
+	}
+	// The pod was deleted: the dev node sends SIGTERM (ignored by the
+	// runner's handler... the runner itself exits on SIGTERM) and SIGKILL
+	// after the pod's grace period.
+	testenv.Eventually(t, 20*time.Second, func(context.Context) error {
+		if !gone(proc) {
+			return fmt.Errorf("the stubborn handler's process %d is still running", proc)
+		}
+		return nil
+	})
+}
+
+func TestRunnerKilled(t *testing.T) {
+	ns := namespace(t)
+	jr := trigger(t, ns, `{"items": 2000, "item_ms": 50}`)
+	running := waitFor(t, jr, 60*time.Second, "progress", progressed)
+	if err := syscall.Kill(pid(t, running), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	done := waitFor(t, jr, 30*time.Second, "failed", phase(jobsv1alpha1.JobRunFailed))
+	if done.Status.Error != "container handler was killed (SIGKILL, exit code 137)" {
+		t.Errorf("error %q", done.Status.Error)
+	}
+}
+
+func TestDeadline(t *testing.T) {
+	ns := namespace(t, func(jt *jobsv1alpha1.JobType) { jt.Spec.ActiveDeadlineSeconds = ptr.To[int64](3) })
+	jr := trigger(t, ns, `{"items": 2000, "item_ms": 50}`)
+	running := waitFor(t, jr, 60*time.Second, "progress", progressed)
+	proc := pid(t, running)
+	done := waitFor(t, jr, 30*time.Second, "failed", phase(jobsv1alpha1.JobRunFailed))
+	if finishedReason(done) != jobsv1alpha1.ReasonDeadlineExceeded || done.Status.Error != "run exceeded its deadline of 3s" {
+		t.Errorf("reason %q error %q", finishedReason(done), done.Status.Error)
+	}
+	testenv.Eventually(t, 20*time.Second, func(context.Context) error {
+		if !gone(proc) {
+			return fmt.Errorf("the overdue process %d is still running", proc)
+		}
+		return nil
+	})
+}
+
+func TestRetentionDeletesOldRuns(t *testing.T) {
+	ns := namespace(t, func(jt *jobsv1alpha1.JobType) { jt.Spec.HistoryLimit = ptr.To[int32](2) })
+	var runs []*jobsv1alpha1.JobRun
+	for range 4 {
+		jr := trigger(t, ns, `{"items": 1, "item_ms": 1}`)
+		waitFor(t, jr, 60*time.Second, "completed", phase(jobsv1alpha1.JobRunCompleted))
+		runs = append(runs, jr)
+	}
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		list := &jobsv1alpha1.JobRunList{}
+		if err := cluster.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		if len(list.Items) != 2 {
+			return fmt.Errorf("%d runs kept, want the history limit of 2", len(list.Items))
+		}
+		return nil
+	})
+	for _, jr := range runs[2:] {
+		if _, err := get(context.Background(), jr); err != nil {
+			t.Errorf("newest run %s: %v", jr.Name, err)
+		}
+	}
+	// The garbage collector takes the deleted runs' pods with them.
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		pods := &corev1.PodList{}
+		if err := cluster.Client.List(ctx, pods, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		if len(pods.Items) != 2 {
+			return fmt.Errorf("%d pods left, want the 2 of the kept runs", len(pods.Items))
+		}
+		return nil
+	})
+}
+
+// TestManagerKilledDuringTwentyRuns kills the manager with SIGKILL while 20
+// runs are starting and running, then starts a new one: every run ends
+// completed with exactly one pod.
+func TestManagerKilledDuringTwentyRuns(t *testing.T) {
+	ns := namespace(t)
+	const n = 20
+	var runs []*jobsv1alpha1.JobRun
+	for range n {
+		runs = append(runs, trigger(t, ns, `{"items": 40, "item_ms": 100}`))
+	}
+	// Kill it in the middle: once it has started some pods.
+	testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
+		for _, jr := range runs {
+			if got, err := get(ctx, jr); err == nil && got.Status.Attempts > 0 {
+				return nil
+			}
+		}
+		return fmt.Errorf("no pod started yet")
+	})
+	cluster.KillManager()
+	if err := cluster.StartManager(); err != nil {
+		t.Fatal(err)
+	}
+
+	latencies := []time.Duration{}
+	for _, jr := range runs {
+		done := waitFor(t, jr, 120*time.Second, "completed", phase(jobsv1alpha1.JobRunCompleted))
+		if done.Status.Attempts != 1 {
+			t.Errorf("%s: %d attempts", jr.Name, done.Status.Attempts)
+		}
+		if p := done.Status.Progress; p == nil || p.Processed != 40 {
+			t.Errorf("%s: progress %+v", jr.Name, p)
+		}
+		if done.Status.StartedAt == nil {
+			t.Errorf("%s: completed without startedAt", jr.Name)
+			continue
+		}
+		latencies = append(latencies, done.Status.StartedAt.Sub(jr.Spec.CreatedAt.Time))
+	}
+	pods := &corev1.PodList{}
+	if err := cluster.Client.List(context.Background(), pods, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	perRun := map[string]int{}
+	for _, p := range pods.Items {
+		perRun[p.Labels[jobsv1alpha1.LabelRun]]++
+	}
+	for _, jr := range runs {
+		if perRun[jr.Name] != 1 {
+			t.Errorf("run %s has %d pods, want exactly 1", jr.Name, perRun[jr.Name])
+		}
+	}
+	if len(latencies) != n {
+		return
+	}
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	t.Logf("pending→running latency over %d concurrent runs (manager killed midway): p50 %s, max %s", n, latencies[n/2], latencies[n-1])
+}
+
+// env holds small helpers that act as a user would.
+var env userActions
+
+type userActions struct{}
+
+// annotateCancel asks the run to stop, as the REST API's cancel does.
+func (userActions) annotateCancel(t *testing.T, jr *jobsv1alpha1.JobRun) {
+	t.Helper()
+	got, err := get(context.Background(), jr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(got.DeepCopy())
+	if got.Annotations == nil {
+		got.Annotations = map[string]string{}
+	}
+	got.Annotations[jobsv1alpha1.AnnotationCancelRequested] = time.Now().UTC().Format(time.RFC3339)
+	if err := cluster.Client.Patch(context.Background(), got, patch); err != nil {
+		t.Fatal(err)
+	}
+}
