@@ -54,7 +54,7 @@ func namespace(t *testing.T, mutate ...func(*jobsv1alpha1.JobType)) string {
 			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 				// A short grace period: the dev node kills ignored SIGTERMs fast.
 				TerminationGracePeriodSeconds: ptr.To[int64](2),
-				Containers: []corev1.Container{{Name: "handler", Image: "jobrun:dev", Args: []string{"runner", "--cancel-poll-interval=2s"}}},
+				Containers:                    []corev1.Container{{Name: "handler", Image: "jobrun:dev", Args: []string{"runner", "--cancel-poll-interval=2s"}}},
 			}},
 			CancelGracePeriodSeconds: ptr.To[int64](3),
 			RetryLimit:               ptr.To[int32](0),
