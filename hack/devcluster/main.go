@@ -78,8 +78,8 @@ jobrun is running on a local control plane (%s).
 
   export KUBECONFIG=%s
   %s get jobruns,jobtypes,jobschedules,projects -n %s
-  %s create -n %s -f %s/config/samples/jobs_v1alpha1_jobrun.yaml   # if the sample run is gone
-  %s get jobruns -n %s -w       # watch runs move, with live progress
+  %s create -n %s -f %s/config/samples/jobs_v1alpha1_jobrun.yaml   # start a demo_sync run
+  %s get jobruns -n %s -w       # watch it move, with live progress
   curl http://%s/readyz      # manager readiness
   curl http://%s/metrics     # manager metrics
 

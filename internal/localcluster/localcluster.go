@@ -168,6 +168,12 @@ func (c *Cluster) apply(ctx context.Context, args ...string) error {
 	return nil
 }
 
+// PodKubeconfig is the kubeconfig the dev node agent wrote for a pod: the
+// pod's service-account token, bound to the pod.
+func (c *Cluster) PodKubeconfig(ns, pod string) string {
+	return filepath.Join(c.opts.Dir, "pods", ns, pod, "kubeconfig")
+}
+
 // StartManager starts the jobrun manager (again).
 func (c *Cluster) StartManager() error {
 	return c.procs.start("jobrun manager", c.logFile("manager"), c.opts.Binary, "manager",

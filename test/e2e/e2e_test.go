@@ -14,10 +14,13 @@ import (
 
 	"github.com/google/uuid"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -388,5 +391,45 @@ func (userActions) annotateCancel(t *testing.T, jr *jobsv1alpha1.JobRun) {
 	got.Annotations[jobsv1alpha1.AnnotationCancelRequested] = time.Now().UTC().Format(time.RFC3339)
 	if err := cluster.Client.Patch(context.Background(), got, patch); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRunnerMayOnlyWriteItsOwnRun uses a real runner's credentials (the
+// token the dev node agent requested for its pod) against another run.
+func TestRunnerMayOnlyWriteItsOwnRun(t *testing.T) {
+	ns := namespace(t)
+	own := trigger(t, ns, `{"items": 2000, "item_ms": 50}`)
+	other := trigger(t, ns, `{"items": 2000, "item_ms": 50}`)
+	t.Cleanup(func() {
+		env.annotateCancel(t, own)
+		env.annotateCancel(t, other)
+	})
+	running := waitFor(t, own, 60*time.Second, "progress", progressed)
+	waitFor(t, other, 60*time.Second, "progress", progressed)
+
+	cfg, err := clientcmd.BuildConfigFromFlags("", cluster.PodKubeconfig(ns, running.Status.PodName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runner, err := client.New(cfg, client.Options{Scheme: cluster.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testenv.Context(t)
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"error":"written by someone else"}}`))
+
+	err = runner.Status().Patch(ctx, other.DeepCopy(), patch)
+	if err == nil || !strings.Contains(err.Error(), "a runner may only write the status of its own run; pod "+running.Status.PodName+" is not a pod of run "+other.Name) {
+		t.Errorf("runner of %s writing %s's status: %v, want the admission policy's refusal", own.Name, other.Name, err)
+	}
+	if err := runner.Status().Patch(ctx, own.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(`{"status":{"progress":{"processed":1,"total":2000,"summary":"1/2000"}}}`))); err != nil {
+		t.Errorf("runner writing its own run's status: %v", err)
+	}
+	specPatch := client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`))
+	if err := runner.Patch(ctx, own.DeepCopy(), specPatch); !apierrors.IsForbidden(err) {
+		t.Errorf("runner patching its run's object (not status): %v, want Forbidden by RBAC", err)
+	}
+	if err := runner.Delete(ctx, other.DeepCopy()); !apierrors.IsForbidden(err) {
+		t.Errorf("runner deleting a run: %v, want Forbidden", err)
 	}
 }
