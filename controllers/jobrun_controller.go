@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/paramschema"
 )
 
 // DefaultRunnerServiceAccount is the service account of run pods whose
@@ -146,7 +147,11 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		}
 	}
 
-	d := decide(observation{run: run, jobType: jobType, pod: pod, now: r.clock.Now()})
+	var paramsErr error
+	if jobType != nil && run.Status.Attempts == 0 {
+		paramsErr = paramschema.Validate(jobType.Spec.ParamsSchema, run.Spec.Params)
+	}
+	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, now: r.clock.Now()})
 
 	if d.createAttempt > 0 {
 		if err := r.createPod(ctx, run, jobType, d.createAttempt); err != nil {

@@ -21,7 +21,9 @@ type observation struct {
 	// pod is the pod of the run's current attempt; nil when it does not
 	// exist (confirmed against the API server).
 	pod *corev1.Pod
-	now time.Time
+	// paramsErr is why the run's params fail its JobType's paramsSchema.
+	paramsErr error
+	now       time.Time
 }
 
 // runEvent is an Event for people about a transition.
@@ -64,6 +66,12 @@ func decide(o observation) decision {
 		d.setCondition(jobsv1alpha1.JobRunConditionAccepted, metav1.ConditionFalse, jobsv1alpha1.ReasonJobTypeNotFound,
 			fmt.Sprintf("no JobType serves job type %q (looked for JobType %q in namespace %s)", run.Spec.JobType, jobsv1alpha1.JobTypeObjectName(run.Spec.JobType), run.Namespace), now)
 		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonJobTypeNotFound, fmt.Sprintf("job type %q does not exist", run.Spec.JobType), o.now)
+		return d
+	}
+	if o.paramsErr != nil && st.Attempts == 0 {
+		msg := "invalid params: " + o.paramsErr.Error()
+		d.setCondition(jobsv1alpha1.JobRunConditionAccepted, metav1.ConditionFalse, jobsv1alpha1.ReasonInvalidParams, msg, now)
+		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonInvalidParams, msg, o.now)
 		return d
 	}
 	d.setCondition(jobsv1alpha1.JobRunConditionAccepted, metav1.ConditionTrue, jobsv1alpha1.ReasonAccepted, "JobType "+o.jobType.Name+" found", now)

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -82,6 +83,7 @@ func TestDecide(t *testing.T) {
 		run     *jobsv1alpha1.JobRun
 		jobType *jobsv1alpha1.JobType
 		pod     *corev1.Pod
+		params  error
 		now     time.Time
 		want    want
 		// startedAt is the start recorded when the decision starts the run;
@@ -95,6 +97,10 @@ func TestDecide(t *testing.T) {
 		{
 			name: "missing job type fails the run", run: testRun(), jobType: nil, now: t0,
 			want: want{phase: jobsv1alpha1.JobRunFailed, finished: true, reason: jobsv1alpha1.ReasonJobTypeNotFound, errorText: `job type "demo_sync" does not exist`},
+		},
+		{
+			name: "invalid params fail the run before any pod", run: testRun(), jobType: testJobType(), params: errors.New("params.items: Invalid value: -1"), now: t0,
+			want: want{phase: jobsv1alpha1.JobRunFailed, finished: true, reason: jobsv1alpha1.ReasonInvalidParams, errorText: "invalid params: params.items: Invalid value: -1"},
 		},
 		{
 			name: "cancelled before start needs no pod", run: testRun(cancelRequestedAt(t0)), jobType: testJobType(), now: t0,
@@ -166,7 +172,7 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := decide(observation{run: tt.run, jobType: tt.jobType, pod: tt.pod, now: tt.now})
+			d := decide(observation{run: tt.run, jobType: tt.jobType, pod: tt.pod, paramsErr: tt.params, now: tt.now})
 			got := want{
 				phase: d.status.Phase, attempts: d.status.Attempts, createAttempt: d.createAttempt,
 				deletePod: d.deletePod, finished: d.finished, started: d.started,

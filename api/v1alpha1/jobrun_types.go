@@ -174,6 +174,9 @@ const (
 	ReasonAccepted = "Accepted"
 	// ReasonJobTypeNotFound: no JobType serves the run's job type.
 	ReasonJobTypeNotFound = "JobTypeNotFound"
+	// ReasonInvalidParams: the run's params fail its JobType's paramsSchema
+	// (or that schema is itself invalid).
+	ReasonInvalidParams = "InvalidParams"
 	// ReasonPodPending: the run's pod waits to be scheduled or started.
 	ReasonPodPending = "PodPending"
 	// ReasonHandlerRunning: the handler executes.

@@ -89,8 +89,9 @@ type JobTypeSpec struct {
 	// +kubebuilder:validation:Maximum=10000
 	HistoryLimit *int32 `json:"historyLimit,omitempty"`
 
-	// paramsSchema is an optional JSON Schema (draft 2020-12 subset) that a
-	// run's params must satisfy before the run is created.
+	// paramsSchema is an optional OpenAPI v3 schema (the dialect of CRD
+	// schemas) that a run's params must satisfy; a run whose params fail it
+	// fails before any pod starts (reason InvalidParams).
 	// +optional
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +kubebuilder:validation:Schemaless

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/test/testenv"
@@ -61,6 +64,7 @@ func namespace(t *testing.T, mutate ...func(*jobsv1alpha1.JobType)) string {
 			}},
 			CancelGracePeriodSeconds: ptr.To[int64](3),
 			RetryLimit:               ptr.To[int32](0),
+			ParamsSchema:             &runtime.RawExtension{Raw: demoSyncSchema(t)},
 		},
 	}
 	for _, m := range mutate {
@@ -187,12 +191,37 @@ func TestFailingHandler(t *testing.T) {
 	}
 }
 
-func TestBadParamsFailClearly(t *testing.T) {
+// demoSyncSchema is the paramsSchema of the demo_sync sample JobType.
+func demoSyncSchema(t *testing.T) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "samples", "jobs_v1alpha1_jobtype_demo_sync.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sample := &jobsv1alpha1.JobType{}
+	if err := yaml.Unmarshal(data, sample); err != nil {
+		t.Fatal(err)
+	}
+	return sample.Spec.ParamsSchema.Raw
+}
+
+func TestBadParamsFailBeforeAnyPod(t *testing.T) {
 	ns := namespace(t)
-	jr := trigger(t, ns, `{"itemz": 10}`)
-	done := waitFor(t, jr, 60*time.Second, "failed", phase(jobsv1alpha1.JobRunFailed))
-	if done.Status.Error != `invalid params: json: unknown field "itemz"` {
-		t.Errorf("error %q", done.Status.Error)
+	for params, want := range map[string]string{
+		`{"itemz": 10}`: `invalid params: params: Invalid value: "itemz": .itemz in body is a forbidden property`,
+		`{"items": -5}`: `invalid params: params.items: Invalid value: -5: items in body should be greater than or equal to 0`,
+	} {
+		jr := trigger(t, ns, params)
+		done := waitFor(t, jr, 60*time.Second, "failed", phase(jobsv1alpha1.JobRunFailed))
+		if done.Status.Error != want || finishedReason(done) != jobsv1alpha1.ReasonInvalidParams {
+			t.Errorf("params %s: error %q reason %q, want %q", params, done.Status.Error, finishedReason(done), want)
+		}
+		if c := meta.FindStatusCondition(done.Status.Conditions, jobsv1alpha1.JobRunConditionAccepted); c == nil || c.Status != metav1.ConditionFalse {
+			t.Errorf("params %s: Accepted condition %+v", params, c)
+		}
+		if done.Status.Attempts != 0 {
+			t.Errorf("params %s: %d pods started for invalid params", params, done.Status.Attempts)
+		}
 	}
 }
 
