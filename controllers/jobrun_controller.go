@@ -19,6 +19,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -52,6 +53,7 @@ type JobRunReconciler struct {
 	clock          clock.PassiveClock
 	serviceAccount string
 	metrics        *runMetrics
+	workers        int
 }
 
 // JobRunOption configures a JobRunReconciler.
@@ -60,6 +62,9 @@ type JobRunOption func(*JobRunReconciler)
 // WithClock sets the clock that deadlines, grace periods and TTLs are read
 // from (tests move it).
 func WithClock(c clock.PassiveClock) JobRunOption { return func(r *JobRunReconciler) { r.clock = c } }
+
+// WithWorkers sets how many runs are reconciled at once (default 4).
+func WithWorkers(n int) JobRunOption { return func(r *JobRunReconciler) { r.workers = n } }
 
 // WithRunnerServiceAccount sets the service account of run pods whose
 // template names none.
@@ -78,6 +83,7 @@ func NewJobRunReconciler(mgr ctrl.Manager, opts ...JobRunOption) *JobRunReconcil
 		clock:          clock.RealClock{},
 		serviceAccount: DefaultRunnerServiceAccount,
 		metrics:        defaultRunMetrics,
+		workers:        4,
 	}
 	for _, o := range opts {
 		o(r)
@@ -109,6 +115,7 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{},
 			predicate.LabelChangedPredicate{}, statusPhaseChanged{}))).
 		Owns(&corev1.Pod{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.workers}).
 		Named("jobrun").
 		Complete(r)
 }
