@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -177,6 +179,31 @@ func TestDemoSyncCompletes(t *testing.T) {
 		t.Errorf("error %q, status label %q", done.Status.Error, done.Labels[jobsv1alpha1.LabelStatus])
 	}
 	t.Logf("pending→running latency: %s", running.Status.StartedAt.Sub(jr.Spec.CreatedAt.Time))
+
+	// The manager's metrics count the run's start and end.
+	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{
+			`jobrun_runs_started_total{job_type="demo_sync"}`,
+			`jobrun_runs_finished_total{job_type="demo_sync",status="completed"}`,
+			`jobrun_run_duration_seconds_count{job_type="demo_sync",status="completed"}`,
+			`jobrun_run_start_latency_seconds_count{job_type="demo_sync"}`,
+		} {
+			if !strings.Contains(string(body), want) {
+				return fmt.Errorf("manager metrics lack %s", want)
+			}
+		}
+		return nil
+	})
 }
 
 func TestFailingHandler(t *testing.T) {

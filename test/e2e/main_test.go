@@ -16,7 +16,11 @@ import (
 	"jobrun.dev/jobrun/test/testenv"
 )
 
-var cluster *localcluster.Cluster
+var (
+	cluster *localcluster.Cluster
+	// metricsAddr is the manager's /metrics address.
+	metricsAddr string
+)
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
@@ -36,6 +40,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	probe, metrics, err := freeAddrs()
+	metricsAddr = metrics
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
