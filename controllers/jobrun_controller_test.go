@@ -90,6 +90,18 @@ func waitPod(t *testing.T, ns, name string) *corev1.Pod {
 	return pod
 }
 
+// waitPodGone waits until the pod no longer exists; what names it in the
+// failure.
+func waitPodGone(t *testing.T, pod *corev1.Pod, what string) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("%s (%v)", what, err)
+		}
+		return nil
+	})
+}
+
 // kubelet writes a pod's status as a kubelet would.
 func kubelet(t *testing.T, pod *corev1.Pod, phase corev1.PodPhase, exitCode int32, reason string) {
 	t.Helper()
@@ -263,12 +275,7 @@ func TestDeadline(t *testing.T) {
 	if finishedReason(jr) != jobsv1alpha1.ReasonDeadlineExceeded || jr.Status.Error != "run exceeded its deadline of 1m0s" {
 		t.Errorf("reason %q error %q", finishedReason(jr), jr.Status.Error)
 	}
-	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
-		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod); !apierrors.IsNotFound(err) {
-			return fmt.Errorf("the overdue pod still exists (%v)", err)
-		}
-		return nil
-	})
+	waitPodGone(t, pod, "the overdue pod still exists")
 }
 
 func TestCancel(t *testing.T) {
@@ -309,12 +316,7 @@ func TestCancel(t *testing.T) {
 		if finishedReason(jr) != jobsv1alpha1.ReasonCancelGracePeriodExceeded {
 			t.Errorf("reason %q", finishedReason(jr))
 		}
-		testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
-			if err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod); !apierrors.IsNotFound(err) {
-				return fmt.Errorf("the stubborn handler's pod still exists (%v)", err)
-			}
-			return nil
-		})
+		waitPodGone(t, pod, "the stubborn handler's pod still exists")
 	})
 }
 

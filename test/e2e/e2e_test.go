@@ -259,7 +259,7 @@ func TestCancelCooperativeHandler(t *testing.T) {
 	proc := pid(t, running)
 
 	requested := time.Now()
-	env.annotateCancel(t, jr)
+	requestCancel(t, jr)
 	done := waitFor(t, jr, 30*time.Second, "cancelled", phase(jobsv1alpha1.JobRunCancelled))
 	t.Logf("cancel request → run cancelled: %s", time.Since(requested))
 	if finishedReason(done) != jobsv1alpha1.ReasonCancelled || done.Status.Error != "" {
@@ -283,7 +283,7 @@ func TestCancelIgnoredUntilGracePeriod(t *testing.T) {
 	proc := pid(t, running)
 
 	requested := time.Now()
-	env.annotateCancel(t, jr)
+	requestCancel(t, jr)
 	done := waitFor(t, jr, 30*time.Second, "cancelled", phase(jobsv1alpha1.JobRunCancelled))
 	elapsed := time.Since(requested)
 	if finishedReason(done) != jobsv1alpha1.ReasonCancelGracePeriodExceeded {
@@ -428,26 +428,10 @@ func TestManagerKilledDuringTwentyRuns(t *testing.T) {
 	t.Logf("pending→running latency over %d concurrent runs (manager killed midway): p50 %s, max %s", n, latencies[n/2], latencies[n-1])
 }
 
-// env holds small helpers that act as a user would.
-var env userActions
-
-type userActions struct{}
-
-// annotateCancel asks the run to stop, as the REST API's cancel does.
-func (userActions) annotateCancel(t *testing.T, jr *jobsv1alpha1.JobRun) {
+// requestCancel asks the run to stop, as the REST API's cancel does.
+func requestCancel(t *testing.T, jr *jobsv1alpha1.JobRun) {
 	t.Helper()
-	got, err := get(context.Background(), jr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	patch := client.MergeFrom(got.DeepCopy())
-	if got.Annotations == nil {
-		got.Annotations = map[string]string{}
-	}
-	got.Annotations[jobsv1alpha1.AnnotationCancelRequested] = time.Now().UTC().Format(time.RFC3339)
-	if err := cluster.Client.Patch(context.Background(), got, patch); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Annotate(t, cluster.Client, jr.DeepCopy(), jobsv1alpha1.AnnotationCancelRequested, time.Now().UTC().Format(time.RFC3339))
 }
 
 // TestRunnerMayOnlyWriteItsOwnRun uses a real runner's credentials (the
@@ -457,8 +441,8 @@ func TestRunnerMayOnlyWriteItsOwnRun(t *testing.T) {
 	own := trigger(t, ns, `{"items": 2000, "item_ms": 50}`)
 	other := trigger(t, ns, `{"items": 2000, "item_ms": 50}`)
 	t.Cleanup(func() {
-		env.annotateCancel(t, own)
-		env.annotateCancel(t, other)
+		requestCancel(t, own)
+		requestCancel(t, other)
 	})
 	running := waitFor(t, own, 60*time.Second, "progress", progressed)
 	waitFor(t, other, 60*time.Second, "progress", progressed)

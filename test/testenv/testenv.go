@@ -146,8 +146,14 @@ func (e *Env) TryKubectl(args ...string) (string, error) {
 // as a user's `kubectl annotate` would.
 func (e *Env) Annotate(t testing.TB, obj client.Object, key, value string) {
 	t.Helper()
+	Annotate(t, e.Client, obj, key, value)
+}
+
+// Annotate sets one annotation on obj through c; see Env.Annotate.
+func Annotate(t testing.TB, c client.Client, obj client.Object, key, value string) {
+	t.Helper()
 	ctx := context.Background()
-	if err := e.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+	if err := c.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
 		t.Fatal(err)
 	}
 	patch := client.MergeFrom(obj.DeepCopyObject().(client.Object))
@@ -157,7 +163,7 @@ func (e *Env) Annotate(t testing.TB, obj client.Object, key, value string) {
 	}
 	annotations[key] = value
 	obj.SetAnnotations(annotations)
-	if err := e.Client.Patch(ctx, obj, patch); err != nil {
+	if err := c.Patch(ctx, obj, patch); err != nil {
 		t.Fatalf("annotating %s: %v", obj.GetName(), err)
 	}
 }
