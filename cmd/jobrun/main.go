@@ -4,9 +4,10 @@
 //	jobrun manager [flags]   the operator: leader election, probes, metrics, reconcilers
 //	jobrun runner [flags]    inside a run's pod: executes the run with the built-in handlers
 //	jobrun devnode [flags]   local default only: a node that runs job pods as local processes
+//	jobrun token [flags]     mint a development JWT for the REST API
 //
-// Later roles (the REST server) are subcommands of the same binary, so one
-// image serves them all.
+// The REST API is served by the manager (--api-bind-address). One binary, so
+// one image serves every role.
 package main
 
 import (
@@ -18,7 +19,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n  devnode   run job pods as local processes, for the local default (jobrun devnode -h)\n")
+	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n  devnode   run job pods as local processes, for the local default (jobrun devnode -h)\n  token     mint a development JWT for the REST API (jobrun token -h)\n")
 }
 
 func main() {
@@ -33,6 +34,8 @@ func main() {
 	switch role, args := os.Args[1], os.Args[2:]; role {
 	case "manager":
 		err = runManager(ctx, args)
+	case "token":
+		err = runToken(ctx, args)
 	case "devnode":
 		err = runDevNode(ctx, args)
 	case "runner":

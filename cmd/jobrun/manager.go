@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -16,6 +17,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/apiserver"
 	"jobrun.dev/jobrun/controllers"
 	"jobrun.dev/jobrun/internal/controlplane"
 	"jobrun.dev/jobrun/internal/probes"
@@ -40,6 +42,8 @@ type managerFlags struct {
 	leaderElectionNamespace string
 	runnerServiceAccount    string
 	workers                 int
+	apiAddr                 string
+	namespace               string
 	zap                     zap.Options
 }
 
@@ -54,6 +58,8 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader-election Lease. Empty: the pod's own namespace (in a cluster).")
 	fs.StringVar(&f.runnerServiceAccount, "runner-service-account", controllers.DefaultRunnerServiceAccount, "Service account of run pods whose JobType template names none.")
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
+	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
+	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -138,6 +144,25 @@ func runManager(ctx context.Context, args []string) error {
 
 	if err := controllers.NewJobRunReconciler(mgr, controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithWorkers(f.workers)).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("setting up the JobRun controller: %w", err)
+	}
+
+	if f.apiAddr != "" {
+		secret := os.Getenv("JOBRUN_JWT_SECRET")
+		if len(secret) < 32 {
+			return fmt.Errorf("--api-bind-address is set but $JOBRUN_JWT_SECRET is missing or shorter than 32 bytes: the REST API needs it to check HS256 JWTs")
+		}
+		api, err := apiserver.New(apiserver.Options{
+			Addr: f.apiAddr, Namespace: f.namespace,
+			Reader: mgr.GetAPIReader(), Writer: mgr.GetClient(),
+			Auth: apiserver.HS256Authenticator{Secret: []byte(secret)},
+			Log:  ctrl.Log.WithName("apiserver"),
+		})
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(api); err != nil {
+			return err
+		}
 	}
 
 	log.Info("starting", "leaderElection", f.leaderElect, "metrics", f.metricsAddr, "probes", f.probeAddr)

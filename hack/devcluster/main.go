@@ -24,6 +24,7 @@ type options struct {
 	binary        string
 	probeAddr     string
 	metricsAddr   string
+	apiAddr       string
 	attachControl bool
 }
 
@@ -35,6 +36,7 @@ func main() {
 	flag.StringVar(&o.binary, "jobrun", "bin/jobrun", "The jobrun binary: manager, dev node agent and the image jobrun:dev.")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", "127.0.0.1:8081", "Manager's /healthz and /readyz.")
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", "127.0.0.1:8082", "Manager's /metrics (plain HTTP on loopback).")
+	flag.StringVar(&o.apiAddr, "api-bind-address", "127.0.0.1:8080", "The Jobs REST API.")
 	flag.BoolVar(&o.attachControl, "attach-control-plane-output", false, "Print etcd's and kube-apiserver's logs.")
 	flag.Parse()
 
@@ -65,7 +67,7 @@ func run(ctx context.Context, o options) (err error) {
 	dir := abs(root, o.dir)
 	c, err := localcluster.Start(ctx, localcluster.Options{
 		Root: root, Dir: dir, Namespace: o.namespace, Binary: abs(root, o.binary),
-		ProbeAddr: o.probeAddr, MetricsAddr: o.metricsAddr, Samples: true,
+		ProbeAddr: o.probeAddr, MetricsAddr: o.metricsAddr, APIAddr: o.apiAddr, Samples: true,
 		AttachControlPlaneOutput: o.attachControl, Log: logf,
 	})
 	if err != nil {
@@ -83,10 +85,15 @@ jobrun is running on a local control plane (%s).
   curl http://%s/readyz      # manager readiness
   curl http://%s/metrics     # manager metrics
 
+The Jobs REST API on http://%s (team demo-team, project demo-project):
+  export JOBRUN_TOKEN=$(JOBRUN_JWT_SECRET=$(cat %s/jwt-secret) %s token --team demo-team --sub demo-user)
+  curl -H "Authorization: Bearer $JOBRUN_TOKEN" http://%s/v1/jobs/<run id>
+
 Logs (manager, dev node agent, controller-manager, scheduler): %s/logs
 Job pods' output: %s/pods/<namespace>/<pod>/handler.log
 Press Ctrl-C to stop everything.
-`, c.Config.Host, c.Kubeconfig, c.Kubectl, o.namespace, c.Kubectl, o.namespace, root, c.Kubectl, o.namespace, o.probeAddr, o.metricsAddr, dir, dir)
+`, c.Config.Host, c.Kubeconfig, c.Kubectl, o.namespace, c.Kubectl, o.namespace, root, c.Kubectl, o.namespace, o.probeAddr, o.metricsAddr,
+		o.apiAddr, dir, abs(root, o.binary), o.apiAddr, dir, dir)
 	// The marker tells scripts and tests that everything is up.
 	ready := filepath.Join(dir, "ready")
 	if err := os.WriteFile(ready, []byte(c.Config.Host+"\n"), 0o644); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -37,6 +38,7 @@ func TestDevCluster(t *testing.T) {
 		binary:      manager,
 		probeAddr:   testenv.FreeAddr(t),
 		metricsAddr: testenv.FreeAddr(t),
+		apiAddr:     testenv.FreeAddr(t),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}) // closed when run returns; runErr is its result
@@ -104,6 +106,37 @@ func TestDevCluster(t *testing.T) {
 	})
 	if len(seen) < 2 {
 		t.Errorf("saw the run running with progress %v; want it seen at least twice, moving", seen)
+	}
+
+	// The REST API, with the token the printed command mints.
+	secret, err := os.ReadFile(filepath.Join(dir, "jwt-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mint := exec.Command(manager, "token", "--team", "demo-team", "--sub", "demo-user")
+	mint.Env = append(os.Environ(), "JOBRUN_JWT_SECRET="+string(secret))
+	tok, err := mint.Output()
+	if err != nil {
+		t.Fatalf("jobrun token: %v", err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+o.apiAddr+"/v1/jobs/"+strings.TrimPrefix(run, "jobrun.jobs.jobrun.dev/"), nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		JobRun struct {
+			Status   string `json:"status"`
+			Progress struct {
+				Processed int `json:"processed"`
+			} `json:"progress"`
+		} `json:"job_run"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || got.JobRun.Status != "completed" || got.JobRun.Progress.Processed != 200 {
+		t.Errorf("GET the run through the REST API: %d %+v %v", resp.StatusCode, got, err)
 	}
 	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
 		resp, err := http.Get("http://" + o.probeAddr + "/readyz")

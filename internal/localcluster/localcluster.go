@@ -6,6 +6,8 @@ package localcluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -38,6 +40,8 @@ type Options struct {
 	Binary string
 	// ProbeAddr and MetricsAddr are the manager's addresses.
 	ProbeAddr, MetricsAddr string
+	// APIAddr is where the manager serves the REST API; empty: not served.
+	APIAddr string
 	// Samples applies config/samples.
 	Samples bool
 	// AttachControlPlaneOutput prints etcd's and kube-apiserver's logs.
@@ -55,6 +59,9 @@ type Cluster struct {
 	Kubectl string
 	// Client is an admin client, not cached.
 	Client client.Client
+	// JWTSecret is the REST API's HS256 secret, made up for this cluster;
+	// it is also in Dir/jwt-secret.
+	JWTSecret string
 
 	opts  Options
 	procs processes
@@ -95,12 +102,12 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 
 	kubeFlags := []string{"--kubeconfig=" + kubeconfig, "--authentication-kubeconfig=" + kubeconfig, "--authorization-kubeconfig=" + kubeconfig, "--leader-elect=false", "--secure-port=0"}
-	if err := c.procs.start("kube-controller-manager", c.logFile("kube-controller-manager"),
+	if err := c.procs.start("kube-controller-manager", c.logFile("kube-controller-manager"), nil,
 		filepath.Join(cp.AssetsDir, "kube-controller-manager"),
 		append(kubeFlags, "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,node-lifecycle-controller")...); err != nil {
 		return c, err
 	}
-	if err := c.procs.start("kube-scheduler", c.logFile("kube-scheduler"), filepath.Join(cp.AssetsDir, "kube-scheduler"), kubeFlags...); err != nil {
+	if err := c.procs.start("kube-scheduler", c.logFile("kube-scheduler"), nil, filepath.Join(cp.AssetsDir, "kube-scheduler"), kubeFlags...); err != nil {
 		return c, err
 	}
 
@@ -114,11 +121,19 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 	}
 
-	if err := c.procs.start("jobrun devnode", c.logFile("devnode"), o.Binary, "devnode",
+	if err := c.procs.start("jobrun devnode", c.logFile("devnode"), nil, o.Binary, "devnode",
 		"--kubeconfig="+kubeconfig,
 		"--work-dir="+filepath.Join(o.Dir, "pods"),
 		"--image=jobrun:dev="+o.Binary,
 	); err != nil {
+		return c, err
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return c, err
+	}
+	c.JWTSecret = hex.EncodeToString(secret)
+	if err := os.WriteFile(filepath.Join(o.Dir, "jwt-secret"), []byte(c.JWTSecret), 0o600); err != nil {
 		return c, err
 	}
 	if err := c.StartManager(); err != nil {
@@ -176,13 +191,18 @@ func (c *Cluster) PodKubeconfig(ns, pod string) string {
 
 // StartManager starts the jobrun manager (again).
 func (c *Cluster) StartManager() error {
-	return c.procs.start("jobrun manager", c.logFile("manager"), c.opts.Binary, "manager",
-		"--kubeconfig="+c.Kubeconfig,
-		"--leader-election-namespace="+c.opts.Namespace,
-		"--health-probe-bind-address="+c.opts.ProbeAddr,
-		"--metrics-bind-address="+c.opts.MetricsAddr,
+	args := []string{"manager",
+		"--kubeconfig=" + c.Kubeconfig,
+		"--leader-election-namespace=" + c.opts.Namespace,
+		"--namespace=" + c.opts.Namespace,
+		"--health-probe-bind-address=" + c.opts.ProbeAddr,
+		"--metrics-bind-address=" + c.opts.MetricsAddr,
 		"--metrics-secure=false",
-	)
+	}
+	if c.opts.APIAddr != "" {
+		args = append(args, "--api-bind-address="+c.opts.APIAddr)
+	}
+	return c.procs.start("jobrun manager", c.logFile("manager"), []string{"JOBRUN_JWT_SECRET=" + c.JWTSecret}, c.opts.Binary, args...)
 }
 
 // KillManager kills the manager with SIGKILL, as a crash or a lost node
@@ -228,16 +248,18 @@ func (ps *processes) exitedChan() chan string {
 	return ps.exited
 }
 
-// start runs path with args, its output appended to logFile. The child gets
+// start runs path with args and extra environment variables, its output
+// appended to logFile. The child gets
 // its own process group, so a Ctrl-C in the terminal reaches the parent only
 // and children stop in order, and dies with the parent if that is killed.
-func (ps *processes) start(name, logFile, path string, args ...string) error {
+func (ps *processes) start(name, logFile string, env []string, path string, args ...string) error {
 	exited := ps.exitedChan()
 	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Stdout, cmd.Stderr = io.Writer(f), io.Writer(f)
 	if err := cmd.Start(); err != nil {

@@ -1,0 +1,75 @@
+package apiserver
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+)
+
+// Error codes of the JSON error body.
+const (
+	codeUnauthorized   = "unauthorized"
+	codeForbidden      = "forbidden"
+	codeNotFound       = "not_found"
+	codeInvalidRequest = "invalid_request"
+	codeConflict       = "conflict"
+	codeUnavailable    = "unavailable"
+	codeInternal       = "internal"
+)
+
+// apiError is an error with its HTTP status, code and message for the
+// caller, plus documented extra fields (such as existing_run_id).
+type apiError struct {
+	status  int
+	code    string
+	message string
+	extra   map[string]any
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func errorf(status int, code, message string) *apiError {
+	return &apiError{status: status, code: code, message: message}
+}
+
+// writeError is the one place that turns an error into an HTTP status and
+// the JSON body {"error": {"code": ..., "message": ...}}. Errors from the
+// Kubernetes API are mapped; anything unexpected is a 500 whose details go
+// to the log, not to the caller.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+	case apierrors.IsNotFound(err):
+		ae = errorf(http.StatusNotFound, codeNotFound, "not found")
+	case apierrors.IsConflict(err), apierrors.IsAlreadyExists(err):
+		ae = errorf(http.StatusConflict, codeConflict, "the resource changed or exists; retry")
+	case apierrors.IsTimeout(err), apierrors.IsServerTimeout(err), apierrors.IsTooManyRequests(err), apierrors.IsServiceUnavailable(err):
+		ae = errorf(http.StatusServiceUnavailable, codeUnavailable, "the backend is busy; retry")
+	default:
+		logf.FromContext(r.Context()).Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
+		ae = errorf(http.StatusInternalServerError, codeInternal, "internal error")
+	}
+	if ae.status >= 500 {
+		logf.FromContext(r.Context()).Error(err, "request failed", "status", ae.status)
+	} else {
+		logf.FromContext(r.Context()).V(1).Info("request refused", "status", ae.status, "code", ae.code, "message", ae.message)
+	}
+	body := map[string]any{"code": ae.code, "message": ae.message}
+	for k, v := range ae.extra {
+		body[k] = v
+	}
+	if ae.status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="jobrun"`)
+	}
+	writeJSON(w, ae.status, map[string]any{"error": body})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

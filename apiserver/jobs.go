@@ -1,0 +1,79 @@
+package apiserver
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// jobsResource serves /v1/jobs/{runId}: one run, and its cancellation.
+type jobsResource struct {
+	s *Server
+}
+
+func (j jobsResource) routes(r chi.Router) {
+	r.Get("/{runId}", j.get)
+	r.Post("/{runId}/cancel", j.cancel)
+}
+
+// visibleRun reads the run straight from the API server (a run is visible
+// the moment its trigger returned, whatever the cache has seen) and returns
+// it only if the caller may see it; otherwise 404, never 403, so run ids of
+// other teams cannot be probed. A JWT user sees the runs of their teams;
+// an API key needs perm.
+func (j jobsResource) visibleRun(r *http.Request, perm string) (*jobsv1alpha1.JobRun, error) {
+	p := principalFrom(r.Context())
+	run := &jobsv1alpha1.JobRun{}
+	err := j.s.reader.Get(r.Context(), client.ObjectKey{Namespace: j.s.namespace, Name: chi.URLParam(r, "runId")}, run)
+	notFound := errorf(http.StatusNotFound, codeNotFound, "job run not found")
+	if client.IgnoreNotFound(err) != nil {
+		return nil, err
+	}
+	if err != nil || !p.InTeam(run.Spec.TeamID) {
+		return nil, notFound
+	}
+	if p.Kind != "user" && !p.Can(run.Spec.TeamID, perm) {
+		return nil, errorf(http.StatusForbidden, codeForbidden, "this credential lacks "+perm)
+	}
+	return run, nil
+}
+
+// get serves GET /v1/jobs/{runId}.
+func (j jobsResource) get(w http.ResponseWriter, r *http.Request) {
+	run, err := j.visibleRun(r, PermJobsRead)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"job_run": toJobRun(run)})
+}
+
+// cancel serves POST /v1/jobs/{runId}/cancel: it asks a running run to stop
+// by annotating it; the runner and the controller do the rest.
+func (j jobsResource) cancel(w http.ResponseWriter, r *http.Request) {
+	run, err := j.visibleRun(r, PermJobsWrite)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if run.CurrentPhase() != jobsv1alpha1.JobRunRunning {
+		writeError(w, r, errorf(http.StatusBadRequest, codeInvalidRequest, "job is not in running status (it is "+string(run.CurrentPhase())+")"))
+		return
+	}
+	if !run.IsCancelRequested() {
+		patch := client.MergeFrom(run.DeepCopy())
+		if run.Annotations == nil {
+			run.Annotations = map[string]string{}
+		}
+		run.Annotations[jobsv1alpha1.AnnotationCancelRequested] = j.s.now().UTC().Format(time.RFC3339)
+		if err := j.s.writer.Patch(r.Context(), run, patch); err != nil {
+			writeError(w, r, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"cancelled": true})
+}

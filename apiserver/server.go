@@ -1,0 +1,119 @@
+// Package apiserver serves the Jobs REST API (spec/jobs-api.txt) on top of
+// JobRun resources. It is a translator: requests become JobRuns and
+// annotations, JobRuns become responses; it never writes a run's status.
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/go-logr/logr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Addr is the address to listen on, such as 127.0.0.1:8080.
+	Addr string
+	// Namespace holds the runs, job types and projects the API serves.
+	Namespace string
+	// Reader reads around any cache, for read-your-writes.
+	Reader client.Reader
+	// Writer creates and patches runs.
+	Writer client.Client
+	// Auth authenticates bearer credentials.
+	Auth Authenticator
+	// Log receives request logs.
+	Log logr.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Server is the Jobs API. It runs as a controller-runtime Runnable (on
+// every replica, not only the leader) or on its own.
+type Server struct {
+	addr      string
+	namespace string
+	reader    client.Reader
+	writer    client.Client
+	log       logr.Logger
+	now       func() time.Time
+	handler   http.Handler
+}
+
+// New returns a Server; Start serves it.
+func New(o Options) (*Server, error) {
+	if o.Auth == nil {
+		return nil, errors.New("apiserver: an Authenticator is required")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, writer: o.Writer, log: o.Log, now: o.Now}
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, middleware.RealIP, s.logRequests, middleware.Recoverer)
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	r.Route("/v1", func(r chi.Router) {
+		r.Use(authenticate(o.Auth))
+		r.Route("/jobs", jobsResource{s}.routes)
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, errorf(http.StatusNotFound, codeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, errorf(http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path))
+	})
+	s.handler = r
+	return s, nil
+}
+
+// Handler is the API's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// NeedLeaderElection is false: every replica serves the API.
+func (s *Server) NeedLeaderElection() bool { return false }
+
+// Start serves until ctx ends, then drains in-flight requests for up to 10 s.
+func (s *Server) Start(ctx context.Context) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return logf.IntoContext(context.Background(), s.log) },
+	}
+	l, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("apiserver: listening on %s: %w", s.addr, err)
+	}
+	s.log.Info("serving the Jobs API", "addr", l.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutdownCtx)
+}
+
+// logRequests logs each request with its route, status and duration.
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		log := s.log.WithValues("requestID", middleware.GetReqID(r.Context()))
+		next.ServeHTTP(ww, r.WithContext(logf.IntoContext(r.Context(), log)))
+		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", ww.Status(), "duration", time.Since(start))
+	})
+}

@@ -1,0 +1,257 @@
+package apiserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/test/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Main(m, &env) }
+
+var secret = []byte("test-secret-of-enough-length-for-hs256")
+
+// api is the Jobs API over a namespace of its own on the real API server.
+type api struct {
+	t   *testing.T
+	ns  string
+	url string
+}
+
+func newAPI(t *testing.T) *api {
+	t.Helper()
+	ns := env.Namespace(t)
+	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Auth: HS256Authenticator{Secret: secret}, Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	return &api{t: t, ns: ns, url: srv.URL}
+}
+
+// token mints a JWT; mutate adjusts its claims.
+func token(t *testing.T, method jwt.SigningMethod, key any, mutate func(jwt.MapClaims)) string {
+	t.Helper()
+	c := jwt.MapClaims{
+		"sub": "user-1", "email": "u1@example.com", "teams": []string{"team-1"},
+		"role": "member", "permissions": []string{PermJobsRead, PermJobsWrite},
+		"exp": time.Now().Add(time.Hour).Unix(),
+	}
+	if mutate != nil {
+		mutate(c)
+	}
+	s, err := jwt.NewWithClaims(method, c).SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func userToken(t *testing.T) string { return token(t, jwt.SigningMethodHS256, secret, nil) }
+
+// do sends a request and decodes the JSON body.
+func (a *api) do(method, path, tok string, body any) (int, map[string]any) {
+	a.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		data, _ := json.Marshal(body)
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, a.url+path, rd)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		a.t.Errorf("%s %s: Content-Type %q", method, path, ct)
+	}
+	out := map[string]any{}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		a.t.Fatalf("%s %s: body is not JSON: %v", method, path, err)
+	}
+	return resp.StatusCode, out
+}
+
+func (a *api) createRun(name, team string, mutate func(*jobsv1alpha1.JobRun)) *jobsv1alpha1.JobRun {
+	a.t.Helper()
+	created := metav1.NewMicroTime(time.Date(2024, 1, 15, 10, 30, 0, 0, time.UTC))
+	jr := &jobsv1alpha1.JobRun{
+		ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: name},
+		Spec: jobsv1alpha1.JobRunSpec{
+			JobType: "revenuecat_sync", TeamID: team, ProjectID: "project-1", TriggeredBy: "manual:user:user-1",
+			Params: &runtime.RawExtension{Raw: []byte(`{"project_id":"project-1","integration_id":"int-1"}`)}, CreatedAt: &created,
+		},
+	}
+	if team == "" {
+		jr.Spec.ProjectID = ""
+	}
+	if err := env.Client.Create(context.Background(), jr); err != nil {
+		a.t.Fatal(err)
+	}
+	if mutate != nil {
+		mutate(jr)
+		if err := env.Client.Status().Update(context.Background(), jr); err != nil {
+			a.t.Fatal(err)
+		}
+	}
+	return jr
+}
+
+func errorCode(body map[string]any) string {
+	e, _ := body["error"].(map[string]any)
+	code, _ := e["code"].(string)
+	if msg, _ := e["message"].(string); code != "" && msg == "" {
+		return code + " (without message)"
+	}
+	return code
+}
+
+func TestAuthentication(t *testing.T) {
+	a := newAPI(t)
+	a.createRun("run-1", "team-1", nil)
+	wrongKey := []byte("another-secret-of-enough-length-xxxx")
+	tests := []struct {
+		name  string
+		token string
+		want  int
+	}{
+		{"no credential", "", http.StatusUnauthorized},
+		{"garbage", "not-a-jwt", http.StatusUnauthorized},
+		{"wrong signature", token(t, jwt.SigningMethodHS256, wrongKey, nil), http.StatusUnauthorized},
+		{"alg none", token(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, nil), http.StatusUnauthorized},
+		{"another HMAC algorithm", token(t, jwt.SigningMethodHS512, secret, nil), http.StatusUnauthorized},
+		{"expired", token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Minute).Unix() }), http.StatusUnauthorized},
+		{"no exp", token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { delete(c, "exp") }), http.StatusUnauthorized},
+		{"no sub", token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { delete(c, "sub") }), http.StatusUnauthorized},
+		{"valid", userToken(t), http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, body := a.do(http.MethodGet, "/v1/jobs/run-1", tt.token, nil)
+			if status != tt.want {
+				t.Errorf("status %d, want %d (body %v)", status, tt.want, body)
+			}
+			if tt.want == http.StatusUnauthorized && errorCode(body) != codeUnauthorized {
+				t.Errorf("error body %v", body)
+			}
+		})
+	}
+}
+
+func TestGetRun(t *testing.T) {
+	a := newAPI(t)
+	started := metav1.NewMicroTime(time.Date(2024, 1, 15, 10, 30, 1, 0, time.UTC))
+	a.createRun("run-running", "team-1", func(jr *jobsv1alpha1.JobRun) {
+		jr.Status.Phase = jobsv1alpha1.JobRunRunning
+		jr.Status.StartedAt = &started
+		jr.Status.Progress = jobsv1alpha1.NewProgress(45, 200, "Synced 38 users, 7 skipped")
+	})
+
+	status, body := a.do(http.MethodGet, "/v1/jobs/run-running", userToken(t), nil)
+	if status != http.StatusOK {
+		t.Fatalf("status %d: %v", status, body)
+	}
+	// The spec's example, field for field.
+	want := map[string]any{"job_run": map[string]any{
+		"id": "run-running", "job_type": "revenuecat_sync", "status": "running",
+		"team_id": "team-1", "project_id": "project-1", "triggered_by": "manual:user:user-1",
+		"params":   map[string]any{"project_id": "project-1", "integration_id": "int-1"},
+		"progress": map[string]any{"processed": float64(45), "total": float64(200), "message": "Synced 38 users, 7 skipped"},
+		"result":   nil, "error": nil, "notify": false,
+		"started_at": "2024-01-15T10:30:01.000Z", "completed_at": nil, "created_at": "2024-01-15T10:30:00.000Z",
+	}}
+	if diff := cmp.Diff(want, body); diff != "" {
+		t.Errorf("GET /v1/jobs/run-running (-want +got):\n%s", diff)
+	}
+
+	// A run just created is visible at once (no cache in the way).
+	a.createRun("run-new", "team-1", nil)
+	if status, body := a.do(http.MethodGet, "/v1/jobs/run-new", userToken(t), nil); status != http.StatusOK || body["job_run"].(map[string]any)["status"] != "pending" {
+		t.Errorf("new run: %d %v", status, body)
+	}
+}
+
+func TestRunsOfOtherTeamsAreNotFound(t *testing.T) {
+	a := newAPI(t)
+	a.createRun("run-other", "team-2", nil)
+	a.createRun("run-system", "", nil)
+	for _, path := range []string{"/v1/jobs/run-other", "/v1/jobs/run-system", "/v1/jobs/no-such-run"} {
+		for _, method := range []string{http.MethodGet, http.MethodPost} {
+			p := path
+			if method == http.MethodPost {
+				p += "/cancel"
+			}
+			status, body := a.do(method, p, userToken(t), nil)
+			if status != http.StatusNotFound || errorCode(body) != codeNotFound {
+				t.Errorf("%s %s: %d %v, want 404 not_found", method, p, status, body)
+			}
+		}
+	}
+}
+
+func TestCancel(t *testing.T) {
+	a := newAPI(t)
+	a.createRun("run-pending", "team-1", nil)
+	run := a.createRun("run-running", "team-1", func(jr *jobsv1alpha1.JobRun) { jr.Status.Phase = jobsv1alpha1.JobRunRunning })
+	a.createRun("run-done", "team-1", func(jr *jobsv1alpha1.JobRun) { jr.Status.Phase = jobsv1alpha1.JobRunCompleted })
+
+	for _, name := range []string{"run-pending", "run-done"} {
+		status, body := a.do(http.MethodPost, "/v1/jobs/"+name+"/cancel", userToken(t), nil)
+		if status != http.StatusBadRequest || errorCode(body) != codeInvalidRequest {
+			t.Errorf("cancel %s: %d %v, want 400", name, status, body)
+		}
+	}
+
+	for range 2 { // cancelling twice is fine
+		status, body := a.do(http.MethodPost, "/v1/jobs/run-running/cancel", userToken(t), nil)
+		if status != http.StatusOK || !cmp.Equal(body, map[string]any{"cancelled": true}) {
+			t.Errorf("cancel: %d %v", status, body)
+		}
+	}
+	got := &jobsv1alpha1.JobRun{}
+	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(run), got); err != nil {
+		t.Fatal(err)
+	}
+	if !got.IsCancelRequested() {
+		t.Error("the run carries no cancel request")
+	}
+	if got.Status.Phase != jobsv1alpha1.JobRunRunning {
+		t.Errorf("the API wrote the run's status (phase %q): only the controller may", got.Status.Phase)
+	}
+}
+
+func TestUnknownEndpoint(t *testing.T) {
+	a := newAPI(t)
+	status, body := a.do(http.MethodGet, "/v1/nothing-here", userToken(t), nil)
+	if status != http.StatusNotFound || errorCode(body) != codeNotFound {
+		t.Errorf("%d %v", status, body)
+	}
+	status, body = a.do(http.MethodDelete, "/v1/jobs/x", userToken(t), nil)
+	if status != http.StatusMethodNotAllowed {
+		t.Errorf("DELETE: %d %v", status, body)
+	}
+}
