@@ -59,7 +59,9 @@ func New(o Options) (*Server, error) {
 	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, writer: o.Writer, log: o.Log, now: o.Now}
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, middleware.RealIP, s.logRequests, middleware.Recoverer)
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(authenticate(o.Auth))
 		r.Route("/jobs", jobsResource{s}.routes)
