@@ -58,13 +58,14 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, writer: o.Writer, log: o.Log, now: o.Now}
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, middleware.RealIP, s.logRequests, middleware.Recoverer)
+	r.Use(middleware.RequestID, s.logRequests, middleware.Recoverer)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(authenticate(o.Auth))
 		r.Route("/jobs", jobsResource{s}.routes)
+		r.Route("/teams", teamsResource{s}.routes)
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, errorf(http.StatusNotFound, codeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,7 +37,18 @@ type api struct {
 
 func newAPI(t *testing.T) *api {
 	t.Helper()
-	ns := env.Namespace(t)
+	return startAPI(t, env.Namespace(t))
+}
+
+// replica is a second API server over the same namespace, as a second REST
+// replica would be.
+func (a *api) replica() *api { return startAPI(a.t, a.ns) }
+
+// rawJSON is a request body sent as is.
+type rawJSON string
+
+func startAPI(t *testing.T, ns string) *api {
+	t.Helper()
 	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Auth: HS256Authenticator{Secret: secret}, Log: testr.New(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -70,8 +82,12 @@ func userToken(t *testing.T) string { return token(t, jwt.SigningMethodHS256, se
 func (a *api) do(method, path, tok string, body any) (int, map[string]any) {
 	a.t.Helper()
 	var rd io.Reader
-	if body != nil {
-		data, _ := json.Marshal(body)
+	switch b := body.(type) {
+	case nil:
+	case rawJSON:
+		rd = strings.NewReader(string(b))
+	default:
+		data, _ := json.Marshal(b)
 		rd = bytes.NewReader(data)
 	}
 	req, err := http.NewRequest(method, a.url+path, rd)

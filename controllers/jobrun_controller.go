@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -39,6 +40,7 @@ const DefaultRunnerServiceAccount = "jobrun-runner"
 // +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;delete,namespace=system
 
 // JobRunReconciler turns pending runs into pods and pods' outcomes into run
 // status; it enforces deadlines and cancel grace periods, retries failed
@@ -331,6 +333,9 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 	if err := r.stopPods(ctx, run); err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.releaseGuard(ctx, run); err != nil {
+		return ctrl.Result{}, err
+	}
 	jt := &jobsv1alpha1.JobType{}
 	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}, jt); err != nil {
 		// Without its JobType a run has no TTL; it stays until deleted.
@@ -383,6 +388,29 @@ func (r *JobRunReconciler) deletePod(ctx context.Context, pod *corev1.Pod) error
 		logf.FromContext(ctx).Info("deleted pod of a finished run", "pod", pod.Name)
 	}
 	return nil
+}
+
+// releaseGuard deletes the (job type, project) guard Lease the REST API took
+// for run, so the next trigger for the pair may start. A guard held by
+// another run is left alone.
+func (r *JobRunReconciler) releaseGuard(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	guard := &coordinationv1.Lease{}
+	key := client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.GuardName(run.Spec.JobType, run.Spec.ProjectID)}
+	// Read live: leases are not worth a cluster-wide informer.
+	if err := r.apiReader.Get(ctx, key, guard); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if ptr.Deref(guard.Spec.HolderIdentity, "") != run.Name {
+		return nil
+	}
+	err := r.client.Delete(ctx, guard, client.Preconditions{UID: &guard.UID, ResourceVersion: &guard.ResourceVersion})
+	if apierrors.IsConflict(err) {
+		return nil // taken over by a newer run meanwhile
+	}
+	if err == nil {
+		logf.FromContext(ctx).Info("released the trigger guard", "guard", guard.Name)
+	}
+	return client.IgnoreNotFound(err)
 }
 
 func (r *JobRunReconciler) deleteRun(ctx context.Context, run *jobsv1alpha1.JobRun) error {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -188,6 +189,15 @@ func TestRunLifecycle(t *testing.T) {
 		return nil
 	})
 
+	// The REST API's trigger guard for the run's (job type, project).
+	guard := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: jobsv1alpha1.GuardName("demo_sync", "project-1")},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("run-ok")},
+	}
+	if err := env.Client.Create(context.Background(), guard); err != nil {
+		t.Fatal(err)
+	}
+
 	runnerWrites(t, jr, `{"status":{"progress":{"processed":10,"total":10,"message":"done","summary":"10/10"},"result":{"processed":10}}}`)
 	clock.Step(3 * time.Second)
 	kubelet(t, pod, corev1.PodSucceeded, 0, "Completed")
@@ -201,6 +211,14 @@ func TestRunLifecycle(t *testing.T) {
 	if finishedReason(jr) != jobsv1alpha1.ReasonCompleted {
 		t.Errorf("Finished condition reason %q", finishedReason(jr))
 	}
+
+	// The run ended: its guard is released, so the pair may run again.
+	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(guard), &coordinationv1.Lease{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("guard still there (%v)", err)
+		}
+		return nil
+	})
 
 	// People can read what happened in the run's events.
 	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {

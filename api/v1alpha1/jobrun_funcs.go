@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"strconv"
 	"time"
 )
@@ -47,4 +49,15 @@ func NewProgress(processed, total int64, message string) *JobRunProgress {
 		Message:   message,
 		Summary:   strconv.FormatInt(processed, 10) + "/" + strconv.FormatInt(total, 10),
 	}
+}
+
+// GuardName is the name of the Lease that allows one pending or running run
+// per (job type, project): the REST API creates it with create-if-absent
+// semantics before it creates a run, so concurrent triggers on any number of
+// replicas yield exactly one run; the controller deletes it when the run
+// ends. Job types hold underscores and ids may be long, so the name is a
+// hash.
+func GuardName(jobType, projectID string) string {
+	sum := sha256.Sum256([]byte(jobType + "\x00" + projectID))
+	return "jobrun-guard-" + hex.EncodeToString(sum[:12])
 }

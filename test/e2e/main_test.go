@@ -20,6 +20,8 @@ var (
 	cluster *localcluster.Cluster
 	// metricsAddr is the manager's /metrics address.
 	metricsAddr string
+	// apiAddr is the Jobs REST API's address.
+	apiAddr string
 )
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
@@ -41,13 +43,16 @@ func run(m *testing.M) int {
 	}
 	probe, metrics, err := freeAddrs()
 	metricsAddr = metrics
+	if err == nil {
+		apiAddr, _, err = freeAddrs()
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	cluster, err = localcluster.Start(context.Background(), localcluster.Options{
 		Root: root, Dir: filepath.Join(dir, "cluster"), Namespace: "jobrun-system", Binary: bin,
-		ProbeAddr: probe, MetricsAddr: metrics,
+		ProbeAddr: probe, MetricsAddr: metrics, APIAddr: apiAddr,
 		Log: func(format string, args ...any) { fmt.Fprintf(os.Stderr, "[e2e] "+format+"\n", args...) },
 	})
 	if err != nil {

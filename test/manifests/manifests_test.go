@@ -58,7 +58,9 @@ func TestDefaultManifestsApply(t *testing.T) {
 		{managerSA, []string{"create", "pods", "-n", "jobrun-system"}, "yes"},
 		{managerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", "jobrun-system"}, "yes"},
 		{managerSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
-		{managerSA, []string{"create", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
+		{managerSA, []string{"create", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"get", "projects.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"update", "projects.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
 		// The runner: read and watch runs, patch their status, nothing more.
 		{runnerSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
 		{runnerSA, []string{"watch", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},

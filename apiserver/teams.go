@@ -1,0 +1,263 @@
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/paramschema"
+)
+
+// The REST API creates runs and their guards and reads job types and projects.
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=create
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=projects,verbs=get;list;watch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update;delete,namespace=system
+
+const (
+	// maxTriggerBody bounds a trigger request, params included.
+	maxTriggerBody = 64 << 10
+	// guardGrace is how long a guard whose run does not exist yet is taken
+	// to belong to a trigger still creating it; after that it is stale.
+	guardGrace = 30 * time.Second
+)
+
+// teamsResource serves /v1/teams/{teamId}/jobs.
+type teamsResource struct {
+	s *Server
+}
+
+func (tr teamsResource) routes(r chi.Router) {
+	r.Post("/{teamId}/jobs/trigger", tr.trigger)
+}
+
+// authorizeTeam checks that the caller may act in the path's team: 404 for a
+// team the caller is not in (teams cannot be probed), 403 for a member
+// without the permission.
+func authorizeTeam(r *http.Request, perm string) (string, error) {
+	team := chi.URLParam(r, "teamId")
+	p := principalFrom(r.Context())
+	if !p.InTeam(team) {
+		return "", errorf(http.StatusNotFound, codeNotFound, "team not found")
+	}
+	if !p.Can(team, perm) {
+		return "", errorf(http.StatusForbidden, codeForbidden, "this credential lacks "+perm+" in team "+team)
+	}
+	return team, nil
+}
+
+// triggerRequest is the body of POST /v1/teams/{teamId}/jobs/trigger.
+type triggerRequest struct {
+	JobType   string          `json:"job_type"`
+	ProjectID string          `json:"project_id"`
+	Params    json.RawMessage `json:"params"`
+	Notify    bool            `json:"notify"`
+}
+
+var jobTypePattern = regexp.MustCompile(`^[a-z]([a-z0-9_]*[a-z0-9])?$`)
+
+func badRequest(format string, args ...any) *apiError {
+	return errorf(http.StatusBadRequest, codeInvalidRequest, fmt.Sprintf(format, args...))
+}
+
+func decodeTrigger(w http.ResponseWriter, r *http.Request) (*triggerRequest, error) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxTriggerBody))
+	dec.DisallowUnknownFields()
+	req := &triggerRequest{}
+	if err := dec.Decode(req); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "request_too_large", fmt.Sprintf("request body exceeds %d bytes", maxTriggerBody))
+		}
+		return nil, badRequest("malformed request body: %v", err)
+	}
+	if dec.More() {
+		return nil, badRequest("request body must hold one JSON object")
+	}
+	if req.JobType == "" {
+		return nil, badRequest("job_type is required")
+	}
+	if len(req.Params) > 0 && string(req.Params) != "null" {
+		var obj map[string]any
+		if err := json.Unmarshal(req.Params, &obj); err != nil {
+			return nil, badRequest("params must be a JSON object")
+		}
+	} else {
+		req.Params = json.RawMessage("{}")
+	}
+	return req, nil
+}
+
+// trigger serves POST /v1/teams/{teamId}/jobs/trigger.
+func (tr teamsResource) trigger(w http.ResponseWriter, r *http.Request) {
+	team, err := authorizeTeam(r, PermJobsWrite)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	req, err := decodeTrigger(w, r)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	run, err := tr.s.triggerRun(r.Context(), principalFrom(r.Context()), team, req)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"job_run": toJobRun(run)})
+}
+
+// triggerRun checks the request against the JobType and Project, takes the
+// (job type, project) guard and creates the run.
+func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req *triggerRequest) (*jobsv1alpha1.JobRun, error) {
+	if !jobTypePattern.MatchString(req.JobType) || len(req.JobType) > 63 {
+		return nil, badRequest("invalid job_type %q", req.JobType)
+	}
+	jt := &jobsv1alpha1.JobType{}
+	err := s.reader.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: jobsv1alpha1.JobTypeObjectName(req.JobType)}, jt)
+	if apierrors.IsNotFound(err) || (err == nil && jt.Spec.JobType != req.JobType) {
+		return nil, badRequest("invalid job_type %q: no such job type", req.JobType)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if jt.Spec.Scope == jobsv1alpha1.JobTypeScopeSystem {
+		return nil, badRequest("job_type %q is a system job type: it runs on its schedule and cannot be triggered", req.JobType)
+	}
+	if req.ProjectID == "" {
+		return nil, badRequest("project_id is required for job type %q", req.JobType)
+	}
+	project := &jobsv1alpha1.Project{}
+	err = s.reader.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: req.ProjectID}, project)
+	if client.IgnoreNotFound(err) != nil {
+		return nil, err
+	}
+	if err != nil || project.Spec.TeamID != team {
+		return nil, badRequest("project_id %q does not belong to team %s", req.ProjectID, team)
+	}
+	params := &runtime.RawExtension{Raw: req.Params}
+	if err := paramschema.Validate(jt.Spec.ParamsSchema, params); err != nil {
+		if errors.Is(err, paramschema.ErrInvalidSchema) {
+			return nil, err // the JobType's fault: a 500 with a log line
+		}
+		return nil, badRequest("invalid params: %v", err)
+	}
+
+	now := s.now()
+	run := &jobsv1alpha1.JobRun{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: s.namespace,
+			Name:      uuid.NewString(),
+			Labels: map[string]string{
+				jobsv1alpha1.LabelTeam: team, jobsv1alpha1.LabelProject: req.ProjectID,
+				jobsv1alpha1.LabelJobType: req.JobType, jobsv1alpha1.LabelStatus: string(jobsv1alpha1.JobRunPending),
+			},
+		},
+		Spec: jobsv1alpha1.JobRunSpec{
+			JobType: req.JobType, TeamID: team, ProjectID: req.ProjectID, Params: params,
+			Notify: req.Notify, NotifyEmail: p.Email, TriggeredBy: p.TriggeredBy(),
+			CreatedAt: ptr.To(metav1.NewMicroTime(now.UTC().Truncate(time.Millisecond))),
+		},
+	}
+	guard, err := s.takeGuard(ctx, run)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.writer.Create(ctx, run); err != nil {
+		// Without its run the guard would block the pair until it is stale.
+		if derr := s.writer.Delete(context.WithoutCancel(ctx), guard, client.Preconditions{UID: &guard.UID}); client.IgnoreNotFound(derr) != nil {
+			logf.FromContext(ctx).Error(derr, "releasing the guard of a run that was not created", "guard", guard.Name)
+		}
+		return nil, err
+	}
+	// The guard goes with the run if the run is deleted before it ends.
+	patch := client.MergeFrom(guard.DeepCopy())
+	guard.OwnerReferences = []metav1.OwnerReference{{
+		APIVersion: jobsv1alpha1.GroupVersion.String(), Kind: "JobRun", Name: run.Name, UID: run.UID,
+	}}
+	if err := s.writer.Patch(ctx, guard, patch); err != nil {
+		logf.FromContext(ctx).Error(err, "owning the guard by its run; the controller still releases it when the run ends", "guard", guard.Name)
+	}
+	return run, nil
+}
+
+// takeGuard creates the (job type, project) guard Lease for run, or takes
+// over a stale one. Another live run's guard is a 409 naming that run.
+func (s *Server) takeGuard(ctx context.Context, run *jobsv1alpha1.JobRun) (*coordinationv1.Lease, error) {
+	now := metav1.NewMicroTime(s.now())
+	guard := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: run.Namespace, Name: jobsv1alpha1.GuardName(run.Spec.JobType, run.Spec.ProjectID),
+			Labels: map[string]string{jobsv1alpha1.LabelJobType: run.Spec.JobType, jobsv1alpha1.LabelProject: run.Spec.ProjectID}},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(run.Name), AcquireTime: &now},
+	}
+	err := s.writer.Create(ctx, guard)
+	if err == nil {
+		return guard, nil
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	existing := &coordinationv1.Lease{}
+	if err := s.reader.Get(ctx, client.ObjectKeyFromObject(guard), existing); err != nil {
+		return nil, err
+	}
+	holder := ptr.Deref(existing.Spec.HolderIdentity, "")
+	if !s.guardStale(ctx, existing, holder) {
+		return nil, conflict(holder)
+	}
+	// Stale: its run ended (and the release was missed) or never came to be.
+	// Take it over; an update from a stale read fails, so only one trigger
+	// can win the takeover.
+	existing.Spec.HolderIdentity, existing.Spec.AcquireTime = ptr.To(run.Name), &now
+	existing.OwnerReferences = nil
+	if err := s.writer.Update(ctx, existing); err != nil {
+		if apierrors.IsConflict(err) {
+			latest := &coordinationv1.Lease{}
+			if gerr := s.reader.Get(ctx, client.ObjectKeyFromObject(guard), latest); gerr == nil {
+				return nil, conflict(ptr.Deref(latest.Spec.HolderIdentity, ""))
+			}
+		}
+		return nil, err
+	}
+	return existing, nil
+}
+
+// guardStale reports whether a guard no longer protects a live run.
+func (s *Server) guardStale(ctx context.Context, guard *coordinationv1.Lease, holder string) bool {
+	other := &jobsv1alpha1.JobRun{}
+	err := s.reader.Get(ctx, client.ObjectKey{Namespace: guard.Namespace, Name: holder}, other)
+	switch {
+	case err == nil:
+		return other.CurrentPhase().IsTerminal()
+	case apierrors.IsNotFound(err):
+		// Its trigger may still be creating the run.
+		acquired := guard.CreationTimestamp.Time
+		if guard.Spec.AcquireTime != nil {
+			acquired = guard.Spec.AcquireTime.Time
+		}
+		return s.now().Sub(acquired) > guardGrace
+	default:
+		return false
+	}
+}
+
+func conflict(existingRunID string) *apiError {
+	e := errorf(http.StatusConflict, codeConflict, "a job of this type is already pending or running for this project")
+	e.extra = map[string]any{"existing_run_id": existingRunID}
+	return e
+}
