@@ -100,7 +100,10 @@ func TestThroughTheRESTAPI(t *testing.T) {
 	if status, body := trigger(map[string]any{"items": 1}); status != http.StatusConflict {
 		t.Errorf("second trigger while the first runs: %d %v, want 409", status, body)
 	}
-	pollRun(t, id, "progress", func(jr map[string]any) bool { p, _ := jr["progress"].(map[string]any); return jr["status"] == "running" && p != nil })
+	pollRun(t, id, "progress", func(jr map[string]any) bool {
+		p, _ := jr["progress"].(map[string]any)
+		return jr["status"] == "running" && p != nil
+	})
 	done := pollRun(t, id, "completed", func(jr map[string]any) bool { return jr["status"] == "completed" })
 	if p := done["progress"].(map[string]any); p["processed"] != float64(10) || p["total"] != float64(10) {
 		t.Errorf("progress %v", p)
