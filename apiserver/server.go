@@ -28,6 +28,8 @@ type Options struct {
 	Reader client.Reader
 	// Writer creates and patches runs.
 	Writer client.Client
+	// Lister serves run lists (a CacheLister over an indexed cache).
+	Lister RunLister
 	// Auth authenticates bearer credentials.
 	Auth Authenticator
 	// Log receives request logs.
@@ -43,6 +45,7 @@ type Server struct {
 	namespace string
 	reader    client.Reader
 	writer    client.Client
+	lister    RunLister
 	log       logr.Logger
 	now       func() time.Time
 	handler   http.Handler
@@ -53,10 +56,13 @@ func New(o Options) (*Server, error) {
 	if o.Auth == nil {
 		return nil, errors.New("apiserver: an Authenticator is required")
 	}
+	if o.Lister == nil {
+		return nil, errors.New("apiserver: a RunLister is required")
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, writer: o.Writer, log: o.Log, now: o.Now}
+	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, writer: o.Writer, lister: o.Lister, log: o.Log, now: o.Now}
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, s.logRequests, middleware.Recoverer)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -49,7 +50,27 @@ type rawJSON string
 
 func startAPI(t *testing.T, ns string) *api {
 	t.Helper()
-	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Auth: HS256Authenticator{Secret: secret}, Log: testr.New(t)})
+	// The list cache, as the manager has it: indexed, managedFields dropped.
+	c, err := cache.New(env.Config, cache.Options{
+		Scheme: env.Scheme, DefaultNamespaces: map[string]cache.Config{ns: {}},
+		DefaultTransform: cache.TransformStripManagedFields(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := IndexRuns(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Start(ctx) }()
+	if _, err := c.GetInformer(ctx, &jobsv1alpha1.JobRun{}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.WaitForCacheSync(ctx) {
+		t.Fatal("cache did not sync")
+	}
+	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: c}, Auth: HS256Authenticator{Secret: secret}, Log: testr.New(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

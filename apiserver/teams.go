@@ -42,6 +42,7 @@ type teamsResource struct {
 }
 
 func (tr teamsResource) routes(r chi.Router) {
+	r.Get("/{teamId}/jobs", tr.list)
 	r.Post("/{teamId}/jobs/trigger", tr.trigger)
 }
 

@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -128,6 +129,9 @@ func runManager(ctx context.Context, args []string) error {
 		LeaderElectionReleaseOnCancel: true,
 		RenewDeadline:                 &renewDeadline,
 		RetryPeriod:                   &retryPeriod,
+		// Nothing reads managedFields; dropping them keeps the cache of many
+		// runs smaller.
+		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
@@ -153,11 +157,14 @@ func runManager(ctx context.Context, args []string) error {
 		}
 		api, err := apiserver.New(apiserver.Options{
 			Addr: f.apiAddr, Namespace: f.namespace,
-			Reader: mgr.GetAPIReader(), Writer: mgr.GetClient(),
+			Reader: mgr.GetAPIReader(), Writer: mgr.GetClient(), Lister: apiserver.CacheLister{Reader: mgr.GetCache()},
 			Auth: apiserver.HS256Authenticator{Secret: []byte(secret)},
 			Log:  ctrl.Log.WithName("apiserver"),
 		})
 		if err != nil {
+			return err
+		}
+		if err := apiserver.IndexRuns(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err
 		}
 		if err := mgr.Add(api); err != nil {

@@ -129,4 +129,17 @@ func TestThroughTheRESTAPI(t *testing.T) {
 	if status, body := apiCall(t, http.MethodPost, "/v1/jobs/"+id+"/cancel", nil); status != http.StatusBadRequest {
 		t.Errorf("cancel of a cancelled run: %d %v, want 400", status, body)
 	}
+
+	// The team's list, newest first, from the manager's cache.
+	testenv.Eventually(t, 10*time.Second, func(context.Context) error {
+		status, body := apiCall(t, http.MethodGet, "/v1/teams/demo-team/jobs?job_type=demo_sync", nil)
+		runs, _ := body["job_runs"].([]any)
+		if status != http.StatusOK || len(runs) != 2 {
+			return fmt.Errorf("list: %d %v", status, body)
+		}
+		if first := runs[0].(map[string]any); first["id"] != id || first["status"] != "cancelled" {
+			return fmt.Errorf("newest run listed first: %v", first)
+		}
+		return nil
+	})
 }

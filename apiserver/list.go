@@ -1,0 +1,244 @@
+package apiserver
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// RunQuery selects a page of a team's runs, newest first.
+type RunQuery struct {
+	Namespace string
+	TeamID    string
+	// Optional filters; empty matches all.
+	JobType, Status, ProjectID string
+	// Since (inclusive) and Until (exclusive) bound created_at; zero: open.
+	Since, Until time.Time
+	// After is the cursor: only runs older than it (by created_at, then id).
+	After *Cursor
+	// Limit is the page size.
+	Limit int
+}
+
+// RunLister lists runs for the API. The cache-backed lister serves live
+// runs; an archive of old runs can join behind the same interface without
+// touching the handlers.
+type RunLister interface {
+	ListRuns(ctx context.Context, q RunQuery) (runs []*jobsv1alpha1.JobRun, hasMore bool, err error)
+}
+
+// Cursor is a position in a newest-first list: <created_at>|<id>.
+type Cursor struct {
+	CreatedAt time.Time
+	ID        string
+}
+
+func (c Cursor) String() string { return formatTime(c.CreatedAt) + "|" + c.ID }
+
+func cursorOf(run *jobsv1alpha1.JobRun) Cursor {
+	return Cursor{CreatedAt: sortTime(run), ID: run.Name}
+}
+
+// sortTime is created_at at the millisecond precision the API shows, so
+// that a cursor made from a response names exactly the position it came
+// from.
+func sortTime(run *jobsv1alpha1.JobRun) time.Time {
+	return run.CreatedAt().UTC().Truncate(time.Millisecond)
+}
+
+// olderThan reports whether run comes after c in newest-first order.
+func (c Cursor) olderThan(run *jobsv1alpha1.JobRun) bool {
+	t := sortTime(run)
+	return t.Before(c.CreatedAt) || (t.Equal(c.CreatedAt) && run.Name < c.ID)
+}
+
+// Index names of the run cache.
+const (
+	indexTeam        = "api.team"
+	indexTeamStatus  = "api.team-status"
+	indexTeamProject = "api.team-project"
+	indexTeamJobType = "api.team-jobtype"
+)
+
+// IndexRuns registers the cache indexes the lister selects runs by.
+func IndexRuns(ctx context.Context, indexer client.FieldIndexer) error {
+	indexes := map[string]func(*jobsv1alpha1.JobRun) string{
+		indexTeam:        func(r *jobsv1alpha1.JobRun) string { return r.Spec.TeamID },
+		indexTeamStatus:  func(r *jobsv1alpha1.JobRun) string { return r.Spec.TeamID + "/" + string(r.CurrentPhase()) },
+		indexTeamProject: func(r *jobsv1alpha1.JobRun) string { return r.Spec.TeamID + "/" + r.Spec.ProjectID },
+		indexTeamJobType: func(r *jobsv1alpha1.JobRun) string { return r.Spec.TeamID + "/" + r.Spec.JobType },
+	}
+	for name, key := range indexes {
+		if err := indexer.IndexField(ctx, &jobsv1alpha1.JobRun{}, name, func(o client.Object) []string {
+			run := o.(*jobsv1alpha1.JobRun)
+			if run.Spec.TeamID == "" { // system runs are never listed
+				return nil
+			}
+			return []string{key(run)}
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CacheLister lists runs from an informer cache indexed by IndexRuns.
+type CacheLister struct {
+	Reader client.Reader
+}
+
+// ListRuns selects by the most specific index, filters the rest, sorts
+// newest first and cuts the page.
+func (l CacheLister) ListRuns(ctx context.Context, q RunQuery) ([]*jobsv1alpha1.JobRun, bool, error) {
+	index, value := indexTeam, q.TeamID
+	switch {
+	case q.ProjectID != "":
+		index, value = indexTeamProject, q.TeamID+"/"+q.ProjectID
+	case q.JobType != "":
+		index, value = indexTeamJobType, q.TeamID+"/"+q.JobType
+	case q.Status != "":
+		index, value = indexTeamStatus, q.TeamID+"/"+q.Status
+	}
+	list := &jobsv1alpha1.JobRunList{}
+	if err := l.Reader.List(ctx, list, client.InNamespace(q.Namespace), client.MatchingFields{index: value}); err != nil {
+		return nil, false, err
+	}
+	runs := make([]*jobsv1alpha1.JobRun, 0, len(list.Items))
+	for i := range list.Items {
+		run := &list.Items[i]
+		switch {
+		case q.JobType != "" && run.Spec.JobType != q.JobType,
+			q.Status != "" && string(run.CurrentPhase()) != q.Status,
+			q.ProjectID != "" && run.Spec.ProjectID != q.ProjectID,
+			!q.Since.IsZero() && sortTime(run).Before(q.Since),
+			!q.Until.IsZero() && !sortTime(run).Before(q.Until),
+			q.After != nil && !q.After.olderThan(run):
+			continue
+		}
+		runs = append(runs, run)
+	}
+	slices.SortFunc(runs, func(a, b *jobsv1alpha1.JobRun) int {
+		if c := sortTime(b).Compare(sortTime(a)); c != 0 {
+			return c
+		}
+		return strings.Compare(b.Name, a.Name)
+	})
+	if len(runs) > q.Limit {
+		return runs[:q.Limit], true, nil
+	}
+	return runs, false, nil
+}
+
+var relativeTime = regexp.MustCompile(`^([0-9]{1,6})([smhdw])$`)
+
+// parseTimeParam reads since/until: relative (30m, 1h, 7d, 2w: that long
+// before now) or ISO 8601 / RFC 3339.
+func parseTimeParam(name, v string, now time.Time) (time.Time, error) {
+	if m := relativeTime.FindStringSubmatch(v); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		unit := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour, "d": 24 * time.Hour, "w": 7 * 24 * time.Hour}[m[2]]
+		return now.Add(-time.Duration(n) * unit), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.Parse(layout, v); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, badRequest("invalid %s %q: use a relative time such as 30m, 1h or 7d, or an ISO 8601 time such as 2024-01-15T10:30:00Z", name, v)
+}
+
+func parseCursor(v string) (*Cursor, error) {
+	ts, id, ok := strings.Cut(v, "|")
+	t, err := time.Parse(time.RFC3339Nano, ts)
+	if !ok || err != nil || id == "" {
+		return nil, badRequest("invalid cursor %q: pass the cursor of a previous response unchanged", v)
+	}
+	return &Cursor{CreatedAt: t.UTC(), ID: id}, nil
+}
+
+var statuses = []string{"pending", "running", "completed", "failed", "cancelled"}
+
+// parseListQuery reads and checks the query parameters; each error names
+// the parameter.
+func parseListQuery(r *http.Request, now time.Time) (RunQuery, error) {
+	q := RunQuery{Limit: 50}
+	v := r.URL.Query()
+	for name := range v {
+		if !slices.Contains([]string{"job_type", "status", "project_id", "since", "until", "cursor", "limit"}, name) {
+			return q, badRequest("unknown query parameter %q", name)
+		}
+	}
+	q.JobType, q.Status, q.ProjectID = v.Get("job_type"), v.Get("status"), v.Get("project_id")
+	if q.JobType != "" && !jobTypePattern.MatchString(q.JobType) {
+		return q, badRequest("invalid job_type %q", q.JobType)
+	}
+	if q.Status != "" && !slices.Contains(statuses, q.Status) {
+		return q, badRequest("invalid status %q: one of %s", q.Status, strings.Join(statuses, ", "))
+	}
+	var err error
+	if s := v.Get("since"); s != "" {
+		if q.Since, err = parseTimeParam("since", s, now); err != nil {
+			return q, err
+		}
+	}
+	if s := v.Get("until"); s != "" {
+		if q.Until, err = parseTimeParam("until", s, now); err != nil {
+			return q, err
+		}
+	}
+	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Since.Before(q.Until) {
+		return q, badRequest("since must be before until")
+	}
+	if s := v.Get("cursor"); s != "" {
+		if q.After, err = parseCursor(s); err != nil {
+			return q, err
+		}
+	}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 200 {
+			return q, badRequest("invalid limit %q: a whole number from 1 to 200", s)
+		}
+		q.Limit = n
+	}
+	return q, nil
+}
+
+// list serves GET /v1/teams/{teamId}/jobs.
+func (tr teamsResource) list(w http.ResponseWriter, r *http.Request) {
+	team, err := authorizeTeam(r, PermJobsRead)
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	q, err := parseListQuery(r, tr.s.now())
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	q.Namespace, q.TeamID = tr.s.namespace, team
+	runs, hasMore, err := tr.s.lister.ListRuns(r.Context(), q)
+	if err != nil {
+		writeError(w, r, fmt.Errorf("listing runs: %w", err))
+		return
+	}
+	out := make([]jobRun, 0, len(runs))
+	for _, run := range runs {
+		out = append(out, toJobRun(run))
+	}
+	var cursor *string
+	if len(runs) > 0 {
+		c := cursorOf(runs[len(runs)-1]).String()
+		cursor = &c
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"job_runs": out, "cursor": cursor, "has_more": hasMore})
+}
