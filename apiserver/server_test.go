@@ -70,7 +70,8 @@ func startAPI(t *testing.T, ns string) *api {
 	if !c.WaitForCacheSync(ctx) {
 		t.Fatal("cache did not sync")
 	}
-	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: c}, Auth: HS256Authenticator{Secret: secret}, Log: testr.New(t)})
+	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: c},
+		Auth: Authenticators{JWT: HS256Authenticator{Secret: secret}, APIKey: APIKeyAuthenticator{Reader: env.Client, Namespace: ns}}, Log: testr.New(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

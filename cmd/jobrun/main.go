@@ -5,6 +5,7 @@
 //	jobrun runner [flags]    inside a run's pod: executes the run with the built-in handlers
 //	jobrun devnode [flags]   local default only: a node that runs job pods as local processes
 //	jobrun token [flags]     mint a development JWT for the REST API
+//	jobrun apikey create     create an API key for the REST API (printed once)
 //
 // The REST API is served by the manager (--api-bind-address). One binary, so
 // one image serves every role.
@@ -19,7 +20,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n  devnode   run job pods as local processes, for the local default (jobrun devnode -h)\n  token     mint a development JWT for the REST API (jobrun token -h)\n")
+	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n  devnode   run job pods as local processes, for the local default (jobrun devnode -h)\n  token     mint a development JWT for the REST API (jobrun token -h)\n  apikey    create an API key for the REST API: jobrun apikey create --team TEAM\n")
 }
 
 func main() {
@@ -34,6 +35,8 @@ func main() {
 	switch role, args := os.Args[1], os.Args[2:]; role {
 	case "manager":
 		err = runManager(ctx, args)
+	case "apikey":
+		err = runAPIKey(ctx, args)
 	case "token":
 		err = runToken(ctx, args)
 	case "devnode":

@@ -158,8 +158,11 @@ func runManager(ctx context.Context, args []string) error {
 		api, err := apiserver.New(apiserver.Options{
 			Addr: f.apiAddr, Namespace: f.namespace,
 			Reader: mgr.GetAPIReader(), Writer: mgr.GetClient(), Lister: apiserver.CacheLister{Reader: mgr.GetCache()},
-			Auth: apiserver.HS256Authenticator{Secret: []byte(secret)},
-			Log:  ctrl.Log.WithName("apiserver"),
+			Auth: apiserver.Authenticators{
+				JWT:    apiserver.HS256Authenticator{Secret: []byte(secret)},
+				APIKey: apiserver.APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: f.namespace},
+			},
+			Log: ctrl.Log.WithName("apiserver"),
 		})
 		if err != nil {
 			return err

@@ -138,6 +138,21 @@ func TestDevCluster(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK || got.JobRun.Status != "completed" || got.JobRun.Progress.Processed != 200 {
 		t.Errorf("GET the run through the REST API: %d %+v %v", resp.StatusCode, got, err)
 	}
+
+	// An API key, created with the command and used at once.
+	key, err := exec.Command(manager, "apikey", "create", "--kubeconfig", kubeconfig, "--team", "demo-team", "--permissions", "jobs:read").Output()
+	if err != nil {
+		t.Fatalf("jobrun apikey create: %v", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET with the API key: %d", resp.StatusCode)
+	}
 	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
 		resp, err := http.Get("http://" + o.probeAddr + "/readyz")
 		if err != nil {

@@ -54,7 +54,10 @@ func TestDefaultManifestsApply(t *testing.T) {
 		// Least privilege: leases only in its own namespace, no secrets, no
 		// writes to specs it does not own.
 		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", "default"}, "no"},
-		{managerSA, []string{"get", "secrets", "-n", "jobrun-system"}, "no"},
+		// API keys: the REST API reads their Secrets, in its namespace only.
+		{managerSA, []string{"get", "secrets", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"list", "secrets", "-n", "jobrun-system"}, "no"},
+		{managerSA, []string{"get", "secrets", "-n", "default"}, "no"},
 		{managerSA, []string{"create", "pods", "-n", "jobrun-system"}, "yes"},
 		{managerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", "jobrun-system"}, "yes"},
 		{managerSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},

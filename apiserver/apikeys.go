@@ -1,0 +1,125 @@
+package apiserver
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// The REST API reads API-key Secrets in its own namespace.
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get,namespace=system
+
+// API keys look like jrk_<id>_<secret>. The Secret jobrun-apikey-<id> holds
+// only the SHA-256 of the secret part, the team the key is bound to, its
+// permissions and a notification address.
+const (
+	apiKeyPrefix       = "jrk_"
+	apiKeySecretPrefix = "jobrun-apikey-"
+	// LabelAPIKey marks the Secrets that hold API keys.
+	LabelAPIKey = "jobs.jobrun.dev/api-key"
+)
+
+var apiKeyPattern = regexp.MustCompile(`^jrk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$`)
+
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// CreateAPIKey stores a new API key for team in namespace and returns the
+// key. The key itself is not stored: it cannot be shown again.
+func CreateAPIKey(ctx context.Context, c client.Client, namespace, team string, permissions []string, email string) (string, error) {
+	if team == "" {
+		return "", errors.New("an API key is bound to one team: team is required")
+	}
+	for _, p := range permissions {
+		if p != PermJobsRead && p != PermJobsWrite {
+			return "", fmt.Errorf("unknown permission %q (known: %s, %s)", p, PermJobsRead, PermJobsWrite)
+		}
+	}
+	idBytes, secretBytes := make([]byte, 8), make([]byte, 32)
+	if _, err := rand.Read(idBytes); err != nil {
+		return "", err
+	}
+	if _, err := rand.Read(secretBytes); err != nil {
+		return "", err
+	}
+	id, secret := hex.EncodeToString(idBytes), base64.RawURLEncoding.EncodeToString(secretBytes)
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: apiKeySecretPrefix + id, Labels: map[string]string{
+			LabelAPIKey: "true", jobsv1alpha1.LabelTeam: team,
+		}},
+		Type: "jobs.jobrun.dev/api-key",
+		StringData: map[string]string{
+			"sha256": hashSecret(secret), "team": team, "permissions": strings.Join(permissions, ","), "email": email,
+		},
+	}
+	if err := c.Create(ctx, s); err != nil {
+		return "", fmt.Errorf("storing the API key: %w", err)
+	}
+	return apiKeyPrefix + id + "_" + secret, nil
+}
+
+// APIKeyAuthenticator accepts API keys stored by CreateAPIKey.
+type APIKeyAuthenticator struct {
+	Reader    client.Reader
+	Namespace string
+}
+
+// Authenticate looks the key's Secret up and compares hashes in constant
+// time.
+func (a APIKeyAuthenticator) Authenticate(ctx context.Context, token string) (*Principal, error) {
+	m := apiKeyPattern.FindStringSubmatch(token)
+	if m == nil {
+		return nil, errors.Join(errUnauthenticated, errors.New("malformed API key"))
+	}
+	s := &corev1.Secret{}
+	err := a.Reader.Get(ctx, client.ObjectKey{Namespace: a.Namespace, Name: apiKeySecretPrefix + m[1]}, s)
+	if apierrors.IsNotFound(err) {
+		return nil, errors.Join(errUnauthenticated, errors.New("unknown API key"))
+	}
+	if err != nil {
+		return nil, err
+	}
+	want := s.Data["sha256"]
+	if s.Labels[LabelAPIKey] != "true" || subtle.ConstantTimeCompare([]byte(hashSecret(m[2])), want) != 1 {
+		return nil, errors.Join(errUnauthenticated, errors.New("wrong API key"))
+	}
+	var perms []string
+	if p := string(s.Data["permissions"]); p != "" {
+		perms = strings.Split(p, ",")
+	}
+	return &Principal{Kind: "api_key", ID: m[1], Email: string(s.Data["email"]), Teams: []string{string(s.Data["team"])}, Permissions: perms}, nil
+}
+
+// Authenticators tries API keys for tokens that look like one, and JWTs
+// otherwise.
+type Authenticators struct {
+	JWT    Authenticator
+	APIKey Authenticator
+}
+
+// Authenticate dispatches on the token's shape.
+func (a Authenticators) Authenticate(ctx context.Context, token string) (*Principal, error) {
+	if strings.HasPrefix(token, apiKeyPrefix) {
+		if a.APIKey == nil {
+			return nil, errors.Join(errUnauthenticated, errors.New("API keys are not enabled"))
+		}
+		return a.APIKey.Authenticate(ctx, token)
+	}
+	return a.JWT.Authenticate(ctx, token)
+}

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"jobrun.dev/jobrun/apiserver"
+	"jobrun.dev/jobrun/internal/controlplane"
+)
+
+// runAPIKey creates an API key for the REST API: the key is stored hashed in
+// a Secret and printed once.
+func runAPIKey(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "create" {
+		return errors.New("usage: jobrun apikey create --team TEAM [--permissions jobs:read,jobs:write] [--email ADDR] [--namespace NS] [--kubeconfig PATH]")
+	}
+	fs := flag.NewFlagSet("jobrun apikey create", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig. Empty: $KUBECONFIG, else in-cluster.")
+	namespace := fs.String("namespace", "jobrun-system", "Namespace the REST API serves.")
+	team := fs.String("team", "", "The team the key is bound to (required).")
+	perms := fs.String("permissions", apiserver.PermJobsRead+","+apiserver.PermJobsWrite, "Comma-separated permissions.")
+	email := fs.String("email", "", "Where notifications of runs triggered with the key go.")
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	cfg, err := restConfig(*kubeconfig)
+	if err != nil {
+		return fmt.Errorf("loading the Kubernetes client config: %w", err)
+	}
+	scheme, err := controlplane.NewScheme()
+	if err != nil {
+		return err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	var permissions []string
+	if *perms != "" {
+		permissions = strings.Split(*perms, ",")
+	}
+	key, err := apiserver.CreateAPIKey(ctx, c, *namespace, *team, permissions, *email)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "API key created; it is shown only now. Use it as: Authorization: Bearer <key>")
+	fmt.Println(key)
+	return nil
+}
