@@ -36,6 +36,9 @@ type Options struct {
 	Log logr.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Ready reports whether the server can answer (its list cache has
+	// synced); nil means always.
+	Ready func(context.Context) bool
 }
 
 // Server is the Jobs API. It runs as a controller-runtime Runnable (on
@@ -64,9 +67,16 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, writer: o.Writer, lister: o.Lister, log: o.Log, now: o.Now}
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, s.logRequests, middleware.Recoverer)
+	r.Use(middleware.RequestID, s.logRequests, instrument, middleware.Recoverer)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if o.Ready != nil && !o.Ready(r.Context()) {
+			writeError(w, r, errorf(http.StatusServiceUnavailable, codeUnavailable, "not ready: the run cache has not synced"))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(authenticate(o.Auth))

@@ -14,6 +14,7 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -291,5 +292,32 @@ func TestUnknownEndpoint(t *testing.T) {
 	status, body = a.do(http.MethodDelete, "/v1/jobs/x", userToken(t), nil)
 	if status != http.StatusMethodNotAllowed {
 		t.Errorf("DELETE: %d %v", status, body)
+	}
+}
+
+func TestProbesAndMetrics(t *testing.T) {
+	a := newAPI(t)
+	a.createRun("run-m", "team-1", nil)
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if status, body := a.do(http.MethodGet, p, "", nil); status != http.StatusOK {
+			t.Errorf("%s: %d %v", p, status, body)
+		}
+	}
+	before := testutil.ToFloat64(requestsTotal.WithLabelValues("/v1/jobs/{runId}", http.MethodGet, "200"))
+	a.do(http.MethodGet, "/v1/jobs/run-m", userToken(t), nil)
+	a.do(http.MethodGet, "/v1/jobs/run-m", userToken(t), nil)
+	if got := testutil.ToFloat64(requestsTotal.WithLabelValues("/v1/jobs/{runId}", http.MethodGet, "200")) - before; got != 2 {
+		t.Errorf("requests counted by route: %v, want 2", got)
+	}
+
+	notReady, err := New(Options{Namespace: a.ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: env.Client},
+		Auth: HS256Authenticator{Secret: secret}, Ready: func(context.Context) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	notReady.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("readyz before the cache synced: %d", rec.Code)
 	}
 }
