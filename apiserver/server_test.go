@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/testr"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/go-cmp/cmp"
@@ -32,12 +33,12 @@ var secret = []byte("test-secret-of-enough-length-for-hs256")
 
 // api is the Jobs API over a namespace of its own on the real API server.
 type api struct {
-	t   *testing.T
+	t   testing.TB
 	ns  string
 	url string
 }
 
-func newAPI(t *testing.T) *api {
+func newAPI(t testing.TB) *api {
 	t.Helper()
 	return startAPI(t, env.Namespace(t))
 }
@@ -49,7 +50,7 @@ func (a *api) replica() *api { return startAPI(a.t, a.ns) }
 // rawJSON is a request body sent as is.
 type rawJSON string
 
-func startAPI(t *testing.T, ns string) *api {
+func startAPI(t testing.TB, ns string) *api {
 	t.Helper()
 	// The list cache, as the manager has it: indexed, managedFields dropped.
 	c, err := cache.New(env.Config, cache.Options{
@@ -72,7 +73,7 @@ func startAPI(t *testing.T, ns string) *api {
 		t.Fatal("cache did not sync")
 	}
 	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: c},
-		Auth: Authenticators{JWT: HS256Authenticator{Secret: secret}, APIKey: APIKeyAuthenticator{Reader: env.Client, Namespace: ns}}, Log: testr.New(t)})
+		Auth: Authenticators{JWT: HS256Authenticator{Secret: secret}, APIKey: APIKeyAuthenticator{Reader: env.Client, Namespace: ns}}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,8 +82,22 @@ func startAPI(t *testing.T, ns string) *api {
 	return &api{t: t, ns: ns, url: srv.URL}
 }
 
+// testLogger logs through t in tests and nowhere in benchmarks.
+func testLogger(tb testing.TB) logr.Logger {
+	if t, ok := tb.(*testing.T); ok {
+		return testr.New(t)
+	}
+	return logr.Discard()
+}
+
+// get sends a GET.
+func (a *api) get(path, tok string) (int, map[string]any) {
+	a.t.Helper()
+	return a.do(http.MethodGet, path, tok, nil)
+}
+
 // token mints a JWT; mutate adjusts its claims.
-func token(t *testing.T, method jwt.SigningMethod, key any, mutate func(jwt.MapClaims)) string {
+func token(t testing.TB, method jwt.SigningMethod, key any, mutate func(jwt.MapClaims)) string {
 	t.Helper()
 	c := jwt.MapClaims{
 		"sub": "user-1", "email": "u1@example.com", "teams": []string{"team-1"},
@@ -99,7 +114,7 @@ func token(t *testing.T, method jwt.SigningMethod, key any, mutate func(jwt.MapC
 	return s
 }
 
-func userToken(t *testing.T) string { return token(t, jwt.SigningMethodHS256, secret, nil) }
+func userToken(t testing.TB) string { return token(t, jwt.SigningMethodHS256, secret, nil) }
 
 // do sends a request and decodes the JSON body.
 func (a *api) do(method, path, tok string, body any) (int, map[string]any) {
