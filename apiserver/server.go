@@ -5,6 +5,7 @@ package apiserver
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 )
+
+// openAPIDocument describes the API; it is kept in the repository and tests
+// check the server's responses against it.
+//
+//go:embed openapi.json
+var openAPIDocument []byte
 
 // Options configure a Server.
 type Options struct {
@@ -77,6 +84,10 @@ func New(o Options) (*Server, error) {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	r.Get("/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openAPIDocument)
 	})
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(authenticate(o.Auth))
