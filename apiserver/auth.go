@@ -3,10 +3,12 @@ package apiserver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 
+	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -68,18 +70,43 @@ type claims struct {
 	Permissions []string `json:"permissions"`
 }
 
-// HS256Authenticator accepts JWTs signed with HS256 and a shared secret:
-// for development and tests. exp and sub are required; any other algorithm,
-// alg none included, is refused.
-type HS256Authenticator struct {
-	Secret []byte
+// JWTAuthenticator accepts JWTs signed with one of its algorithms by one of
+// its keys. exp and sub are required; every other algorithm, alg none
+// included, is refused.
+type JWTAuthenticator struct {
+	keyfunc jwt.Keyfunc
+	methods []string
+}
+
+// HS256 accepts JWTs signed with HS256 and a shared secret: for development
+// and tests.
+func HS256(secret []byte) JWTAuthenticator {
+	return JWTAuthenticator{
+		keyfunc: func(*jwt.Token) (any, error) { return secret, nil },
+		methods: []string{jwt.SigningMethodHS256.Alg()},
+	}
+}
+
+// JWKS accepts JWTs signed with RS256 or ES256 by a key of the JSON Web Key
+// Set at url, the way identity providers publish theirs. The set is fetched
+// now and refreshed in the background (and when a token names an unknown
+// key) until ctx ends.
+func JWKS(ctx context.Context, url string) (JWTAuthenticator, error) {
+	k, err := keyfunc.NewDefaultCtx(ctx, []string{url})
+	if err != nil {
+		return JWTAuthenticator{}, fmt.Errorf("loading the JWKS at %s: %w", url, err)
+	}
+	return JWTAuthenticator{
+		keyfunc: k.Keyfunc,
+		methods: []string{jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg()},
+	}, nil
 }
 
 // Authenticate checks the token's signature, algorithm and expiry.
-func (a HS256Authenticator) Authenticate(_ context.Context, token string) (*Principal, error) {
+func (a JWTAuthenticator) Authenticate(_ context.Context, token string) (*Principal, error) {
 	c := &claims{}
-	_, err := jwt.ParseWithClaims(token, c, func(*jwt.Token) (any, error) { return a.Secret, nil },
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+	_, err := jwt.ParseWithClaims(token, c, a.keyfunc,
+		jwt.WithValidMethods(a.methods),
 		jwt.WithExpirationRequired(),
 	)
 	if err != nil {

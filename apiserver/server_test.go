@@ -73,7 +73,7 @@ func startAPI(t testing.TB, ns string) *api {
 		t.Fatal("cache did not sync")
 	}
 	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: c},
-		Auth: Authenticators{JWT: HS256Authenticator{Secret: secret}, APIKey: APIKeyAuthenticator{Reader: env.Client, Namespace: ns}}, Log: testLogger(t)})
+		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: env.Client, Namespace: ns}}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,7 +326,7 @@ func TestProbesAndMetrics(t *testing.T) {
 	}
 
 	notReady, err := New(Options{Namespace: a.ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: env.Client},
-		Auth: HS256Authenticator{Secret: secret}, Ready: func(context.Context) bool { return false }})
+		Auth: HS256(secret), Ready: func(context.Context) bool { return false }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,7 @@ type managerFlags struct {
 	workers                 int
 	apiAddr                 string
 	namespace               string
+	jwksURL                 string
 	zap                     zap.Options
 }
 
@@ -60,6 +61,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.StringVar(&f.runnerServiceAccount, "runner-service-account", controllers.DefaultRunnerServiceAccount, "Service account of run pods whose JobType template names none.")
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
+	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
 	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
@@ -151,15 +153,23 @@ func runManager(ctx context.Context, args []string) error {
 	}
 
 	if f.apiAddr != "" {
-		secret := os.Getenv("JOBRUN_JWT_SECRET")
-		if len(secret) < 32 {
-			return fmt.Errorf("--api-bind-address is set but $JOBRUN_JWT_SECRET is missing or shorter than 32 bytes: the REST API needs it to check HS256 JWTs")
+		var jwtAuth apiserver.JWTAuthenticator
+		if f.jwksURL != "" {
+			if jwtAuth, err = apiserver.JWKS(ctx, f.jwksURL); err != nil {
+				return err
+			}
+		} else {
+			secret := os.Getenv("JOBRUN_JWT_SECRET")
+			if len(secret) < 32 {
+				return fmt.Errorf("--api-bind-address is set but neither --jwks-url nor $JOBRUN_JWT_SECRET (at least 32 bytes, for HS256) is: the REST API cannot check JWTs")
+			}
+			jwtAuth = apiserver.HS256([]byte(secret))
 		}
 		api, err := apiserver.New(apiserver.Options{
 			Addr: f.apiAddr, Namespace: f.namespace,
 			Reader: mgr.GetAPIReader(), Writer: mgr.GetClient(), Lister: apiserver.CacheLister{Reader: mgr.GetCache()},
 			Auth: apiserver.Authenticators{
-				JWT:    apiserver.HS256Authenticator{Secret: []byte(secret)},
+				JWT:    jwtAuth,
 				APIKey: apiserver.APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: f.namespace},
 			},
 			Log: ctrl.Log.WithName("apiserver"),
