@@ -46,6 +46,7 @@ type managerFlags struct {
 	apiAddr                 string
 	namespace               string
 	jwksURL                 string
+	runControllers          bool
 	zap                     zap.Options
 }
 
@@ -59,6 +60,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.BoolVar(&f.leaderElect, "leader-elect", true, "Elect a leader, so that only one of several replicas reconciles.")
 	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader-election Lease. Empty: the pod's own namespace (in a cluster).")
 	fs.StringVar(&f.runnerServiceAccount, "runner-service-account", controllers.DefaultRunnerServiceAccount, "Service account of run pods whose JobType template names none.")
+	fs.BoolVar(&f.runControllers, "run-controllers", true, "Run the controllers. false with --leader-elect=false and --api-bind-address makes a stateless REST API replica, scaled on its own.")
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
@@ -70,6 +72,9 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if !f.runControllers && f.apiAddr == "" {
+		return nil, fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")
 	}
 	return f, nil
 }
@@ -148,8 +153,10 @@ func runManager(ctx context.Context, args []string) error {
 		return err
 	}
 
-	if err := controllers.NewJobRunReconciler(mgr, controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithWorkers(f.workers)).SetupWithManager(ctx, mgr); err != nil {
-		return fmt.Errorf("setting up the JobRun controller: %w", err)
+	if f.runControllers {
+		if err := controllers.NewJobRunReconciler(mgr, controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithWorkers(f.workers)).SetupWithManager(ctx, mgr); err != nil {
+			return fmt.Errorf("setting up the JobRun controller: %w", err)
+		}
 	}
 
 	if f.apiAddr != "" {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -187,12 +186,69 @@ func TestManagerProbesMetricsAndLeaderElection(t *testing.T) {
 func TestManagerRejectsBadFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"--no-such-flag"},
+		{"--run-controllers=false"},
 		{"--leader-elect=maybe"},
 		{"stray-argument"},
 	} {
-		err := runManager(context.Background(), args)
-		if err == nil || errors.Is(err, context.Canceled) {
-			t.Errorf("runManager(%q) = %v, want a flag error", args, err)
+		if _, err := parseManagerFlags(args); err == nil {
+			t.Errorf("parseManagerFlags(%q) accepted", args)
 		}
+	}
+}
+
+// TestAPIOnlyReplica runs `jobrun manager` as a stateless REST API replica:
+// no controllers, no leader election.
+func TestAPIOnlyReplica(t *testing.T) {
+	ns := env.Namespace(t)
+	bin, err := buildJobrun()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, api := testenv.FreeAddr(t), testenv.FreeAddr(t)
+	secret := "0123456789abcdef0123456789abcdef"
+	cmd := exec.Command(bin, "manager", "--kubeconfig", env.Kubeconfig, "--run-controllers=false", "--leader-elect=false",
+		"--metrics-bind-address=0", "--health-probe-bind-address", probe, "--api-bind-address", api, "--namespace", ns)
+	cmd.Env = append(os.Environ(), "JOBRUN_JWT_SECRET="+secret)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("API replica exited with %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Error("API replica did not stop on SIGTERM")
+		}
+	})
+	testenv.Eventually(t, 30*time.Second, expectOK("http://"+api+"/readyz"))
+	tok, err := exec.Command(bin, "token", "--team", "team-1").Output()
+	if err == nil {
+		t.Fatal("jobrun token without a secret succeeded")
+	}
+	mint := exec.Command(bin, "token", "--team", "team-1")
+	mint.Env = append(os.Environ(), "JOBRUN_JWT_SECRET="+secret)
+	if tok, err = mint.Output(); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+api+"/v1/jobs/no-such-run", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET a missing run: %d, want 404", resp.StatusCode)
+	}
+	// No leader election: no lease.
+	if _, err := leaseHolder(context.Background(), ns); err == nil {
+		t.Error("an API-only replica took the leader lease")
 	}
 }
