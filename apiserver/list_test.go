@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -180,21 +181,44 @@ func TestList(t *testing.T) {
 func TestPaginationNeverSkipsOrRepeats(t *testing.T) {
 	a := newAPI(t)
 	base := time.Date(2024, 1, 15, 10, 0, 0, 0, time.UTC)
-	const n = 230
+	const n = 2000
 	want := map[string]bool{}
-	for i := range n {
-		name := uuid.NewString()
-		want[name] = true
-		// 7 distinct milliseconds: ~33 runs share each.
-		a.runAt(name, "team-1", "p1", "revenuecat_sync", base.Add(time.Duration(i%7)*time.Millisecond), "")
+	names := make([]string, n)
+	for i := range names {
+		names[i] = uuid.NewString()
+		want[names[i]] = true
 	}
+	// 40 distinct milliseconds: 50 runs share each. Created by 16 workers.
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				jr := &jobsv1alpha1.JobRun{
+					ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: names[i]},
+					Spec: jobsv1alpha1.JobRunSpec{JobType: "revenuecat_sync", TeamID: "team-1", ProjectID: "p1", TriggeredBy: "manual:user:u",
+						CreatedAt: ptr.To(metav1.NewMicroTime(base.Add(time.Duration(i%40) * time.Millisecond)))},
+				}
+				if err := env.Client.Create(context.Background(), jr); err != nil {
+					t.Error(err) // not Fatal: this is not the test's goroutine
+				}
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
 	a.waitListed(n)
 
 	tok := userToken(t)
 	seen := map[string]bool{}
 	cursor, pages := "", 0
 	for {
-		q := "limit=17"
+		q := "limit=47"
 		if cursor != "" {
 			q += "&cursor=" + url.QueryEscape(cursor)
 		}

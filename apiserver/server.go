@@ -90,7 +90,8 @@ func New(o Options) (*Server, error) {
 		_, _ = w.Write(openAPIDocument)
 	})
 	r.Route("/v1", func(r chi.Router) {
-		r.Use(authenticate(o.Auth))
+		// A request's work (API server calls included) ends after 20 s.
+		r.Use(middleware.Timeout(20*time.Second), authenticate(o.Auth))
 		r.Route("/jobs", jobsResource{s}.routes)
 		r.Route("/teams", teamsResource{s}.routes)
 	})

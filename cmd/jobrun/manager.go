@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -47,6 +48,7 @@ type managerFlags struct {
 	namespace               string
 	jwksURL                 string
 	runControllers          bool
+	jwtSecretFile           string
 	zap                     zap.Options
 }
 
@@ -64,6 +66,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
+	fs.StringVar(&f.jwtSecretFile, "jwt-secret-file", "", "File holding the HS256 secret (e.g. mounted from a Secret); default: $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
@@ -167,8 +170,15 @@ func runManager(ctx context.Context, args []string) error {
 			}
 		} else {
 			secret := os.Getenv("JOBRUN_JWT_SECRET")
+			if f.jwtSecretFile != "" {
+				data, err := os.ReadFile(f.jwtSecretFile)
+				if err != nil {
+					return fmt.Errorf("reading --jwt-secret-file: %w", err)
+				}
+				secret = strings.TrimSpace(string(data))
+			}
 			if len(secret) < 32 {
-				return fmt.Errorf("--api-bind-address is set but neither --jwks-url nor $JOBRUN_JWT_SECRET (at least 32 bytes, for HS256) is: the REST API cannot check JWTs")
+				return fmt.Errorf("--api-bind-address is set but neither --jwks-url nor an HS256 secret of at least 32 bytes (--jwt-secret-file or $JOBRUN_JWT_SECRET) is: the REST API cannot check JWTs")
 			}
 			jwtAuth = apiserver.HS256([]byte(secret))
 		}

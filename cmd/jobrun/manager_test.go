@@ -228,7 +228,9 @@ func TestAPIOnlyReplica(t *testing.T) {
 		}
 	})
 	testenv.Eventually(t, 30*time.Second, expectOK("http://"+api+"/readyz"))
-	tok, err := exec.Command(bin, "token", "--team", "team-1").Output()
+	noSecret := exec.Command(bin, "token", "--team", "team-1")
+	noSecret.Env = []string{"PATH=" + os.Getenv("PATH")}
+	tok, err := noSecret.Output()
 	if err == nil {
 		t.Fatal("jobrun token without a secret succeeded")
 	}

@@ -10,8 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"jobrun.dev/jobrun/internal/localcluster"
@@ -75,6 +77,13 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	defer func() { err = errors.Join(err, c.Stop()) }()
 
+	mint := exec.CommandContext(ctx, abs(root, o.binary), "token", "--team", "demo-team", "--sub", "demo-user")
+	mint.Env = append(os.Environ(), "JOBRUN_JWT_SECRET="+c.JWTSecret)
+	out, err := mint.Output()
+	if err != nil {
+		return fmt.Errorf("minting a dev token: %w", err)
+	}
+	token := strings.TrimSpace(string(out))
 	fmt.Fprintf(os.Stderr, `
 jobrun is running on a local control plane (%s).
 
@@ -85,15 +94,16 @@ jobrun is running on a local control plane (%s).
   curl http://%s/readyz      # manager readiness
   curl http://%s/metrics     # manager metrics
 
-The Jobs REST API on http://%s (team demo-team, project demo-project):
-  export JOBRUN_TOKEN=$(JOBRUN_JWT_SECRET=$(cat %s/jwt-secret) %s token --team demo-team --sub demo-user)
-  curl -H "Authorization: Bearer $JOBRUN_TOKEN" http://%s/v1/jobs/<run id>
+The Jobs REST API on http://%s (team demo-team, project demo-project), with a dev token
+(more with: JOBRUN_JWT_SECRET=$(cat %s/jwt-secret) %s token --team demo-team):
+  export JOBRUN_TOKEN=%s
+  curl -H "Authorization: Bearer $JOBRUN_TOKEN" http://%s/v1/teams/demo-team/jobs
 
 Logs (manager, dev node agent, controller-manager, scheduler): %s/logs
 Job pods' output: %s/pods/<namespace>/<pod>/handler.log
 Press Ctrl-C to stop everything.
 `, c.Config.Host, c.Kubeconfig, c.Kubectl, o.namespace, c.Kubectl, o.namespace, root, c.Kubectl, o.namespace, o.probeAddr, o.metricsAddr,
-		o.apiAddr, dir, abs(root, o.binary), o.apiAddr, dir, dir)
+		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, dir, dir)
 	// The marker tells scripts and tests that everything is up.
 	ready := filepath.Join(dir, "ready")
 	if err := os.WriteFile(ready, []byte(c.Config.Host+"\n"), 0o644); err != nil {
