@@ -1,20 +1,16 @@
 package apiserver
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/url"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
@@ -27,37 +23,15 @@ import (
 func BenchmarkList10000(b *testing.B) {
 	a := newAPI(b)
 	const n = 10000
-	cfg := rest.CopyConfig(env.Config)
-	cfg.QPS, cfg.Burst = -1, 0
-	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
-	if err != nil {
-		b.Fatal(err)
-	}
 	base := time.Date(2024, 1, 15, 10, 0, 0, 0, time.UTC)
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				jr := &jobsv1alpha1.JobRun{
-					ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: uuid.NewString()},
-					Spec: jobsv1alpha1.JobRunSpec{JobType: []string{"revenuecat_sync", "cleanup_project"}[i%2], TeamID: "team-1",
-						ProjectID: fmt.Sprintf("p%d", i%10), TriggeredBy: "manual:user:u",
-						CreatedAt: ptr.To(metav1.NewMicroTime(base.Add(time.Duration(i) * time.Second)))},
-				}
-				if err := c.Create(context.Background(), jr); err != nil {
-					b.Error(err)
-				}
-			}
-		}()
-	}
-	for i := range n {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
+	createRuns(b, n, func(i int) *jobsv1alpha1.JobRun {
+		return &jobsv1alpha1.JobRun{
+			ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: uuid.NewString()},
+			Spec: jobsv1alpha1.JobRunSpec{JobType: []string{"revenuecat_sync", "cleanup_project"}[i%2], TeamID: "team-1",
+				ProjectID: fmt.Sprintf("p%d", i%10), TriggeredBy: "manual:user:u",
+				CreatedAt: ptr.To(metav1.NewMicroTime(base.Add(time.Duration(i) * time.Second)))},
+		}
+	})
 	tok := userToken(b)
 	// Wait for the cache to hold all of them.
 	for deadline := time.Now().Add(60 * time.Second); ; {

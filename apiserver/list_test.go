@@ -188,30 +188,14 @@ func TestPaginationNeverSkipsOrRepeats(t *testing.T) {
 		names[i] = uuid.NewString()
 		want[names[i]] = true
 	}
-	// 40 distinct milliseconds: 50 runs share each. Created by 16 workers.
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				jr := &jobsv1alpha1.JobRun{
-					ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: names[i]},
-					Spec: jobsv1alpha1.JobRunSpec{JobType: "revenuecat_sync", TeamID: "team-1", ProjectID: "p1", TriggeredBy: "manual:user:u",
-						CreatedAt: ptr.To(metav1.NewMicroTime(base.Add(time.Duration(i%40) * time.Millisecond)))},
-				}
-				if err := env.Client.Create(context.Background(), jr); err != nil {
-					t.Error(err) // not Fatal: this is not the test's goroutine
-				}
-			}
-		}()
-	}
-	for i := range n {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
+	// 40 distinct milliseconds: 50 runs share each.
+	createRuns(t, n, func(i int) *jobsv1alpha1.JobRun {
+		return &jobsv1alpha1.JobRun{
+			ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: names[i]},
+			Spec: jobsv1alpha1.JobRunSpec{JobType: "revenuecat_sync", TeamID: "team-1", ProjectID: "p1", TriggeredBy: "manual:user:u",
+				CreatedAt: ptr.To(metav1.NewMicroTime(base.Add(time.Duration(i%40) * time.Millisecond)))},
+		}
+	})
 	a.waitListed(n)
 
 	tok := userToken(t)
@@ -249,4 +233,27 @@ func TestPaginationNeverSkipsOrRepeats(t *testing.T) {
 	if len(seen) != n {
 		t.Errorf("paged %d runs in %d pages, want the %d that existed", len(seen), pages, n)
 	}
+}
+
+// createRuns creates n runs, build(i) each, with 16 workers.
+func createRuns(tb testing.TB, n int, build func(i int) *jobsv1alpha1.JobRun) {
+	tb.Helper()
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				if err := env.Client.Create(context.Background(), build(i)); err != nil {
+					tb.Error(err) // not Fatal: this is not the test's goroutine
+				}
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
 }
