@@ -35,6 +35,9 @@ func startManager(t *testing.T, clock *clocktesting.FakeClock) (stop func()) {
 	if err := NewJobRunReconciler(mgr, WithClock(clock)).SetupWithManager(ctx, mgr); err != nil {
 		t.Fatal(err)
 	}
+	if err := NewJobScheduleReconciler(mgr, clock).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
 	stopped := false

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	_ "time/tzdata" // JobSchedule time zones, also in images without a zoneinfo database
 	"errors"
 	"flag"
 	"fmt"
@@ -159,6 +160,9 @@ func runManager(ctx context.Context, args []string) error {
 	if f.runControllers {
 		if err := controllers.NewJobRunReconciler(mgr, controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithWorkers(f.workers)).SetupWithManager(ctx, mgr); err != nil {
 			return fmt.Errorf("setting up the JobRun controller: %w", err)
+		}
+		if err := controllers.NewJobScheduleReconciler(mgr, nil).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up the JobSchedule controller: %w", err)
 		}
 	}
 

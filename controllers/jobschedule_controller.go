@@ -1,0 +1,265 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobschedules,verbs=get;list;watch
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobschedules/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=create;delete
+
+// JobSchedule condition reasons.
+const (
+	reasonScheduled       = "Scheduled"
+	reasonInvalidSchedule = "InvalidSchedule"
+	reasonSuspended       = "Suspended"
+)
+
+// JobScheduleReconciler starts runs on a JobSchedule's cron schedule. It
+// never writes the schedule's spec, so GitOps tools see no drift.
+type JobScheduleReconciler struct {
+	client   client.Client
+	recorder events.EventRecorder
+	clock    clock.PassiveClock
+}
+
+// NewJobScheduleReconciler returns a reconciler using mgr's client and
+// recorder and clk for time (tests move it).
+func NewJobScheduleReconciler(mgr ctrl.Manager, clk clock.PassiveClock) *JobScheduleReconciler {
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	return &JobScheduleReconciler{client: mgr.GetClient(), recorder: mgr.GetEventRecorder("jobschedule-controller"), clock: clk}
+}
+
+// SetupWithManager watches schedules and the runs they own.
+func (r *JobScheduleReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&jobsv1alpha1.JobSchedule{}).
+		Owns(&jobsv1alpha1.JobRun{}).
+		Named("jobschedule").
+		Complete(r)
+}
+
+// scheduledRunName is the run of schedule s for scheduled time t: a UUID
+// derived from both, so a restarted controller (or a stale cache) can never
+// start a schedule time's run twice.
+func scheduledRunName(s *jobsv1alpha1.JobSchedule, t time.Time) string {
+	space, err := uuid.Parse(string(s.UID))
+	if err != nil {
+		space = uuid.NewSHA1(uuid.NameSpaceOID, []byte(s.Namespace+"/"+s.Name))
+	}
+	return uuid.NewSHA1(space, []byte(t.UTC().Format(time.RFC3339))).String()
+}
+
+// Reconcile starts the run that is due, if any, and keeps status current.
+func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	s := &jobsv1alpha1.JobSchedule{}
+	if err := r.client.Get(ctx, req.NamespacedName, s); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	orig := s.DeepCopy()
+	now := r.clock.Now()
+	s.Status.ObservedGeneration = s.Generation
+
+	sched, loc, err := parseSchedule(s.Spec.Schedule, s.Spec.TimeZone)
+	if err != nil {
+		r.setReady(s, metav1.ConditionFalse, reasonInvalidSchedule, err.Error(), now)
+		if perr := r.patchStatus(ctx, orig, s); perr != nil {
+			return ctrl.Result{}, perr
+		}
+		r.recorder.Eventf(s, nil, corev1.EventTypeWarning, reasonInvalidSchedule, "Validate", "%s", err.Error())
+		return ctrl.Result{}, reconcile.TerminalError(err)
+	}
+
+	runs := &jobsv1alpha1.JobRunList{}
+	if err := r.client.List(ctx, runs, client.InNamespace(s.Namespace), client.MatchingLabels{jobsv1alpha1.LabelSchedule: s.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	var active []*jobsv1alpha1.JobRun
+	for i := range runs.Items {
+		run := &runs.Items[i]
+		if !run.CurrentPhase().IsTerminal() {
+			active = append(active, run)
+		} else if run.Status.Phase == jobsv1alpha1.JobRunCompleted && run.Status.CompletedAt != nil &&
+			(s.Status.LastSuccessfulTime == nil || run.Status.CompletedAt.After(s.Status.LastSuccessfulTime.Time)) {
+			s.Status.LastSuccessfulTime = &metav1.Time{Time: run.Status.CompletedAt.Time}
+		}
+	}
+
+	since := s.CreationTimestamp.Time
+	if s.Status.LastScheduleTime != nil {
+		since = s.Status.LastScheduleTime.Time
+	}
+	plan := planSchedule(sched, loc, since, now)
+	s.Status.NextScheduleTime = &metav1.Time{Time: plan.next}
+
+	switch {
+	case ptr.Deref(s.Spec.Suspend, false):
+		// Times pass unhandled; on resume only the latest may still start.
+		r.setReady(s, metav1.ConditionTrue, reasonSuspended, "suspended: no new runs start", now)
+	case plan.due.IsZero():
+		r.setReady(s, metav1.ConditionTrue, reasonScheduled, "next run at "+plan.next.UTC().Format(time.RFC3339), now)
+	default:
+		// The due time is handled now, whatever happens to it, and the
+		// times before it are counted as missed: none is ever started
+		// twice, nor late in a burst.
+		s.Status.MissedRuns += plan.skipped
+		s.Status.LastScheduleTime = &metav1.Time{Time: plan.due}
+		started, err := r.startDue(ctx, s, plan.due, now, active)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if started != nil {
+			active = append(active, started)
+		}
+		r.setReady(s, metav1.ConditionTrue, reasonScheduled, "next run at "+plan.next.UTC().Format(time.RFC3339), now)
+	}
+
+	s.Status.ActiveRuns = nil
+	for _, run := range active {
+		s.Status.ActiveRuns = append(s.Status.ActiveRuns, run.Name)
+	}
+	slices.Sort(s.Status.ActiveRuns)
+	if err := r.pruneHistory(ctx, s, runs.Items); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.patchStatus(ctx, orig, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: plan.next.Sub(now)}, nil
+}
+
+// startDue starts the run for scheduled time due unless the starting
+// deadline passed or the concurrency policy forbids it.
+func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.JobSchedule, due, now time.Time, active []*jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
+	log := logf.FromContext(ctx)
+	if d := s.Spec.StartingDeadlineSeconds; d != nil && now.Sub(due) > time.Duration(*d)*time.Second {
+		s.Status.MissedRuns++
+		r.recorder.Eventf(s, nil, corev1.EventTypeWarning, "MissedSchedule", "Start", "Run for %s not started: %s late, past the starting deadline of %ds", due.UTC().Format(time.RFC3339), now.Sub(due).Round(time.Second), *d)
+		return nil, nil
+	}
+	if len(active) > 0 {
+		switch s.Spec.ConcurrencyPolicy {
+		case jobsv1alpha1.ConcurrencyAllow:
+		case jobsv1alpha1.ConcurrencyReplace:
+			for _, run := range active {
+				if err := annotateCancel(ctx, r.client, run, now); err != nil {
+					return nil, err
+				}
+				r.recorder.Eventf(s, run, corev1.EventTypeNormal, "Replaced", "Cancel", "Cancelling run %s to start the one for %s", run.Name, due.UTC().Format(time.RFC3339))
+			}
+		default: // Forbid
+			s.Status.MissedRuns++
+			r.recorder.Eventf(s, nil, corev1.EventTypeNormal, "SkippedConcurrent", "Start", "Run for %s skipped: %d run(s) still active and concurrencyPolicy is Forbid", due.UTC().Format(time.RFC3339), len(active))
+			return nil, nil
+		}
+	}
+	run := &jobsv1alpha1.JobRun{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: s.Namespace, Name: scheduledRunName(s, due),
+			Labels: map[string]string{jobsv1alpha1.LabelSchedule: s.Name, jobsv1alpha1.LabelJobType: s.Spec.JobType,
+				jobsv1alpha1.LabelStatus: string(jobsv1alpha1.JobRunPending)},
+		},
+		Spec: jobsv1alpha1.JobRunSpec{
+			JobType: s.Spec.JobType, TeamID: s.Spec.TeamID, ProjectID: s.Spec.ProjectID, Params: s.Spec.Params.DeepCopy(),
+			TriggeredBy: "schedule:" + s.Name,
+			CreatedAt:   ptr.To(metav1.NewMicroTime(now.UTC().Truncate(time.Millisecond))),
+		},
+	}
+	if s.Spec.TeamID != "" {
+		run.Labels[jobsv1alpha1.LabelTeam], run.Labels[jobsv1alpha1.LabelProject] = s.Spec.TeamID, s.Spec.ProjectID
+	}
+	if err := controllerutil.SetControllerReference(s, run, r.client.Scheme()); err != nil {
+		return nil, err
+	}
+	if err := r.client.Create(ctx, run); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return nil, nil // started before a restart: the name is the schedule time's
+		}
+		return nil, fmt.Errorf("starting the run for %s: %w", due.UTC().Format(time.RFC3339), err)
+	}
+	log.Info("started scheduled run", "run", run.Name, "scheduledTime", due)
+	r.recorder.Eventf(s, run, corev1.EventTypeNormal, "Started", "Start", "Started run %s for %s", run.Name, due.UTC().Format(time.RFC3339))
+	return run, nil
+}
+
+// annotateCancel asks a run to stop, as the REST API's cancel does.
+func annotateCancel(ctx context.Context, c client.Client, run *jobsv1alpha1.JobRun, now time.Time) error {
+	if run.IsCancelRequested() {
+		return nil
+	}
+	patch := client.MergeFrom(run.DeepCopy())
+	if run.Annotations == nil {
+		run.Annotations = map[string]string{}
+	}
+	run.Annotations[jobsv1alpha1.AnnotationCancelRequested] = now.UTC().Format(time.RFC3339)
+	return c.Patch(ctx, run, patch)
+}
+
+// pruneHistory keeps the newest successfulRunsHistoryLimit completed runs
+// and failedRunsHistoryLimit failed or cancelled ones.
+func (r *JobScheduleReconciler) pruneHistory(ctx context.Context, s *jobsv1alpha1.JobSchedule, runs []jobsv1alpha1.JobRun) error {
+	var ok, bad []*jobsv1alpha1.JobRun
+	for i := range runs {
+		switch runs[i].CurrentPhase() {
+		case jobsv1alpha1.JobRunCompleted:
+			ok = append(ok, &runs[i])
+		case jobsv1alpha1.JobRunFailed, jobsv1alpha1.JobRunCancelled:
+			bad = append(bad, &runs[i])
+		}
+	}
+	for _, group := range []struct {
+		runs  []*jobsv1alpha1.JobRun
+		limit int32
+	}{{ok, ptr.Deref(s.Spec.SuccessfulRunsHistoryLimit, 3)}, {bad, ptr.Deref(s.Spec.FailedRunsHistoryLimit, 1)}} {
+		slices.SortFunc(group.runs, func(a, b *jobsv1alpha1.JobRun) int {
+			if newerFinished(a, b) {
+				return -1
+			}
+			return 1
+		})
+		for i := int(group.limit); i < len(group.runs); i++ {
+			if err := client.IgnoreNotFound(r.client.Delete(ctx, group.runs[i], client.Preconditions{UID: &group.runs[i].UID})); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (r *JobScheduleReconciler) setReady(s *jobsv1alpha1.JobSchedule, status metav1.ConditionStatus, reason, message string, now time.Time) {
+	meta.SetStatusCondition(&s.Status.Conditions, metav1.Condition{
+		Type: jobsv1alpha1.JobScheduleConditionReady, Status: status, Reason: reason, Message: strings.TrimSpace(message),
+		ObservedGeneration: s.Generation, LastTransitionTime: metav1.NewTime(now),
+	})
+}
+
+// patchStatus writes status if it changed, based on the version read.
+func (r *JobScheduleReconciler) patchStatus(ctx context.Context, orig, s *jobsv1alpha1.JobSchedule) error {
+	if equality.Semantic.DeepEqual(orig.Status, s.Status) {
+		return nil
+	}
+	return r.client.Status().Patch(ctx, s, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+}
