@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	_ "time/tzdata" // JobSchedule time zones, also in images without a zoneinfo database
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
 	"time"
+	_ "time/tzdata" // JobSchedule time zones, also in images without a zoneinfo database
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
