@@ -59,6 +59,7 @@ verify: generate manifests tools-helm ## Regenerate everything and fail if a gen
 	@changed=$$(git status --porcelain -- api config charts); \
 	if [ -n "$$changed" ]; then echo "generated files are out of date (run make generate manifests and commit):"; echo "$$changed"; git --no-pager diff --stat -- api config charts; exit 1; fi
 	$(HELM) lint --strict charts/jobrun
+	hack/check-dockerfile.sh
 
 .PHONY: test
 test: tools vet verify ## Run all tests (builds the tools if missing, vets, verifies generated files, runs every suite against a real kube-apiserver).
