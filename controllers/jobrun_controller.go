@@ -56,7 +56,17 @@ type JobRunReconciler struct {
 	serviceAccount string
 	metrics        *runMetrics
 	workers        int
+	notifier       Notifier
 }
+
+// Notifier sends the completion email of a finished run.
+type Notifier interface {
+	Send(ctx context.Context, run *jobsv1alpha1.JobRun) error
+}
+
+// WithNotifier sets how completion emails are sent; without one, runs that
+// ask for an email record that none was sent and why.
+func WithNotifier(n Notifier) JobRunOption { return func(r *JobRunReconciler) { r.notifier = n } }
 
 // JobRunOption configures a JobRunReconciler.
 type JobRunOption func(*JobRunReconciler)
@@ -335,6 +345,10 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 	}
 	if err := r.releaseGuard(ctx, run); err != nil {
 		return ctrl.Result{}, err
+	}
+	// A run is not deleted while its email is still owed.
+	if wait, err := r.notify(ctx, run); err != nil || wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, err
 	}
 	jt := &jobsv1alpha1.JobType{}
 	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}, jt); err != nil {

@@ -47,12 +47,20 @@ func createJobType(t *testing.T, ns string, mutate ...func(*jobsv1alpha1.JobType
 
 func createRun(t *testing.T, ns, name string) *jobsv1alpha1.JobRun {
 	t.Helper()
+	return createRunWith(t, ns, name, nil)
+}
+
+func createRunWith(t *testing.T, ns, name string, mutate func(*jobsv1alpha1.JobRun)) *jobsv1alpha1.JobRun {
+	t.Helper()
 	jr := &jobsv1alpha1.JobRun{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: jobsv1alpha1.JobRunSpec{
 			JobType: "demo_sync", TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:u1",
 			Params: &runtime.RawExtension{Raw: []byte(`{"items":10}`)},
 		},
+	}
+	if mutate != nil {
+		mutate(jr)
 	}
 	if err := env.Client.Create(context.Background(), jr); err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
 // startManager runs a manager with the JobRun controller, reading time from
 // clock, until the test ends or stop is called. stop waits for it to return.
-func startManager(t *testing.T, clock *clocktesting.FakeClock) (stop func()) {
+func startManager(t *testing.T, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func()) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:                 env.Scheme,
@@ -32,7 +32,7 @@ func startManager(t *testing.T, clock *clocktesting.FakeClock) (stop func()) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := NewJobRunReconciler(mgr, WithClock(clock)).SetupWithManager(ctx, mgr); err != nil {
+	if err := NewJobRunReconciler(mgr, append([]JobRunOption{WithClock(clock)}, opts...)...).SetupWithManager(ctx, mgr); err != nil {
 		t.Fatal(err)
 	}
 	if err := NewJobScheduleReconciler(mgr, clock).SetupWithManager(mgr); err != nil {

@@ -154,6 +154,45 @@ type JobRunProgress struct {
 	Summary string `json:"summary"`
 }
 
+// NotificationState is where a run's completion email is.
+// +kubebuilder:validation:Enum=Sending;Sent;Retrying;Failed;Skipped
+type NotificationState string
+
+const (
+	// NotificationSending: recorded before the mail server is contacted.
+	// A controller that restarts here sends again with the same Message-ID.
+	NotificationSending NotificationState = "Sending"
+	// NotificationSent: the mail server accepted the message.
+	NotificationSent NotificationState = "Sent"
+	// NotificationRetrying: the last attempt failed; another follows.
+	NotificationRetrying NotificationState = "Retrying"
+	// NotificationFailed: every attempt failed; no more follow.
+	NotificationFailed NotificationState = "Failed"
+	// NotificationSkipped: nothing was sent, and message says why.
+	NotificationSkipped NotificationState = "Skipped"
+)
+
+// JobRunNotification is the state of a run's completion email.
+type JobRunNotification struct {
+	// state is Sending, Sent, Retrying, Failed or Skipped.
+	// +required
+	State NotificationState `json:"state"`
+
+	// attempts counts the sends tried.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Attempts int32 `json:"attempts,omitempty"`
+
+	// lastAttemptTime is when the last send was tried.
+	// +optional
+	LastAttemptTime *metav1.Time `json:"lastAttemptTime,omitempty"`
+
+	// message says why the last attempt failed or nothing was sent.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
+}
+
 // JobRun condition types and reasons. Conditions record each transition of a
 // run for people and tools; status.phase is the state the REST API shows.
 const (
@@ -247,6 +286,10 @@ type JobRunStatus struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	Attempts int32 `json:"attempts,omitempty"`
+
+	// notification records the completion email asked for by spec.notify.
+	// +optional
+	Notification *JobRunNotification `json:"notification,omitempty"`
 
 	// observedGeneration is the metadata.generation the status describes.
 	// +optional

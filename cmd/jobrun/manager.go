@@ -23,6 +23,7 @@ import (
 	"jobrun.dev/jobrun/apiserver"
 	"jobrun.dev/jobrun/controllers"
 	"jobrun.dev/jobrun/internal/controlplane"
+	"jobrun.dev/jobrun/internal/notify"
 	"jobrun.dev/jobrun/internal/probes"
 )
 
@@ -50,6 +51,8 @@ type managerFlags struct {
 	jwksURL                 string
 	runControllers          bool
 	jwtSecretFile           string
+	smtp                    notify.SMTP
+	smtpPasswordFile        string
 	zap                     zap.Options
 }
 
@@ -68,6 +71,12 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
 	fs.StringVar(&f.jwtSecretFile, "jwt-secret-file", "", "File holding the HS256 secret (e.g. mounted from a Secret); default: $JOBRUN_JWT_SECRET.")
+	fs.StringVar(&f.smtp.Host, "smtp-host", "", "Mail server for run notifications (notify: true); empty: none are sent, and runs record why.")
+	fs.IntVar(&f.smtp.Port, "smtp-port", 587, "Mail server port.")
+	fs.StringVar(&f.smtp.From, "smtp-from", "jobrun@localhost", "Sender address of notifications.")
+	fs.StringVar(&f.smtp.Username, "smtp-username", "", "Mail server user (PLAIN auth); empty: no auth.")
+	fs.StringVar(&f.smtpPasswordFile, "smtp-password-file", "", "File holding the mail server password (mounted from a Secret).")
+	fs.StringVar(&f.smtp.TLS, "smtp-tls", "starttls", "starttls (required), tls (implicit) or none (loopback only).")
 	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
@@ -158,7 +167,18 @@ func runManager(ctx context.Context, args []string) error {
 	}
 
 	if f.runControllers {
-		if err := controllers.NewJobRunReconciler(mgr, controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithWorkers(f.workers)).SetupWithManager(ctx, mgr); err != nil {
+		opts := []controllers.JobRunOption{controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithWorkers(f.workers)}
+		if f.smtp.Host != "" {
+			if f.smtpPasswordFile != "" {
+				data, err := os.ReadFile(f.smtpPasswordFile)
+				if err != nil {
+					return fmt.Errorf("reading --smtp-password-file: %w", err)
+				}
+				f.smtp.Password = strings.TrimSpace(string(data))
+			}
+			opts = append(opts, controllers.WithNotifier(f.smtp))
+		}
+		if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
 			return fmt.Errorf("setting up the JobRun controller: %w", err)
 		}
 		if err := controllers.NewJobScheduleReconciler(mgr, nil).SetupWithManager(mgr); err != nil {
