@@ -206,16 +206,24 @@ func (s *Server) takeGuard(ctx context.Context, run *jobsv1alpha1.JobRun) (*coor
 			Labels: map[string]string{jobsv1alpha1.LabelJobType: run.Spec.JobType, jobsv1alpha1.LabelProject: run.Spec.ProjectID}},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(run.Name), AcquireTime: &now},
 	}
-	err := s.writer.Create(ctx, guard)
-	if err == nil {
-		return guard, nil
-	}
-	if !apierrors.IsAlreadyExists(err) {
-		return nil, err
-	}
 	existing := &coordinationv1.Lease{}
-	if err := s.reader.Get(ctx, client.ObjectKeyFromObject(guard), existing); err != nil {
-		return nil, err
+	for attempt := 0; ; attempt++ {
+		err := s.writer.Create(ctx, guard)
+		if err == nil {
+			return guard, nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, err
+		}
+		err = s.reader.Get(ctx, client.ObjectKeyFromObject(guard), existing)
+		if err == nil {
+			break
+		}
+		// Released between our create and our read (its run just ended):
+		// try to take it again.
+		if !apierrors.IsNotFound(err) || attempt == 2 {
+			return nil, err
+		}
 	}
 	holder := ptr.Deref(existing.Spec.HolderIdentity, "")
 	if !s.guardStale(ctx, existing, holder) {
