@@ -2,7 +2,6 @@ package apiserver
 
 import (
 	"net/http"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -64,12 +63,8 @@ func (j jobsResource) cancel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, errorf(http.StatusBadRequest, codeInvalidRequest, "job is not in running status (it is "+string(run.CurrentPhase())+")"))
 		return
 	}
-	if !run.IsCancelRequested() {
-		patch := client.MergeFrom(run.DeepCopy())
-		if run.Annotations == nil {
-			run.Annotations = map[string]string{}
-		}
-		run.Annotations[jobsv1alpha1.AnnotationCancelRequested] = j.s.now().UTC().Format(time.RFC3339)
+	patch := client.MergeFrom(run.DeepCopy())
+	if run.RequestCancel(j.s.now()) {
 		if err := j.s.writer.Patch(r.Context(), run, patch); err != nil {
 			writeError(w, r, err)
 			return

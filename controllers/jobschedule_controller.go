@@ -207,14 +207,10 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 
 // annotateCancel asks a run to stop, as the REST API's cancel does.
 func annotateCancel(ctx context.Context, c client.Client, run *jobsv1alpha1.JobRun, now time.Time) error {
-	if run.IsCancelRequested() {
+	patch := client.MergeFrom(run.DeepCopy())
+	if !run.RequestCancel(now) {
 		return nil
 	}
-	patch := client.MergeFrom(run.DeepCopy())
-	if run.Annotations == nil {
-		run.Annotations = map[string]string{}
-	}
-	run.Annotations[jobsv1alpha1.AnnotationCancelRequested] = now.UTC().Format(time.RFC3339)
 	return c.Patch(ctx, run, patch)
 }
 

@@ -86,8 +86,11 @@ func TestIsCancelRequested(t *testing.T) {
 	if run.IsCancelRequested() {
 		t.Error("a run without annotations reports a cancel request")
 	}
-	run.Annotations = map[string]string{jobsv1alpha1.AnnotationCancelRequested: "2026-01-15T10:31:00Z"}
-	if !run.IsCancelRequested() {
-		t.Error("a run with the cancel annotation reports none")
+	at := time.Date(2026, 1, 15, 10, 31, 0, 0, time.UTC)
+	if !run.RequestCancel(at) || !run.IsCancelRequested() || run.Annotations[jobsv1alpha1.AnnotationCancelRequested] != "2026-01-15T10:31:00Z" {
+		t.Errorf("after RequestCancel: %v", run.Annotations)
+	}
+	if run.RequestCancel(at.Add(time.Hour)) || run.Annotations[jobsv1alpha1.AnnotationCancelRequested] != "2026-01-15T10:31:00Z" {
+		t.Error("a second request replaced the first")
 	}
 }

@@ -41,6 +41,20 @@ func (r *JobRun) IsCancelRequested() bool {
 	return ok
 }
 
+// RequestCancel marks the run as asked to stop at now (the annotation the
+// runner and the controller act on). It reports false when the run already
+// carried a request, which is kept.
+func (r *JobRun) RequestCancel(now time.Time) bool {
+	if r.IsCancelRequested() {
+		return false
+	}
+	if r.Annotations == nil {
+		r.Annotations = map[string]string{}
+	}
+	r.Annotations[AnnotationCancelRequested] = now.UTC().Format(time.RFC3339)
+	return true
+}
+
 // NewProgress returns a progress report with its summary filled in.
 func NewProgress(processed, total int64, message string) *JobRunProgress {
 	return &JobRunProgress{
