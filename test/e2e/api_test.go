@@ -10,10 +10,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/utils/ptr"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/test/testenv"
@@ -70,21 +67,8 @@ func pollRun(t *testing.T, id string, what string, cond func(map[string]any) boo
 func TestThroughTheRESTAPI(t *testing.T) {
 	ctx := testenv.Context(t)
 	const ns = "jobrun-system"
-	jt := &jobsv1alpha1.JobType{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "demo-sync"},
-		Spec: jobsv1alpha1.JobTypeSpec{
-			JobType: "demo_sync",
-			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
-				TerminationGracePeriodSeconds: ptr.To[int64](2),
-				Containers:                    []corev1.Container{{Name: "handler", Image: "jobrun:dev", Args: []string{"runner"}}},
-			}},
-			ParamsSchema: &runtime.RawExtension{Raw: demoSyncSchema(t)},
-		},
-	}
+	createJobType(t, ns)
 	project := &jobsv1alpha1.Project{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "demo-project"}, Spec: jobsv1alpha1.ProjectSpec{TeamID: "demo-team"}}
-	if err := cluster.Client.Create(ctx, jt); err != nil {
-		t.Fatal(err)
-	}
 	if err := cluster.Client.Create(ctx, project); err != nil {
 		t.Fatal(err)
 	}

@@ -47,14 +47,21 @@ func freeAddrs() (string, string, error) {
 }
 
 // namespace makes a namespace for one test with the runner's service account
-// and a demo_sync JobType: no retries, a 3s cancel grace period.
+// and the demo_sync JobType of createJobType.
 func namespace(t *testing.T, mutate ...func(*jobsv1alpha1.JobType)) string {
 	t.Helper()
-	ctx := testenv.Context(t)
 	ns := "e2e-" + strings.ToLower(rand.String(6))
-	if err := cluster.InstallRunner(ctx, ns); err != nil {
+	if err := cluster.InstallRunner(testenv.Context(t), ns); err != nil {
 		t.Fatal(err)
 	}
+	createJobType(t, ns, mutate...)
+	return ns
+}
+
+// createJobType creates the demo_sync JobType in ns, with the sample's params
+// schema, no retries and a 3 s cancel grace period.
+func createJobType(t *testing.T, ns string, mutate ...func(*jobsv1alpha1.JobType)) {
+	t.Helper()
 	jt := &jobsv1alpha1.JobType{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "demo-sync"},
 		Spec: jobsv1alpha1.JobTypeSpec{
@@ -72,10 +79,9 @@ func namespace(t *testing.T, mutate ...func(*jobsv1alpha1.JobType)) string {
 	for _, m := range mutate {
 		m(jt)
 	}
-	if err := cluster.Client.Create(ctx, jt); err != nil {
+	if err := cluster.Client.Create(testenv.Context(t), jt); err != nil {
 		t.Fatal(err)
 	}
-	return ns
 }
 
 func trigger(t *testing.T, ns, params string) *jobsv1alpha1.JobRun {
