@@ -408,6 +408,9 @@ func (r *JobRunReconciler) deletePod(ctx context.Context, pod *corev1.Pod) error
 // for run, so the next trigger for the pair may start. A guard held by
 // another run is left alone.
 func (r *JobRunReconciler) releaseGuard(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	if run.Spec.ProjectID == "" {
+		return nil // only the REST trigger takes guards, and it needs a project
+	}
 	guard := &coordinationv1.Lease{}
 	key := client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.GuardName(run.Spec.JobType, run.Spec.ProjectID)}
 	// Read live: leases are not worth a cluster-wide informer.
