@@ -179,6 +179,7 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 	run := &jobsv1alpha1.JobRun{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: s.Namespace, Name: scheduledRunName(s, due),
+			Annotations: map[string]string{jobsv1alpha1.AnnotationScheduledTime: due.UTC().Format(time.RFC3339)},
 			Labels: map[string]string{jobsv1alpha1.LabelSchedule: s.Name, jobsv1alpha1.LabelJobType: s.Spec.JobType,
 				jobsv1alpha1.LabelStatus: string(jobsv1alpha1.JobRunPending)},
 		},
@@ -200,7 +201,8 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 		}
 		return nil, fmt.Errorf("starting the run for %s: %w", due.UTC().Format(time.RFC3339), err)
 	}
-	log.Info("started scheduled run", "run", run.Name, "scheduledTime", due)
+	scheduleDelay.Observe(now.Sub(due).Seconds())
+	log.Info("started scheduled run", "run", run.Name, "scheduledTime", due, "late", now.Sub(due))
 	r.recorder.Eventf(s, run, corev1.EventTypeNormal, "Started", "Start", "Started run %s for %s", run.Name, due.UTC().Format(time.RFC3339))
 	return run, nil
 }

@@ -91,6 +91,9 @@ func TestScheduleStartsRunsOnTime(t *testing.T) {
 	if run.Name != scheduledRunName(got, due.Time) || run.Spec.TriggeredBy != "schedule:every-minute" || metav1.GetControllerOf(&run) == nil {
 		t.Errorf("run %s triggeredBy %q owner %v", run.Name, run.Spec.TriggeredBy, metav1.GetControllerOf(&run))
 	}
+	if got := run.Annotations[jobsv1alpha1.AnnotationScheduledTime]; got != due.UTC().Format(time.RFC3339) {
+		t.Errorf("scheduled-time annotation %q, want %s", got, due.UTC().Format(time.RFC3339))
+	}
 	if !got.Status.NextScheduleTime.Time.Equal(due.Add(time.Minute)) || len(got.Status.ActiveRuns) != 1 || got.Status.ActiveRuns[0] != run.Name {
 		t.Errorf("status: next %v active %v", got.Status.NextScheduleTime, got.Status.ActiveRuns)
 	}

@@ -44,6 +44,18 @@ func newRunMetrics(reg prometheus.Registerer) *runMetrics {
 	return m
 }
 
+// scheduleDelay is how late a JobSchedule's runs are created after their
+// schedule time: the controller's own lag (queue, API server), not the run's.
+var scheduleDelay = func() prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "jobrun_schedule_start_delay_seconds",
+		Help:    "Time from a JobSchedule's schedule time to the creation of its run.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 16), // 10 ms to ~5.5 min
+	})
+	metrics.Registry.MustRegister(h)
+	return h
+}()
+
 func (m *runMetrics) started(run *jobsv1alpha1.JobRun) {
 	m.startedTotal.WithLabelValues(run.Spec.JobType).Inc()
 	if run.Status.StartedAt != nil {

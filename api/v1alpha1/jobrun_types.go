@@ -39,6 +39,9 @@ const (
 	// AnnotationCancelRequested asks a running run to stop. Its value is the
 	// time of the request (RFC 3339); its presence is what counts.
 	AnnotationCancelRequested = "jobs.jobrun.dev/cancel-requested"
+	// AnnotationScheduledTime is the schedule time (RFC 3339) a JobSchedule
+	// started the run for; spec.createdAt minus it is how late it started.
+	AnnotationScheduledTime = "jobs.jobrun.dev/scheduled-time"
 )
 
 // The contract between the controller, which starts a run's pod, and the
