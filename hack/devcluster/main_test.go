@@ -74,7 +74,7 @@ func TestDevCluster(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl get: %v\n%s", err, out)
 	}
-	for _, want := range []string{"demo_sync", "demo_maintenance", "nightly-maintenance", "demo-project"} {
+	for _, want := range []string{"demo_sync", "demo_maintenance", "nightly-maintenance", "maintenance-every-minute", "demo-project"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("kubectl get lacks sample %s:\n%s", want, out)
 		}
@@ -153,6 +153,30 @@ func TestDevCluster(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET with the API key: %d", resp.StatusCode)
 	}
+	// The every-minute sample schedule: a demo_maintenance run appears in
+	// kubectl get jobruns at the next minute and completes.
+	testenv.Eventually(t, 90*time.Second, func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", kubeconfig, "get", "jobruns", "-n", "jobrun-system",
+			"-l", "jobs.jobrun.dev/schedule=maintenance-every-minute", "-o",
+			`jsonpath={range .items[*]}{.metadata.annotations.jobs\.jobrun\.dev/scheduled-time} {.spec.createdAt} {.status.phase}{"\n"}{end}`).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 3 && f[2] == "completed" {
+				due, err1 := time.Parse(time.RFC3339, f[0])
+				created, err2 := time.Parse(time.RFC3339Nano, f[1])
+				if err1 != nil || err2 != nil {
+					return fmt.Errorf("scheduled run %q: %v %v", line, err1, err2)
+				}
+				t.Logf("scheduled run for %s created %s after its schedule time", f[0], created.Sub(due))
+				return nil
+			}
+		}
+		return fmt.Errorf("no completed run of the every-minute schedule yet: %q", out)
+	})
+
 	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
 		resp, err := http.Get("http://" + o.probeAddr + "/readyz")
 		if err != nil {
