@@ -40,23 +40,24 @@ func hashSecret(secret string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// CreateAPIKey stores a new API key for team in namespace and returns the
-// key. The key itself is not stored: it cannot be shown again.
-func CreateAPIKey(ctx context.Context, c client.Client, namespace, team string, permissions []string, email string) (string, error) {
+// NewAPIKey makes a new API key for team and the Secret (named, labelled,
+// not yet stored) that lets the REST API in namespace accept it. The key
+// itself is not in the Secret: it cannot be shown again.
+func NewAPIKey(namespace, team string, permissions []string, email string) (string, *corev1.Secret, error) {
 	if team == "" {
-		return "", errors.New("an API key is bound to one team: team is required")
+		return "", nil, errors.New("an API key is bound to one team: team is required")
 	}
 	for _, p := range permissions {
 		if p != PermJobsRead && p != PermJobsWrite {
-			return "", fmt.Errorf("unknown permission %q (known: %s, %s)", p, PermJobsRead, PermJobsWrite)
+			return "", nil, fmt.Errorf("unknown permission %q (known: %s, %s)", p, PermJobsRead, PermJobsWrite)
 		}
 	}
 	idBytes, secretBytes := make([]byte, 8), make([]byte, 32)
 	if _, err := rand.Read(idBytes); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if _, err := rand.Read(secretBytes); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	id, secret := hex.EncodeToString(idBytes), base64.RawURLEncoding.EncodeToString(secretBytes)
 	s := &corev1.Secret{
@@ -68,10 +69,23 @@ func CreateAPIKey(ctx context.Context, c client.Client, namespace, team string, 
 			"sha256": hashSecret(secret), "team": team, "permissions": strings.Join(permissions, ","), "email": email,
 		},
 	}
+	return apiKeyPrefix + id + "_" + secret, s, nil
+}
+
+// APIKeyID is the id part of a Secret made by NewAPIKey.
+func APIKeyID(s *corev1.Secret) string { return strings.TrimPrefix(s.Name, apiKeySecretPrefix) }
+
+// CreateAPIKey stores a new API key for team in namespace and returns the
+// key.
+func CreateAPIKey(ctx context.Context, c client.Client, namespace, team string, permissions []string, email string) (string, error) {
+	key, s, err := NewAPIKey(namespace, team, permissions, email)
+	if err != nil {
+		return "", err
+	}
 	if err := c.Create(ctx, s); err != nil {
 		return "", fmt.Errorf("storing the API key: %w", err)
 	}
-	return apiKeyPrefix + id + "_" + secret, nil
+	return key, nil
 }
 
 // APIKeyAuthenticator accepts API keys stored by CreateAPIKey.
