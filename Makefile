@@ -37,11 +37,12 @@ generate: tools-gen ## Generate the API types' DeepCopy methods.
 	$(CONTROLLER_GEN) object paths=./api/...
 
 .PHONY: manifests
-manifests: tools-gen ## Generate CRDs and RBAC into config/, and copy the CRDs into the Helm chart.
+manifests: tools-gen ## Generate CRDs and RBAC into config/, and the Helm chart's CRDs and RBAC templates from config/.
 	$(CONTROLLER_GEN) crd rbac:roleName=manager-role paths=./... \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	rm -f charts/jobrun/crds/*.yaml
 	cp config/crd/bases/*.yaml charts/jobrun/crds/
+	go run ./hack/chartgen --root $(CURDIR) --out charts/jobrun/templates/generated
 
 .PHONY: fmt
 fmt: ## Format the Go code.
@@ -59,6 +60,7 @@ verify: generate manifests tools-helm ## Regenerate everything and fail if a gen
 	@changed=$$(git status --porcelain -- api config charts); \
 	if [ -n "$$changed" ]; then echo "generated files are out of date (run make generate manifests and commit):"; echo "$$changed"; git --no-pager diff --stat -- api config charts; exit 1; fi
 	$(HELM) lint --strict charts/jobrun
+	for f in charts/jobrun/ci/*-values.yaml; do $(HELM) lint --strict charts/jobrun -f $$f; done
 	hack/check-dockerfile.sh
 
 .PHONY: test

@@ -5,6 +5,8 @@
 #   bin/k8s/{kube-apiserver,kubectl,kube-controller-manager,kube-scheduler,etcd}
 #       the control plane; bin/k8s is what KUBEBUILDER_ASSETS points at.
 #   bin/controller-gen, bin/helm
+#   bin/crds/  third-party CRDs the chart's tests validate against (the
+#       Prometheus Operator's ServiceMonitor), taken from its Go module
 #
 # A binary is rebuilt only when the recipe that made it changed: each one has a
 # stamp file holding the hash of its inputs (versions, the tools module's go.sum).
@@ -15,7 +17,7 @@
 #
 # Usage: hack/build-tools.sh [all|dev|NAME...]
 #   dev:  what `make dev` needs: the control plane and controller-gen
-#   all:  dev + helm (what `make test` needs)
+#   all:  dev + helm + crds (what `make test` needs)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +31,7 @@ K8S_VERSION=v1.37.2
 K8S_MINOR=37
 CONTROLLER_GEN_VERSION=v0.23.0
 HELM_VERSION=v3.22.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
 
 # Version stamps: without them kubectl cannot parse the server's version and
 # `kubectl version` exits 1.
@@ -106,8 +109,26 @@ go_install() {
 	log "installed $name in $((SECONDS - start))s"
 }
 
+# third_party_crds copies the ServiceMonitor CRD out of the Prometheus
+# Operator's module (the module zip holds its example manifests).
+third_party_crds() {
+	local out="$bin/crds/monitoring.coreos.com_servicemonitors.yaml"
+	local stamp="$stamps/crds"
+	if [[ -f $out && -f $stamp && $(cat "$stamp") == "$PROMETHEUS_OPERATOR_VERSION" ]]; then
+		return
+	fi
+	log "fetching the ServiceMonitor CRD from github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION"
+	local dir
+	dir=$(cd "$root" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	mkdir -p "$bin/crds"
+	cp -f "$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$out"
+	chmod u+w "$out"
+	echo "$PROMETHEUS_OPERATOR_VERSION" >"$stamp"
+}
+
 build() {
 	case $1 in
+	crds) third_party_crds ;;
 	kube-apiserver | kubectl | kube-controller-manager | kube-scheduler) build_k8s "$1" ;;
 	etcd) build_etcd ;;
 	controller-gen) go_install controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_GEN_VERSION" ;;
@@ -120,7 +141,7 @@ build() {
 }
 
 dev_tools=(controller-gen etcd kube-apiserver kubectl kube-controller-manager kube-scheduler)
-all_tools=("${dev_tools[@]}" helm)
+all_tools=("${dev_tools[@]}" helm crds)
 
 targets=()
 for arg in "${@:-all}"; do

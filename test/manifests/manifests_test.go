@@ -16,11 +16,6 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
-const (
-	managerSA = "system:serviceaccount:jobrun-system:jobrun-manager"
-	runnerSA  = "system:serviceaccount:jobrun-system:jobrun-runner"
-)
-
 func TestDefaultManifestsApply(t *testing.T) {
 	manifests := env.Kubectl(t, "kustomize", filepath.Join(env.Root, "config", "default"))
 	path := filepath.Join(t.TempDir(), "jobrun.yaml")
@@ -40,38 +35,47 @@ func TestDefaultManifestsApply(t *testing.T) {
 		}
 	}
 
-	// What the manager may do, checked by the API server's own authorizer.
+	checkPermissions(t, "jobrun-system", "jobrun-manager", "jobrun-runner")
+}
+
+// checkPermissions asks the API server's own authorizer what the manager's
+// and the runner's service accounts (in namespace ns) may do, as installed by
+// config/default or by the Helm chart: the same grants either way.
+func checkPermissions(t *testing.T, ns, manager, runner string) {
+	managerSA := "system:serviceaccount:" + ns + ":" + manager
+	runnerSA := "system:serviceaccount:" + ns + ":" + runner
+	other := "default"
 	tests := []struct {
 		as   string
 		args []string
 		want string
 	}{
-		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", "jobrun-system"}, "yes"},
-		{managerSA, []string{"update", "leases.coordination.k8s.io", "-n", "jobrun-system"}, "yes"},
-		{managerSA, []string{"create", "events", "-n", "jobrun-system"}, "yes"},
+		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", ns}, "yes"},
+		{managerSA, []string{"update", "leases.coordination.k8s.io", "-n", ns}, "yes"},
+		{managerSA, []string{"create", "events", "-n", ns}, "yes"},
 		{managerSA, []string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
 		{managerSA, []string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
 		// Least privilege: leases only in its own namespace, no secrets, no
 		// writes to specs it does not own.
-		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", "default"}, "no"},
+		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", other}, "no"},
 		// API keys: the REST API reads their Secrets, in its namespace only.
-		{managerSA, []string{"get", "secrets", "-n", "jobrun-system"}, "yes"},
-		{managerSA, []string{"list", "secrets", "-n", "jobrun-system"}, "no"},
-		{managerSA, []string{"get", "secrets", "-n", "default"}, "no"},
-		{managerSA, []string{"create", "pods", "-n", "jobrun-system"}, "yes"},
-		{managerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", "jobrun-system"}, "yes"},
-		{managerSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
-		{managerSA, []string{"create", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
-		{managerSA, []string{"get", "projects.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
-		{managerSA, []string{"update", "projects.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
+		{managerSA, []string{"get", "secrets", "-n", ns}, "yes"},
+		{managerSA, []string{"list", "secrets", "-n", ns}, "no"},
+		{managerSA, []string{"get", "secrets", "-n", other}, "no"},
+		{managerSA, []string{"create", "pods", "-n", ns}, "yes"},
+		{managerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", ns}, "yes"},
+		{managerSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", ns}, "no"},
+		{managerSA, []string{"create", "jobruns.jobs.jobrun.dev", "-n", ns}, "yes"},
+		{managerSA, []string{"get", "projects.jobs.jobrun.dev", "-n", ns}, "yes"},
+		{managerSA, []string{"update", "projects.jobs.jobrun.dev", "-n", ns}, "no"},
 		// The runner: read and watch runs, patch their status, nothing more.
-		{runnerSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
-		{runnerSA, []string{"watch", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "yes"},
-		{runnerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", "jobrun-system"}, "yes"},
-		{runnerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
-		{runnerSA, []string{"delete", "jobruns.jobs.jobrun.dev", "-n", "jobrun-system"}, "no"},
-		{runnerSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", "default"}, "no"},
-		{runnerSA, []string{"get", "secrets", "-n", "jobrun-system"}, "no"},
+		{runnerSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", ns}, "yes"},
+		{runnerSA, []string{"watch", "jobruns.jobs.jobrun.dev", "-n", ns}, "yes"},
+		{runnerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", ns}, "yes"},
+		{runnerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "-n", ns}, "no"},
+		{runnerSA, []string{"delete", "jobruns.jobs.jobrun.dev", "-n", ns}, "no"},
+		{runnerSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", other}, "no"},
+		{runnerSA, []string{"get", "secrets", "-n", ns}, "no"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.as+" "+strings.Join(tt.args, " "), func(t *testing.T) {

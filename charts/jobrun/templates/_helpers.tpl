@@ -1,0 +1,132 @@
+{{/* The chart's name, overridable. */}}
+{{- define "jobrun.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every object's name: the release name, with the chart's name
+appended unless the release name already contains it. Object names add a
+suffix (-manager, -api, ...), so it is kept to 40 characters.
+*/}}
+{{- define "jobrun.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "jobrun.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "jobrun.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels that select the release's pods (plus app.kubernetes.io/component). */}}
+{{- define "jobrun.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "jobrun.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The image of the manager and the REST API. */}}
+{{- define "jobrun.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The manager's service account (generated from config/rbac). */}}
+{{- define "jobrun.managerServiceAccount" -}}
+{{ include "jobrun.fullname" . }}-manager
+{{- end }}
+
+{{/*
+Settings that cannot be expressed in values.schema.json: fail with a message
+that says which value to set.
+*/}}
+{{- define "jobrun.validate" -}}
+{{- if .Values.api.enabled }}
+{{- if and (not .Values.auth.jwt.existingSecret) (not .Values.auth.jwt.jwksURL) }}
+{{- fail "api.enabled is true but the REST API has no way to check JWTs: set auth.jwt.existingSecret (a Secret holding an HS256 secret of at least 32 bytes) or auth.jwt.jwksURL" }}
+{{- end }}
+{{- if and .Values.auth.jwt.existingSecret .Values.auth.jwt.jwksURL }}
+{{- fail "set only one of auth.jwt.existingSecret (HS256) and auth.jwt.jwksURL (RS256/ES256)" }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.api.mode "standalone") (not .Values.api.enabled) }}
+{{- fail "api.mode is standalone but api.enabled is false" }}
+{{- end }}
+{{- if and .Values.smtp.passwordSecret.name (not .Values.smtp.username) }}
+{{- fail "smtp.passwordSecret is set but smtp.username is empty: the password is only used with a user name" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pod spec parts that the manager and the standalone REST API share:
+security, volumes for secrets, scheduling.
+*/}}
+{{- define "jobrun.podSecurityContext" -}}
+runAsNonRoot: true
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "jobrun.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end }}
+
+{{/* Flags and mounts of the REST API, in the manager or on its own. */}}
+{{- define "jobrun.apiArgs" -}}
+- --api-bind-address=:{{ .Values.api.port }}
+- --namespace={{ .Release.Namespace }}
+{{- if .Values.auth.jwt.jwksURL }}
+- --jwks-url={{ .Values.auth.jwt.jwksURL }}
+{{- else }}
+- --jwt-secret-file=/etc/jobrun/jwt/{{ .Values.auth.jwt.secretKey }}
+{{- end }}
+{{- end }}
+
+{{- define "jobrun.apiVolumeMounts" -}}
+{{- if and .Values.api.enabled .Values.auth.jwt.existingSecret }}
+- name: jwt
+  mountPath: /etc/jobrun/jwt
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "jobrun.apiVolumes" -}}
+{{- if and .Values.api.enabled .Values.auth.jwt.existingSecret }}
+- name: jwt
+  secret:
+    secretName: {{ .Values.auth.jwt.existingSecret }}
+    items:
+      - key: {{ .Values.auth.jwt.secretKey }}
+        path: {{ .Values.auth.jwt.secretKey }}
+{{- end }}
+{{- end }}
+
+{{- define "jobrun.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
