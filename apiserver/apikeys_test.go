@@ -58,6 +58,14 @@ func TestAPIKeys(t *testing.T) {
 	}
 	runID := jr["id"].(string)
 
+	// A key with its last character changed, and rw's secret under another
+	// id (the secret may itself contain '_').
+	last := byte('A')
+	if rw[len(rw)-1] == last {
+		last = 'B'
+	}
+	tampered := rw[:len(rw)-1] + string(last)
+	rwSecret := rw[len("jrk_0123456789abcdef_"):]
 	tests := []struct {
 		name, method, path, key string
 		want                    int
@@ -68,8 +76,8 @@ func TestAPIKeys(t *testing.T) {
 		{"read-only key cannot cancel", http.MethodPost, "/v1/jobs/" + runID + "/cancel", ro, http.StatusForbidden},
 		{"another team's key does not see the run", http.MethodGet, "/v1/jobs/" + runID, other, http.StatusNotFound},
 		{"another team's key does not see the team", http.MethodGet, "/v1/teams/team-1/jobs", other, http.StatusNotFound},
-		{"tampered key", http.MethodGet, "/v1/jobs/" + runID, rw[:len(rw)-1] + "A", http.StatusUnauthorized},
-		{"unknown key id", http.MethodGet, "/v1/jobs/" + runID, "jrk_0000000000000000_" + strings.Split(rw, "_")[2], http.StatusUnauthorized},
+		{"tampered key", http.MethodGet, "/v1/jobs/" + runID, tampered, http.StatusUnauthorized},
+		{"unknown key id", http.MethodGet, "/v1/jobs/" + runID, "jrk_0000000000000000_" + rwSecret, http.StatusUnauthorized},
 		{"malformed key", http.MethodGet, "/v1/jobs/" + runID, "jrk_short", http.StatusUnauthorized},
 	}
 	for _, tt := range tests {
