@@ -23,6 +23,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // Handler executes one run. It returns a JSON-encodable result, or an error.
@@ -42,6 +44,10 @@ type Run struct {
 	TeamID, ProjectID string
 	// Attempt counts from 1.
 	Attempt int
+	// Client reads from the API server as the pod's service account (the
+	// runner's RBAC: runs in Namespace, and whatever else it was granted,
+	// such as integration Secrets).
+	Client client.Reader
 
 	params   []byte
 	progress *progressReporter

@@ -124,7 +124,7 @@ func Serve(ctx context.Context, cfg Config) int {
 	run := &Run{
 		ID: jr.Name, Namespace: jr.Namespace, JobType: jr.Spec.JobType,
 		TeamID: jr.Spec.TeamID, ProjectID: jr.Spec.ProjectID, Attempt: cfg.Attempt,
-		progress: progress,
+		Client: cfg.Client, progress: progress,
 	}
 	if jr.Spec.Params != nil {
 		run.params = jr.Spec.Params.Raw
