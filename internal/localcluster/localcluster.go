@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -114,6 +115,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := c.InstallRunner(ctx, o.Namespace); err != nil {
 		return c, err
 	}
+	if err := c.InstallIntegrations(ctx, o.Namespace, DefaultIntegrationsNamespace); err != nil {
+		return c, err
+	}
 	if o.Samples {
 		o.Log("applying config/samples to namespace %s", o.Namespace)
 		if err := c.apply(ctx, "-n", o.Namespace, "-k", filepath.Join(o.Root, "config", "samples")); err != nil {
@@ -170,6 +174,35 @@ func (c *Cluster) InstallRunner(ctx context.Context, ns string) error {
 	}
 	c.opts.Log("installing the runner's service account and Role in %s", ns)
 	return c.apply(ctx, "-k", dir)
+}
+
+// DefaultIntegrationsNamespace is config/integrations' namespace, the one
+// the samples' job types name.
+const DefaultIntegrationsNamespace = "jobrun-integrations"
+
+// InstallIntegrations applies config/integrations with its namespace set to
+// integrationsNS and the runner of runsNS as the reader of its Secrets.
+func (c *Cluster) InstallIntegrations(ctx context.Context, runsNS, integrationsNS string) error {
+	data, err := os.ReadFile(filepath.Join(c.opts.Root, "config", "integrations", "integrations.yaml"))
+	if err != nil {
+		return err
+	}
+	y := strings.ReplaceAll(string(data), "namespace: jobrun-system", "namespace: "+runsNS)
+	y = strings.ReplaceAll(y, DefaultIntegrationsNamespace, integrationsNS)
+	f, err := os.CreateTemp("", "jobrun-integrations-*.yaml")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.WriteString(y); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	c.opts.Log("installing the integrations namespace %s for the runner of %s", integrationsNS, runsNS)
+	return c.apply(ctx, "-f", f.Name())
 }
 
 // apply runs kubectl apply --server-side with args.

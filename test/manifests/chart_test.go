@@ -71,7 +71,9 @@ func TestChartValuesFilesDryRun(t *testing.T) {
 			if out, err := helm(t, "lint", "--strict", chartDir(), "-f", values); err != nil {
 				t.Fatalf("lint: %v\n%s", err, out)
 			}
-			rendered, err := helm(t, "template", "jobrun", chartDir(), "-n", ns, "-f", values)
+			// A dry run cannot create the integrations namespace it then
+			// puts a Role in: use the test's.
+			rendered, err := helm(t, "template", "jobrun", chartDir(), "-n", ns, "-f", values, "--set", "integrations.createNamespace=false,integrations.namespace="+ns)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -214,7 +216,7 @@ func TestChartInstall(t *testing.T) {
 	}
 
 	// The chart's RBAC is config/default's, with the release's names.
-	checkPermissions(t, ns, "jr-manager", "jr-runner")
+	checkPermissions(t, ns, ns+"-integrations", "jr-manager", "jr-runner")
 
 	// An API key kept in values is accepted by the REST API's authenticator.
 	keys := apiserver.APIKeyAuthenticator{Reader: env.Client, Namespace: ns}

@@ -35,13 +35,15 @@ func TestDefaultManifestsApply(t *testing.T) {
 		}
 	}
 
-	checkPermissions(t, "jobrun-system", "jobrun-manager", "jobrun-runner")
+	env.Kubectl(t, "apply", "--server-side", "-k", filepath.Join(env.Root, "config", "integrations"))
+	checkPermissions(t, "jobrun-system", "jobrun-integrations", "jobrun-manager", "jobrun-runner")
 }
 
 // checkPermissions asks the API server's own authorizer what the manager's
 // and the runner's service accounts (in namespace ns) may do, as installed by
-// config/default or by the Helm chart: the same grants either way.
-func checkPermissions(t *testing.T, ns, manager, runner string) {
+// config/default and config/integrations or by the Helm chart: the same
+// grants either way.
+func checkPermissions(t *testing.T, ns, integrations, manager, runner string) {
 	managerSA := "system:serviceaccount:" + ns + ":" + manager
 	runnerSA := "system:serviceaccount:" + ns + ":" + runner
 	other := "default"
@@ -76,6 +78,11 @@ func checkPermissions(t *testing.T, ns, manager, runner string) {
 		{runnerSA, []string{"delete", "jobruns.jobs.jobrun.dev", "-n", ns}, "no"},
 		{runnerSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", other}, "no"},
 		{runnerSA, []string{"get", "secrets", "-n", ns}, "no"},
+		// Integration Secrets: get one by name in their own namespace only.
+		{runnerSA, []string{"get", "secrets", "-n", integrations}, "yes"},
+		{runnerSA, []string{"list", "secrets", "-n", integrations}, "no"},
+		{runnerSA, []string{"get", "secrets", "-n", other}, "no"},
+		{managerSA, []string{"get", "secrets", "-n", integrations}, "no"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.as+" "+strings.Join(tt.args, " "), func(t *testing.T) {
