@@ -4,8 +4,10 @@ package handlers
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
+	"jobrun.dev/jobrun/handlers/revenuecat"
 	"jobrun.dev/jobrun/sdk"
 )
 
@@ -14,6 +16,9 @@ func Builtin() map[string]sdk.Handler {
 	return map[string]sdk.Handler{
 		"demo_sync":        DemoSync,
 		"demo_maintenance": DemoMaintenance,
+		revenuecat.JobType: revenuecat.Handler(revenuecat.Options{
+			IntegrationsNamespace: os.Getenv(revenuecat.EnvIntegrationsNamespace),
+		}),
 	}
 }
 
