@@ -262,16 +262,20 @@ func TestSyncCancelThenRerun(t *testing.T) {
 	f.customers(120, time.Now().Add(-time.Hour))
 	jr := f.newRun(`{"integration_id":"int-1"}`)
 	var once sync.Once
-	f.rc.OnEntitlements = func(n int) {
+	f.rc.OnEntitlements(func(n int) {
 		if n == 30 {
 			once.Do(func() {
-				env.Annotate(t, jr, jobsv1alpha1.AnnotationCancelRequested, time.Now().UTC().Format(time.RFC3339))
+				cancelled := jr.DeepCopy()
+				cancelled.RequestCancel(time.Now())
+				if err := env.Client.Patch(context.Background(), cancelled, client.MergeFrom(jr)); err != nil {
+					t.Errorf("requesting cancel: %v", err)
+				}
 			})
 		}
 		if n > 30 {
 			time.Sleep(20 * time.Millisecond) // give the cancel time to arrive
 		}
-	}
+	})
 	code, got := f.serve(testenv.Context(t), jr, 50)
 	if code != jobsv1alpha1.ExitCodeCancelled {
 		t.Fatalf("exit %d, want cancelled (%d); error %q", code, jobsv1alpha1.ExitCodeCancelled, got.Status.Error)
@@ -285,7 +289,7 @@ func TestSyncCancelThenRerun(t *testing.T) {
 		t.Errorf("progress says %q, the destination holds %d", p.Message, delivered)
 	}
 
-	f.rc.OnEntitlements = nil
+	f.rc.OnEntitlements(nil)
 	code, got = f.serve(testenv.Context(t), f.newRun(`{"integration_id":"int-1"}`), 50)
 	if r := result(t, got); code != 0 || r != (revenuecat.Result{Synced: 108, Total: 120, Skipped: 12}) {
 		t.Errorf("re-run: exit %d %+v", code, r)

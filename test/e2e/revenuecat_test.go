@@ -57,7 +57,7 @@ func TestRevenueCatSyncThroughTheRESTAPI(t *testing.T) {
 		rc.Put(revenuecat.Customer{ID: id, FirstSeenAt: time.Now().Add(-time.Hour).UnixMilli(), LastSeenAt: time.Now().UnixMilli()},
 			revenuecat.ActiveEntitlement{EntitlementID: "premium"})
 	}
-	rc.OnEntitlements = func(int) { time.Sleep(10 * time.Millisecond) } // long enough to see progress
+	rc.OnEntitlements(func(int) { time.Sleep(10 * time.Millisecond) }) // long enough to see progress
 	if err := cluster.Client.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: localcluster.DefaultIntegrationsNamespace, Name: revenuecat.SecretPrefix + "int-e2e", Labels: map[string]string{
 			jobsv1alpha1.LabelProject: "demo-project", revenuecat.LabelIntegration: "revenuecat",

@@ -35,10 +35,9 @@ type Fault struct {
 // RevenueCat is a fake RevenueCat API v2 for one project.
 type RevenueCat struct {
 	APIKey, Project string
-	// OnEntitlements, if set, is called before each entitlements answer.
-	OnEntitlements func(n int)
 
-	mu           sync.Mutex
+	mu             sync.Mutex
+	onEntitlements func(n int)
 	customers    []revenuecat.Customer // sorted by id: the cursor order
 	entitlements map[string][]revenuecat.ActiveEntitlement
 	faults       []Fault
@@ -72,6 +71,14 @@ func (f *RevenueCat) Put(c revenuecat.Customer, ents ...revenuecat.ActiveEntitle
 		f.customers = slices.Insert(f.customers, i, c)
 	}
 	f.entitlements[c.ID] = ents
+}
+
+// OnEntitlements sets a hook called (outside the server's lock) before the
+// n-th entitlements answer; nil removes it.
+func (f *RevenueCat) OnEntitlements(hook func(n int)) {
+	f.mu.Lock()
+	f.onEntitlements = hook
+	f.mu.Unlock()
 }
 
 // Inject queues faults; each answers one matching request.
@@ -184,7 +191,7 @@ func (f *RevenueCat) activeEntitlements(w http.ResponseWriter, id string) {
 	f.requests["entitlements"]++
 	n := f.requests["entitlements"]
 	ents, ok := f.entitlements[id]
-	hook := f.OnEntitlements
+	hook := f.onEntitlements
 	f.mu.Unlock()
 	if hook != nil {
 		hook(n)
