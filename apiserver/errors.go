@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/validation"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
@@ -74,4 +75,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false) // messages quote <token> and such as written
 	_ = enc.Encode(v)
+}
+
+// validObjectName says whether name can name an object (a run, a project)
+// at all. Ids from the outside are checked with it before they reach the
+// API server, whose client refuses names such as "../x" with an error that
+// would otherwise become a 500.
+func validObjectName(name string) bool {
+	return len(validation.IsDNS1123Subdomain(name)) == 0
 }

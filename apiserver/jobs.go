@@ -26,9 +26,13 @@ func (j jobsResource) routes(r chi.Router) {
 // an API key needs perm.
 func (j jobsResource) visibleRun(r *http.Request, perm string) (*jobsv1alpha1.JobRun, error) {
 	p := principalFrom(r.Context())
-	run := &jobsv1alpha1.JobRun{}
-	err := j.s.reader.Get(r.Context(), client.ObjectKey{Namespace: j.s.namespace, Name: chi.URLParam(r, "runId")}, run)
 	notFound := errorf(http.StatusNotFound, codeNotFound, "job run not found")
+	id := chi.URLParam(r, "runId")
+	if !validObjectName(id) {
+		return nil, notFound // no run can have that name (e.g. "../x")
+	}
+	run := &jobsv1alpha1.JobRun{}
+	err := j.s.reader.Get(r.Context(), client.ObjectKey{Namespace: j.s.namespace, Name: id}, run)
 	if client.IgnoreNotFound(err) != nil {
 		return nil, err
 	}

@@ -143,6 +143,9 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 	if req.ProjectID == "" {
 		return nil, badRequest("project_id is required for job type %q", req.JobType)
 	}
+	if !validObjectName(req.ProjectID) {
+		return nil, badRequest("project_id %q does not belong to team %s", req.ProjectID, team)
+	}
 	project := &jobsv1alpha1.Project{}
 	err = s.reader.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: req.ProjectID}, project)
 	if client.IgnoreNotFound(err) != nil {
