@@ -64,8 +64,20 @@ verify: generate manifests tools-helm ## Regenerate everything and fail if a gen
 	hack/check-dockerfile.sh
 
 .PHONY: test
-test: tools vet verify ## Run all tests (builds the tools if missing, vets, verifies generated files, runs every suite against a real kube-apiserver).
+test: tools vet verify ## Run all tests (builds the tools if missing, vets, verifies generated files, runs every suite against a real kube-apiserver, fuzzes the REST input parsers briefly).
 	go test $(GO_TEST_FLAGS) ./...
+	$(MAKE) fuzz
+
+FUZZTIME ?= 8s
+.PHONY: fuzz
+fuzz: ## Fuzz the REST API's input parsers (trigger body, list query and cursor, JWTs) for FUZZTIME each.
+	for target in FuzzDecodeTrigger FuzzParseListQuery FuzzJWT; do \
+		go test -run='^$$' -fuzz="^$$target\$$" -fuzztime=$(FUZZTIME) ./apiserver || exit 1; \
+	done
+
+.PHONY: bench
+bench: tools-dev build ## Measure: start a local cluster, run the benchmark scenarios, print the figures (bench.json too). ~5 min.
+	go run ./hack/bench --out bench.json
 
 ##@ Build
 

@@ -10,6 +10,7 @@ package testenv
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -55,6 +56,15 @@ func Main(m *testing.M, env **Env) {
 }
 
 func run(m *testing.M, envp **Env) int {
+	// Fuzzing (go test -fuzz) runs only pure fuzz targets: no control plane
+	// for the coordinator or its workers.
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		return m.Run()
+	}
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		return m.Run()
+	}
 	root := Root()
 	cp, err := controlplane.Start(controlplane.Options{Root: root})
 	defer func() {

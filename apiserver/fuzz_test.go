@@ -1,0 +1,115 @@
+package apiserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// The fuzz targets run their seeds in every `go test`; `make fuzz` (part of
+// `make test`) fuzzes each for a bounded time. None may panic, and every
+// refusal must be a 4xx apiError.
+
+func wantClientError(t *testing.T, err error, statuses ...int) {
+	t.Helper()
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		t.Fatalf("error %v is not an API error (it would be a 500)", err)
+	}
+	for _, s := range statuses {
+		if ae.status == s {
+			return
+		}
+	}
+	t.Fatalf("status %d for %v, want one of %v", ae.status, err, statuses)
+}
+
+func FuzzParseListQuery(f *testing.F) {
+	for _, seed := range []string{
+		"", "limit=200", "status=running&job_type=revenuecat_sync&project_id=p1&since=7d&until=2024-01-15T11:00:00.000Z",
+		"cursor=2024-01-15T10:30:00.000Z|abc", "limit=99999999999999999999", "since=999999w", "cursor=%00|", "x=1", "since=1h&until=2h",
+	} {
+		f.Add(seed)
+	}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, raw string) {
+		r := &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/v1/teams/t/jobs", RawQuery: raw}}
+		q, err := parseListQuery(r, now)
+		if err != nil {
+			wantClientError(t, err, http.StatusBadRequest)
+			return
+		}
+		if q.Limit < 1 || q.Limit > 200 {
+			t.Fatalf("accepted limit %d", q.Limit)
+		}
+		if q.After != nil {
+			again, err := parseCursor(q.After.String())
+			if err != nil || !again.CreatedAt.Equal(q.After.CreatedAt) || again.ID != q.After.ID {
+				t.Fatalf("cursor %q does not round-trip: %v %v", q.After.String(), again, err)
+			}
+		}
+	})
+}
+
+func FuzzDecodeTrigger(f *testing.F) {
+	for _, seed := range []string{
+		`{"job_type":"revenuecat_sync","project_id":"p1","params":{"integration_id":"i"},"notify":true}`,
+		`{"job_type":"x"}`, `{`, `[]`, `{"job_type":"x","params":[1]}`, `{"job_type":"x"}{"job_type":"y"}`,
+		`{"job_type":"x","params":null}`, "{\"job_type\":\"\xff\"}", `{"job_type":"x","extra":1}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest(http.MethodPost, "/v1/teams/t/jobs/trigger", bytes.NewReader(body))
+		req, err := decodeTrigger(httptest.NewRecorder(), r)
+		if err != nil {
+			wantClientError(t, err, http.StatusBadRequest, http.StatusRequestEntityTooLarge)
+			return
+		}
+		var params map[string]any
+		if req.JobType == "" || json.Unmarshal(req.Params, &params) != nil || params == nil {
+			t.Fatalf("accepted %q as job type %q with params %s", body, req.JobType, req.Params)
+		}
+	})
+}
+
+func FuzzJWT(f *testing.F) {
+	key := []byte("fuzz-secret-of-enough-length-for-hs256")
+	sign := func(m jwt.SigningMethod, k any, claims jwt.MapClaims) string {
+		s, err := jwt.NewWithClaims(m, claims).SignedString(k)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return s
+	}
+	valid := jwt.MapClaims{"sub": "u1", "teams": []string{"t1"}, "exp": time.Now().Add(time.Hour).Unix()}
+	f.Add(sign(jwt.SigningMethodHS256, key, valid))
+	f.Add(sign(jwt.SigningMethodHS512, key, valid))
+	f.Add(sign(jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, valid))
+	f.Add(sign(jwt.SigningMethodHS256, key, jwt.MapClaims{"sub": "u1", "exp": time.Now().Add(-time.Hour).Unix()}))
+	f.Add(sign(jwt.SigningMethodHS256, key, jwt.MapClaims{"exp": time.Now().Add(time.Hour).Unix()}))
+	f.Add("a.b.c")
+	f.Add("")
+	auth := HS256(key)
+	f.Fuzz(func(t *testing.T, token string) {
+		p, err := auth.Authenticate(context.Background(), token)
+		if err != nil {
+			return
+		}
+		// Accepted: it must really be an HS256 token signed with the key,
+		// with a subject and an expiry in the future.
+		parsed, perr := jwt.Parse(token, func(*jwt.Token) (any, error) { return key, nil },
+			jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired())
+		if perr != nil || !parsed.Valid || p.ID == "" || p.Kind != "user" {
+			t.Fatalf("accepted %q as %+v (independent check: %v)", token, p, perr)
+		}
+	})
+}
