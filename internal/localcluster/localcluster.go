@@ -222,8 +222,9 @@ func (c *Cluster) PodKubeconfig(ns, pod string) string {
 	return filepath.Join(c.opts.Dir, "pods", ns, pod, "kubeconfig")
 }
 
-// StartManager starts the jobrun manager (again).
-func (c *Cluster) StartManager() error {
+// StartManager starts the jobrun manager (again), with extra flags (such as
+// --run-controllers=false --leader-elect=false for an API-only replica).
+func (c *Cluster) StartManager(extra ...string) error {
 	args := []string{"manager",
 		"--kubeconfig=" + c.Kubeconfig,
 		"--leader-election-namespace=" + c.opts.Namespace,
@@ -235,12 +236,21 @@ func (c *Cluster) StartManager() error {
 	if c.opts.APIAddr != "" {
 		args = append(args, "--api-bind-address="+c.opts.APIAddr)
 	}
+	args = append(args, extra...)
 	return c.procs.start("jobrun manager", c.logFile("manager"), []string{"JOBRUN_JWT_SECRET=" + c.JWTSecret}, c.opts.Binary, args...)
 }
 
 // KillManager kills the manager with SIGKILL, as a crash or a lost node
 // would, and waits until it is gone.
 func (c *Cluster) KillManager() { c.procs.kill("jobrun manager") }
+
+// ManagerPID is the running manager's process id, 0 if none runs.
+func (c *Cluster) ManagerPID() int {
+	for _, p := range c.procs.running("jobrun manager") {
+		return p.cmd.Process.Pid
+	}
+	return 0
+}
 
 // Exited reports a child process that ended while the cluster ran.
 func (c *Cluster) Exited() <-chan string { return c.procs.exitedChan() }
