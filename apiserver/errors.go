@@ -1,11 +1,14 @@
 package apiserver
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/apimachinery/pkg/util/validation"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 )
@@ -50,6 +53,8 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errorf(http.StatusConflict, codeConflict, "the resource changed or exists; retry")
 	case apierrors.IsTimeout(err), apierrors.IsServerTimeout(err), apierrors.IsTooManyRequests(err), apierrors.IsServiceUnavailable(err):
 		ae = errorf(http.StatusServiceUnavailable, codeUnavailable, "the backend is busy; retry")
+	case unreachable(err):
+		ae = errorf(http.StatusServiceUnavailable, codeUnavailable, "the Kubernetes API server cannot be reached; retry")
 	default:
 		logf.FromContext(r.Context()).Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
 		ae = errorf(http.StatusInternalServerError, codeInternal, "internal error")
@@ -62,6 +67,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	body := map[string]any{"code": ae.code, "message": ae.message}
 	for k, v := range ae.extra {
 		body[k] = v
+	}
+	if ae.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
 	}
 	if ae.status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="jobrun"`)
@@ -83,4 +91,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // would otherwise become a 500.
 func validObjectName(name string) bool {
 	return len(validation.IsDNS1123Subdomain(name)) == 0
+}
+
+// unreachable says whether err means the API server could not be reached
+// or did not answer in time (down, restarting, a network cut): a 503 the
+// client may retry, not a 500.
+func unreachable(err error) bool {
+	var netErr net.Error
+	return utilnet.IsConnectionRefused(err) || utilnet.IsConnectionReset(err) || utilnet.IsProbableEOF(err) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr)
 }

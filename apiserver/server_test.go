@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -52,8 +53,15 @@ type rawJSON string
 
 func startAPI(t testing.TB, ns string) *api {
 	t.Helper()
+	return startAPIVia(t, ns, env.Config, env.Client)
+}
+
+// startAPIVia starts an API server that reaches the Kubernetes API server
+// through cfg (and kc, a client of cfg).
+func startAPIVia(t testing.TB, ns string, cfg *rest.Config, kc client.Client) *api {
+	t.Helper()
 	// The list cache, as the manager has it: indexed, managedFields dropped.
-	c, err := cache.New(env.Config, cache.Options{
+	c, err := cache.New(cfg, cache.Options{
 		Scheme: env.Scheme, DefaultNamespaces: map[string]cache.Config{ns: {}},
 		DefaultTransform: cache.TransformStripManagedFields(),
 	})
@@ -72,8 +80,8 @@ func startAPI(t testing.TB, ns string) *api {
 	if !c.WaitForCacheSync(ctx) {
 		t.Fatal("cache did not sync")
 	}
-	s, err := New(Options{Namespace: ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: c},
-		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: env.Client, Namespace: ns}}, Log: testLogger(t)})
+	s, err := New(Options{Namespace: ns, Reader: kc, Writer: kc, Lister: CacheLister{Reader: c},
+		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: kc, Namespace: ns}}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
