@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
@@ -59,97 +58,6 @@ func sortTime(run *jobsv1alpha1.JobRun) time.Time {
 // in newest-first order: the run belongs to a later page.
 func (c Cursor) precedes(at time.Time, name string) bool {
 	return at.Before(c.CreatedAt) || (at.Equal(c.CreatedAt) && name < c.ID)
-}
-
-// Index names of the run cache.
-const (
-	indexTeam        = "api.team"
-	indexTeamStatus  = "api.team-status"
-	indexTeamProject = "api.team-project"
-	indexTeamJobType = "api.team-jobtype"
-)
-
-// IndexRuns registers the cache indexes the lister selects runs by.
-func IndexRuns(ctx context.Context, indexer client.FieldIndexer) error {
-	indexes := map[string]func(*jobsv1alpha1.JobRun) string{
-		indexTeam:        func(r *jobsv1alpha1.JobRun) string { return r.Spec.TeamID },
-		indexTeamStatus:  func(r *jobsv1alpha1.JobRun) string { return r.Spec.TeamID + "/" + string(r.CurrentPhase()) },
-		indexTeamProject: func(r *jobsv1alpha1.JobRun) string { return r.Spec.TeamID + "/" + r.Spec.ProjectID },
-		indexTeamJobType: func(r *jobsv1alpha1.JobRun) string { return r.Spec.TeamID + "/" + r.Spec.JobType },
-	}
-	for name, key := range indexes {
-		if err := indexer.IndexField(ctx, &jobsv1alpha1.JobRun{}, name, func(o client.Object) []string {
-			run := o.(*jobsv1alpha1.JobRun)
-			if run.Spec.TeamID == "" { // system runs are never listed
-				return nil
-			}
-			return []string{key(run)}
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// CacheLister lists runs from an informer cache indexed by IndexRuns.
-type CacheLister struct {
-	Reader client.Reader
-}
-
-// ListRuns selects by the most specific index, filters the rest, sorts
-// newest first and cuts the page.
-func (l CacheLister) ListRuns(ctx context.Context, q RunQuery) ([]*jobsv1alpha1.JobRun, bool, error) {
-	index, value := indexTeam, q.TeamID
-	switch {
-	case q.ProjectID != "":
-		index, value = indexTeamProject, q.TeamID+"/"+q.ProjectID
-	case q.JobType != "":
-		index, value = indexTeamJobType, q.TeamID+"/"+q.JobType
-	case q.Status != "":
-		index, value = indexTeamStatus, q.TeamID+"/"+q.Status
-	}
-	list := &jobsv1alpha1.JobRunList{}
-	// The runs are only read and turned into responses: no copy of the
-	// cache's objects is needed, and copying 10,000 runs per request was the
-	// larger part of a list's cost.
-	if err := l.Reader.List(ctx, list, client.InNamespace(q.Namespace), client.MatchingFields{index: value}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, false, err
-	}
-	type entry struct {
-		at  time.Time
-		run *jobsv1alpha1.JobRun
-	}
-	entries := make([]entry, 0, len(list.Items))
-	for i := range list.Items {
-		run := &list.Items[i]
-		at := sortTime(run)
-		switch {
-		case q.JobType != "" && run.Spec.JobType != q.JobType,
-			q.Status != "" && string(run.CurrentPhase()) != q.Status,
-			q.ProjectID != "" && run.Spec.ProjectID != q.ProjectID,
-			!q.Since.IsZero() && at.Before(q.Since),
-			!q.Until.IsZero() && !at.Before(q.Until),
-			q.After != nil && !q.After.precedes(at, run.Name):
-			continue
-		}
-		entries = append(entries, entry{at, run})
-	}
-	// Sort keys are computed once per run, not per comparison.
-	slices.SortFunc(entries, func(a, b entry) int {
-		if c := b.at.Compare(a.at); c != 0 {
-			return c
-		}
-		return strings.Compare(b.run.Name, a.run.Name)
-	})
-	hasMore := len(entries) > q.Limit
-	if hasMore {
-		entries = entries[:q.Limit]
-	}
-	runs := make([]*jobsv1alpha1.JobRun, len(entries))
-	for i, e := range entries {
-		runs[i] = e.run
-	}
-	return runs, hasMore, nil
 }
 
 var relativeTime = regexp.MustCompile(`^([0-9]{1,6})([smhdw])$`)

@@ -8,6 +8,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"net"
 	"net/http"
 	"time"
@@ -33,9 +34,12 @@ type Options struct {
 	Namespace string
 	// Reader reads around any cache, for read-your-writes.
 	Reader client.Reader
+	// Cache, if set, serves JobType and Project lookups (a miss is
+	// confirmed with Reader, so a just-created project is never refused).
+	Cache client.Reader
 	// Writer creates and patches runs.
 	Writer client.Client
-	// Lister serves run lists (a CacheLister over an indexed cache).
+	// Lister serves run lists (a RunIndex fed by an informer).
 	Lister RunLister
 	// Auth authenticates bearer credentials.
 	Auth Authenticator
@@ -54,6 +58,7 @@ type Server struct {
 	addr      string
 	namespace string
 	reader    client.Reader
+	cache     client.Reader
 	writer    client.Client
 	lister    RunLister
 	log       logr.Logger
@@ -72,7 +77,10 @@ func New(o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, writer: o.Writer, lister: o.Lister, log: o.Log, now: o.Now}
+	if o.Cache == nil {
+		o.Cache = o.Reader
+	}
+	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: o.Lister, log: o.Log, now: o.Now}
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, s.logRequests, instrument, middleware.Recoverer)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -147,4 +155,14 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		next.ServeHTTP(ww, r.WithContext(logf.IntoContext(r.Context(), log)))
 		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", ww.Status(), "duration", time.Since(start))
 	})
+}
+
+// getConfig reads a JobType or Project: from the cache, and on a miss from
+// the API server, so that a stale cache never refuses an object that exists.
+func (s *Server) getConfig(ctx context.Context, key client.ObjectKey, obj client.Object) error {
+	err := s.cache.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) && s.cache != s.reader {
+		err = s.reader.Get(ctx, key, obj)
+	}
+	return err
 }

@@ -70,7 +70,8 @@ func startAPIVia(t testing.TB, ns string, cfg *rest.Config, kc client.Client) *a
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	if err := IndexRuns(ctx, c); err != nil {
+	index := NewRunIndex()
+	if err := index.Register(ctx, c); err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = c.Start(ctx) }()
@@ -80,7 +81,7 @@ func startAPIVia(t testing.TB, ns string, cfg *rest.Config, kc client.Client) *a
 	if !c.WaitForCacheSync(ctx) {
 		t.Fatal("cache did not sync")
 	}
-	s, err := New(Options{Namespace: ns, Reader: kc, Writer: kc, Lister: CacheLister{Reader: c},
+	s, err := New(Options{Namespace: ns, Reader: kc, Writer: kc, Lister: index, Ready: index.Synced,
 		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: kc, Namespace: ns}}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -333,7 +334,7 @@ func TestProbesAndMetrics(t *testing.T) {
 		t.Errorf("requests counted by route: %v, want 2", got)
 	}
 
-	notReady, err := New(Options{Namespace: a.ns, Reader: env.Client, Writer: env.Client, Lister: CacheLister{Reader: env.Client},
+	notReady, err := New(Options{Namespace: a.ns, Reader: env.Client, Writer: env.Client, Lister: NewRunIndex(),
 		Auth: HS256(secret), Ready: func(context.Context) bool { return false }})
 	if err != nil {
 		t.Fatal(err)

@@ -130,7 +130,7 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 		return nil, badRequest("invalid job_type %q", req.JobType)
 	}
 	jt := &jobsv1alpha1.JobType{}
-	err := s.reader.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: jobsv1alpha1.JobTypeObjectName(req.JobType)}, jt)
+	err := s.getConfig(ctx, client.ObjectKey{Namespace: s.namespace, Name: jobsv1alpha1.JobTypeObjectName(req.JobType)}, jt)
 	if apierrors.IsNotFound(err) || (err == nil && jt.Spec.JobType != req.JobType) {
 		return nil, badRequest("invalid job_type %q: no such job type", req.JobType)
 	}
@@ -147,7 +147,7 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 		return nil, badRequest("project_id %q does not belong to team %s", req.ProjectID, team)
 	}
 	project := &jobsv1alpha1.Project{}
-	err = s.reader.Get(ctx, client.ObjectKey{Namespace: s.namespace, Name: req.ProjectID}, project)
+	err = s.getConfig(ctx, client.ObjectKey{Namespace: s.namespace, Name: req.ProjectID}, project)
 	if client.IgnoreNotFound(err) != nil {
 		return nil, err
 	}

@@ -206,9 +206,13 @@ func runManager(ctx context.Context, args []string) error {
 			}
 			jwtAuth = apiserver.HS256([]byte(secret))
 		}
+		runIndex := apiserver.NewRunIndex()
+		if err := runIndex.Register(ctx, mgr.GetCache()); err != nil {
+			return err
+		}
 		api, err := apiserver.New(apiserver.Options{
 			Addr: f.apiAddr, Namespace: f.namespace,
-			Reader: mgr.GetAPIReader(), Writer: mgr.GetClient(), Lister: apiserver.CacheLister{Reader: mgr.GetCache()},
+			Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex, Ready: runIndex.Synced,
 			Auth: apiserver.Authenticators{
 				JWT:    jwtAuth,
 				APIKey: apiserver.APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: f.namespace},
@@ -216,9 +220,6 @@ func runManager(ctx context.Context, args []string) error {
 			Log: ctrl.Log.WithName("apiserver"),
 		})
 		if err != nil {
-			return err
-		}
-		if err := apiserver.IndexRuns(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err
 		}
 		if err := mgr.Add(api); err != nil {

@@ -1,0 +1,213 @@
+package apiserver
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/btree"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// RunIndex is the RunLister of live runs: it keeps every team's runs sorted
+// newest first (created_at to the millisecond, then id), per team and per
+// team with one filter (project, job type or status), fed by the informer's
+// events. A page is a walk from the cursor — O(log n + page) — instead of a
+// selection and a sort of the whole team per request; the runs are the
+// informer's own objects, never copied. System runs (no team) are not
+// indexed: they are never listed.
+type RunIndex struct {
+	mu      sync.RWMutex
+	trees   map[string]*btree.BTreeG[indexEntry]
+	indexed map[string]indexedRun // namespace/name -> where it is
+	synced  atomic.Pointer[func() bool]
+}
+
+type indexEntry struct {
+	at   time.Time
+	name string
+	run  *jobsv1alpha1.JobRun
+}
+
+// newerFirst orders entries newest first, ties by the greater id first, as
+// the API's list and cursor do.
+func newerFirst(a, b indexEntry) bool {
+	if !a.at.Equal(b.at) {
+		return a.at.After(b.at)
+	}
+	return a.name > b.name
+}
+
+type indexedRun struct {
+	at   time.Time
+	keys []string
+}
+
+// NewRunIndex returns an empty index; Register feeds it.
+func NewRunIndex() *RunIndex {
+	return &RunIndex{trees: map[string]*btree.BTreeG[indexEntry]{}, indexed: map[string]indexedRun{}}
+}
+
+// Register subscribes the index to the JobRun informer of c.
+func (x *RunIndex) Register(ctx context.Context, c cache.Informers) error {
+	inf, err := c.GetInformer(ctx, &jobsv1alpha1.JobRun{})
+	if err != nil {
+		return err
+	}
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { x.set(obj) },
+		UpdateFunc: func(_, obj any) { x.set(obj) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if run, ok := obj.(*jobsv1alpha1.JobRun); ok {
+				x.remove(run.Namespace + "/" + run.Name)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	hasSynced := reg.HasSynced
+	x.synced.Store(&hasSynced)
+	return nil
+}
+
+// Synced reports whether the index holds every run the informer listed at
+// its start (for readiness).
+func (x *RunIndex) Synced(context.Context) bool {
+	f := x.synced.Load()
+	return f != nil && (*f)()
+}
+
+func indexKeys(run *jobsv1alpha1.JobRun) []string {
+	if run.Spec.TeamID == "" {
+		return nil
+	}
+	team := run.Namespace + "/" + run.Spec.TeamID
+	return []string{team, team + "|project=" + run.Spec.ProjectID, team + "|job_type=" + run.Spec.JobType, team + "|status=" + string(run.CurrentPhase())}
+}
+
+func queryKey(q RunQuery) string {
+	team := q.Namespace + "/" + q.TeamID
+	switch {
+	case q.ProjectID != "":
+		return team + "|project=" + q.ProjectID
+	case q.JobType != "":
+		return team + "|job_type=" + q.JobType
+	case q.Status != "":
+		return team + "|status=" + q.Status
+	}
+	return team
+}
+
+func (x *RunIndex) set(obj any) {
+	run, ok := obj.(*jobsv1alpha1.JobRun)
+	if !ok {
+		return
+	}
+	id := run.Namespace + "/" + run.Name
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.removeLocked(id)
+	keys := indexKeys(run)
+	if len(keys) == 0 {
+		return
+	}
+	e := indexEntry{at: sortTime(run), name: run.Name, run: run}
+	for _, k := range keys {
+		t := x.trees[k]
+		if t == nil {
+			t = btree.NewG(32, newerFirst)
+			x.trees[k] = t
+		}
+		t.ReplaceOrInsert(e)
+	}
+	x.indexed[id] = indexedRun{at: e.at, keys: keys}
+}
+
+func (x *RunIndex) remove(id string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.removeLocked(id)
+}
+
+func (x *RunIndex) removeLocked(id string) {
+	old, ok := x.indexed[id]
+	if !ok {
+		return
+	}
+	_, name, _ := cutLast(id)
+	for _, k := range old.keys {
+		if t := x.trees[k]; t != nil {
+			t.Delete(indexEntry{at: old.at, name: name})
+			if t.Len() == 0 {
+				delete(x.trees, k)
+			}
+		}
+	}
+	delete(x.indexed, id)
+}
+
+func cutLast(id string) (string, string, bool) {
+	for i := len(id) - 1; i >= 0; i-- {
+		if id[i] == '/' {
+			return id[:i], id[i+1:], true
+		}
+	}
+	return "", id, false
+}
+
+// ListRuns walks the most specific tree from the cursor (or until), checks
+// the other filters, and stops at since or after limit+1 runs.
+func (x *RunIndex) ListRuns(_ context.Context, q RunQuery) ([]*jobsv1alpha1.JobRun, bool, error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	t := x.trees[queryKey(q)]
+	if t == nil {
+		return nil, false, nil
+	}
+	// Where the page starts: after the cursor, and before until (an entry
+	// at until with the empty id comes after every run created at until).
+	var from *indexEntry
+	if !q.Until.IsZero() {
+		from = &indexEntry{at: q.Until}
+	}
+	if q.After != nil {
+		c := indexEntry{at: q.After.CreatedAt, name: q.After.ID}
+		if from == nil || newerFirst(*from, c) {
+			from = &c
+		}
+	}
+	var runs []*jobsv1alpha1.JobRun
+	visit := func(e indexEntry) bool {
+		if !q.Since.IsZero() && e.at.Before(q.Since) {
+			return false // all the rest are older
+		}
+		run := e.run
+		switch {
+		case q.After != nil && !q.After.precedes(e.at, e.name),
+			!q.Until.IsZero() && !e.at.Before(q.Until),
+			q.JobType != "" && run.Spec.JobType != q.JobType,
+			q.Status != "" && string(run.CurrentPhase()) != q.Status,
+			q.ProjectID != "" && run.Spec.ProjectID != q.ProjectID:
+			return true
+		}
+		runs = append(runs, run)
+		return len(runs) <= q.Limit
+	}
+	if from != nil {
+		t.AscendGreaterOrEqual(*from, visit)
+	} else {
+		t.Ascend(visit)
+	}
+	if len(runs) > q.Limit {
+		return runs[:q.Limit], true, nil
+	}
+	return runs, false, nil
+}
