@@ -20,14 +20,17 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/golang-jwt/jwt/v5"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,6 +38,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -44,6 +48,8 @@ import (
 )
 
 const ns = "jobrun-system"
+
+var loadSeconds int
 
 // Figure is one measured value, with its ceiling when it has one.
 type Figure struct {
@@ -62,6 +68,7 @@ type bench struct {
 	c       client.Client
 	cfg     *rest.Config
 	api     string
+	metrics string
 	http    *http.Client
 	token   string
 	figures []Figure
@@ -72,6 +79,7 @@ func main() {
 	out := flag.String("out", "bench.json", "Where the figures go as JSON.")
 	listRuns := flag.String("list-runs", "10000,50000", "Team sizes of the list scenario, ascending.")
 	dispatchSeconds := flag.Int("dispatch-seconds", 10, "How long triggers arrive at 50/s in the dispatch scenario.")
+	flag.IntVar(&loadSeconds, "load-seconds", 60, "How long 200 clients send mixed REST traffic.")
 	flag.Parse()
 	if err := run(*out, *listRuns, *dispatchSeconds); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -100,16 +108,23 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	defer os.RemoveAll(dir)
 	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "[bench] "+format+"\n", args...) }
 	quiet := func(string, ...any) {}
-	api := freeAddr()
-	ctx := context.Background()
+	api, metricsAddr := freeAddr(), freeAddr()
+	ctrl.SetLogger(logr.Discard())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	cl, err := localcluster.Start(ctx, localcluster.Options{
 		Root: root, Dir: dir, Namespace: ns, Binary: filepath.Join(root, "bin", "jobrun"),
-		ProbeAddr: freeAddr(), MetricsAddr: freeAddr(), APIAddr: api, Log: quiet,
+		ProbeAddr: freeAddr(), MetricsAddr: metricsAddr, APIAddr: api, Log: quiet,
 	})
 	if err != nil {
 		return err
 	}
 	defer cl.Stop()
+	go func() { // Ctrl-C: stop the cluster, not only this process
+		<-ctx.Done()
+		cl.Stop()
+		os.Exit(130)
+	}()
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"sub": "bench", "teams": []string{"bench", "bench-list"}, "role": "admin", "exp": time.Now().Add(24 * time.Hour).Unix(),
 	}).SignedString([]byte(cl.JWTSecret))
@@ -122,14 +137,24 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{cl: cl, c: c, cfg: cfg, api: "http://" + api, token: tok, log: logf,
+	b := &bench{cl: cl, c: c, cfg: cfg, api: "http://" + api, metrics: "http://" + metricsAddr + "/metrics", token: tok, log: logf,
 		http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128}}}
 	if err := b.setup(ctx); err != nil {
 		return err
 	}
 
-	// With the controllers: dispatch and end-to-end throughput.
-	if err := b.dispatch(ctx, dispatchSeconds); err != nil {
+	// With the controllers: dispatch and end-to-end throughput, then 200
+	// clients of mixed traffic for a minute.
+	if err := b.dispatch(ctx, dispatchSeconds, 0, "dispatch"); err != nil {
+		return err
+	}
+	if err := b.load(ctx, loadSeconds); err != nil {
+		return err
+	}
+	// The controller alone: with no node, pods are created but never run,
+	// so trigger -> pod created is the controller's own latency.
+	cl.KillNode()
+	if err := b.dispatch(ctx, dispatchSeconds, 3000, "controller"); err != nil {
 		return err
 	}
 
@@ -206,8 +231,8 @@ func (b *bench) setup(ctx context.Context) error {
 	if err := b.c.Create(ctx, jt); err != nil {
 		return err
 	}
-	b.log("creating 6,000 projects")
-	return parallel(32, 6000, func(i int) error {
+	b.log("creating 12,000 projects")
+	return parallel(32, 12000, func(i int) error {
 		return b.c.Create(ctx, &jobsv1alpha1.Project{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("p-%05d", i)}, Spec: jobsv1alpha1.ProjectSpec{TeamID: "bench"}})
 	})
 }
@@ -299,8 +324,8 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // dispatch triggers demo_sync runs (one item, no wait) through the REST API
 // at 50/s and times, from a watch in this process, trigger -> pod created,
 // trigger -> running, and the completion rate.
-func (b *bench) dispatch(ctx context.Context, seconds int) error {
-	b.log("dispatch: 50 triggers/s for %d s", seconds)
+func (b *bench) dispatch(ctx context.Context, seconds, firstProject int, scenario string) error {
+	b.log("%s: 50 triggers/s for %d s", scenario, seconds)
 	wc, err := client.NewWithWatch(b.cfg, client.Options{Scheme: b.cl.Scheme})
 	if err != nil {
 		return err
@@ -366,7 +391,7 @@ func (b *bench) dispatch(ctx context.Context, seconds int) error {
 		go func() {
 			defer wg.Done()
 			at := time.Now()
-			id, err := b.trigger(i, map[string]any{"items": 1, "item_ms": 0})
+			id, err := b.trigger(firstProject+i, map[string]any{"items": 1, "item_ms": 0})
 			if err != nil {
 				terr.Store(err)
 				return
@@ -385,6 +410,9 @@ func (b *bench) dispatch(ctx context.Context, seconds int) error {
 	for {
 		mu.Lock()
 		done := len(endAt)
+		if scenario == "controller" {
+			done = len(podAt)
+		}
 		mu.Unlock()
 		if done >= n {
 			break
@@ -409,8 +437,11 @@ func (b *bench) dispatch(ctx context.Context, seconds int) error {
 			last = endAt[id]
 		}
 	}
-	b.add(Figure{Scenario: "dispatch", Name: "trigger -> pod created p50 (50 triggers/s)", Value: ms(percentile(toPod, 0.5)), Unit: "ms"})
-	b.add(Figure{Scenario: "dispatch", Name: "trigger -> pod created p99", Value: ms(percentile(toPod, 0.99)), Unit: "ms"})
+	b.add(Figure{Scenario: scenario, Name: "trigger -> pod created p50 (50 triggers/s)", Value: ms(percentile(toPod, 0.5)), Unit: "ms"})
+	b.add(Figure{Scenario: scenario, Name: "trigger -> pod created p99", Value: ms(percentile(toPod, 0.99)), Unit: "ms"})
+	if scenario == "controller" {
+		return nil
+	}
 	b.add(Figure{Scenario: "dispatch", Name: "trigger -> running p50", Value: ms(percentile(toRunning, 0.5)), Unit: "ms"})
 	b.add(Figure{Scenario: "dispatch", Name: "trigger -> running p99", Value: ms(percentile(toRunning, 0.99)), Unit: "ms"})
 	rate := float64(n) / last.Sub(start).Seconds()
@@ -474,7 +505,7 @@ func (b *bench) progress(ctx context.Context) error {
 // concurrencies against the raw rate of creating the same JobRuns with a Go
 // client (the ceiling), each for 5 s.
 func (b *bench) triggers(ctx context.Context) error {
-	next := 1000 // projects below were used by the dispatch scenario
+	next := 6000 // projects below were used by the dispatch, load and controller scenarios
 	for _, workers := range []int{8, 32, 64} {
 		b.log("triggers: %d clients", workers)
 		rest := b.rate(workers, nil, &next)
@@ -537,6 +568,7 @@ func (b *bench) lists(ctx context.Context, sizes []int) error {
 	if err != nil {
 		return err
 	}
+	heapBase, _ := b.metric("go_memstats_heap_inuse_bytes")
 	have := 0
 	base := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Millisecond)
 	for _, size := range sizes {
@@ -588,6 +620,10 @@ func (b *bench) lists(ctx context.Context, sizes []int) error {
 		}
 		b.add(Figure{Scenario: "memory", Name: fmt.Sprintf("API-only manager RSS with %s cached (%.0f MiB before)", label, rssBase), Value: rss, Unit: "MiB"})
 		b.add(Figure{Scenario: "memory", Name: fmt.Sprintf("RSS per 10,000 cached runs (%s)", label), Value: (rss - rssBase) / (float64(size) / 10000), Unit: "MiB"})
+		if heap, err := b.metric("go_memstats_heap_inuse_bytes"); err == nil {
+			b.add(Figure{Scenario: "memory", Name: fmt.Sprintf("Go heap in use with %s cached (%.0f MiB before)", label, heapBase/(1<<20)), Value: heap / (1 << 20), Unit: "MiB"})
+			b.add(Figure{Scenario: "memory", Name: fmt.Sprintf("heap per 10,000 cached runs (%s)", label), Value: (heap - heapBase) / (1 << 20) / (float64(size) / 10000), Unit: "MiB"})
+		}
 	}
 	return nil
 }
@@ -666,4 +702,118 @@ func (b *bench) rss() (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+// metric reads one unlabelled value from the manager's /metrics.
+func (b *bench) metric(name string) (float64, error) {
+	resp, err := b.http.Get(b.metrics)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+			return strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("no metric %s", name)
+}
+
+// load sends mixed REST traffic from 200 clients for seconds: lists (with
+// and without filters), gets, triggers on 50 projects (409 while one of
+// theirs is active) and cancels. Only 409s are expected errors. Goroutines
+// and memory of the manager are compared before and after a settle.
+func (b *bench) load(ctx context.Context, seconds int) error {
+	b.log("load: 200 clients for %d s", seconds)
+	goBefore, _ := b.metric("go_goroutines")
+	rssBefore, _ := b.rss()
+	var ids []string
+	var idsMu sync.Mutex
+	codes := map[int]int{}
+	var codesMu sync.Mutex
+	var requests atomic.Int64
+	end := time.Now().Add(time.Duration(seconds) * time.Second)
+	var wg sync.WaitGroup
+	for w := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(end); i++ {
+				var status int
+				var body []byte
+				var err error
+				switch k := (w + i) % 20; {
+				case k < 12:
+					q := []string{"", "?status=completed", "?project_id=p-00007", "?job_type=demo_sync&limit=200", "?since=1h"}[k%5]
+					status, body, err = b.do(http.MethodGet, "/v1/teams/bench/jobs"+q, nil)
+				case k < 16:
+					idsMu.Lock()
+					id := "00000000-0000-0000-0000-000000000000"
+					if len(ids) > 0 {
+						id = ids[(w*31+i)%len(ids)]
+					}
+					idsMu.Unlock()
+					status, body, err = b.do(http.MethodGet, "/v1/jobs/"+id, nil)
+					if status == http.StatusNotFound && id == "00000000-0000-0000-0000-000000000000" {
+						status = http.StatusOK // nothing triggered yet: a documented 404
+					}
+				case k < 19:
+					status, body, err = b.do(http.MethodPost, "/v1/teams/bench/jobs/trigger", map[string]any{
+						"job_type": "demo_sync", "project_id": fmt.Sprintf("p-%05d", 5000+(w+i)%50), "params": map[string]any{"items": 5, "item_ms": 100}})
+					if status == http.StatusCreated {
+						var r struct {
+							JobRun struct {
+								ID string `json:"id"`
+							} `json:"job_run"`
+						}
+						if json.Unmarshal(body, &r) == nil {
+							idsMu.Lock()
+							ids = append(ids, r.JobRun.ID)
+							idsMu.Unlock()
+						}
+					}
+				default:
+					idsMu.Lock()
+					var id string
+					if len(ids) > 0 {
+						id = ids[len(ids)-1]
+					}
+					idsMu.Unlock()
+					if id == "" {
+						continue
+					}
+					status, body, err = b.do(http.MethodPost, "/v1/jobs/"+id+"/cancel", nil)
+					if status == http.StatusBadRequest && bytes.Contains(body, []byte("not in running status")) {
+						status = http.StatusOK // not running (pending or ended): the documented 400
+					}
+				}
+				requests.Add(1)
+				if err != nil {
+					status = -1
+				}
+				codesMu.Lock()
+				codes[status]++
+				codesMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	var unexpected []string
+	for code, n := range codes {
+		if code != http.StatusOK && code != http.StatusCreated && code != http.StatusConflict {
+			unexpected = append(unexpected, fmt.Sprintf("%d x%d", code, n))
+		}
+	}
+	b.add(Figure{Scenario: "load", Name: fmt.Sprintf("requests/s from 200 clients over %d s (codes %v)", seconds, codes), Value: float64(requests.Load()) / float64(seconds), Unit: "req/s"})
+	b.add(Figure{Scenario: "load", Name: "unexpected responses (not 200/201/409) " + strings.Join(unexpected, " "), Value: float64(len(unexpected)), Unit: "kinds", Target: "none", Met: met(len(unexpected) == 0)})
+	time.Sleep(15 * time.Second) // idle connections close, in-flight runs end
+	goAfter, _ := b.metric("go_goroutines")
+	rssAfter, _ := b.rss()
+	b.add(Figure{Scenario: "load", Name: fmt.Sprintf("manager goroutines after the load settled (%.0f before)", goBefore), Value: goAfter, Unit: "", Target: "no growth", Met: met(goAfter <= goBefore*1.1+20)})
+	b.add(Figure{Scenario: "load", Name: fmt.Sprintf("manager RSS after the load settled (%.0f MiB before)", rssBefore), Value: rssAfter, Unit: "MiB"})
+	return nil
 }

@@ -244,6 +244,10 @@ func (c *Cluster) StartManager(extra ...string) error {
 // would, and waits until it is gone.
 func (c *Cluster) KillManager() { c.procs.kill("jobrun manager") }
 
+// KillNode kills the dev node agent: pods are still created and scheduled,
+// but none runs.
+func (c *Cluster) KillNode() { c.procs.kill("jobrun devnode") }
+
 // ManagerPID is the running manager's process id, 0 if none runs.
 func (c *Cluster) ManagerPID() int {
 	for _, p := range c.procs.running("jobrun manager") {
