@@ -110,8 +110,7 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	quiet := func(string, ...any) {}
 	api, metricsAddr := freeAddr(), freeAddr()
 	ctrl.SetLogger(logr.Discard())
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx := context.Background()
 	cl, err := localcluster.Start(ctx, localcluster.Options{
 		Root: root, Dir: dir, Namespace: ns, Binary: filepath.Join(root, "bin", "jobrun"),
 		ProbeAddr: freeAddr(), MetricsAddr: metricsAddr, APIAddr: api, Log: quiet,
@@ -120,8 +119,10 @@ func run(out, listRuns string, dispatchSeconds int) error {
 		return err
 	}
 	defer cl.Stop()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() { // Ctrl-C: stop the cluster, not only this process
-		<-ctx.Done()
+		<-sig
 		cl.Stop()
 		os.Exit(130)
 	}()
@@ -810,7 +811,10 @@ func (b *bench) load(ctx context.Context, seconds int) error {
 	}
 	b.add(Figure{Scenario: "load", Name: fmt.Sprintf("requests/s from 200 clients over %d s (codes %v)", seconds, codes), Value: float64(requests.Load()) / float64(seconds), Unit: "req/s"})
 	b.add(Figure{Scenario: "load", Name: "unexpected responses (not 200/201/409) " + strings.Join(unexpected, " "), Value: float64(len(unexpected)), Unit: "kinds", Target: "none", Met: met(len(unexpected) == 0)})
-	time.Sleep(15 * time.Second) // idle connections close, in-flight runs end
+	// Our idle keep-alive connections hold server goroutines until the
+	// server's idle timeout: close them, then let in-flight runs end.
+	b.http.CloseIdleConnections()
+	time.Sleep(15 * time.Second)
 	goAfter, _ := b.metric("go_goroutines")
 	rssAfter, _ := b.rss()
 	b.add(Figure{Scenario: "load", Name: fmt.Sprintf("manager goroutines after the load settled (%.0f before)", goBefore), Value: goAfter, Unit: "", Target: "no growth", Met: met(goAfter <= goBefore*1.1+20)})
