@@ -4,14 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -21,69 +17,8 @@ import (
 	"jobrun.dev/jobrun/test/testenv"
 )
 
-// mailServer is a real SMTP server on loopback that keeps what it receives
-// and can refuse the first few messages.
-type mailServer struct {
-	mu       sync.Mutex
-	messages []string
-	refuse   int
-	addr     string
-}
-
-func (m *mailServer) NewSession(*smtp.Conn) (smtp.Session, error) { return &mailSession{m: m}, nil }
-
-type mailSession struct{ m *mailServer }
-
-func (s *mailSession) Reset()        {}
-func (s *mailSession) Logout() error { return nil }
-func (s *mailSession) Mail(string, *smtp.MailOptions) error {
-	s.m.mu.Lock()
-	defer s.m.mu.Unlock()
-	if s.m.refuse > 0 {
-		s.m.refuse--
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again later"}
-	}
-	return nil
-}
-func (s *mailSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
-func (s *mailSession) Data(r io.Reader) error {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.m.mu.Lock()
-	defer s.m.mu.Unlock()
-	s.m.messages = append(s.m.messages, string(data))
-	return nil
-}
-
-func (m *mailServer) received() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return append([]string(nil), m.messages...)
-}
-
-func startMailServer(t *testing.T, refuse int) *mailServer {
-	t.Helper()
-	m := &mailServer{refuse: refuse}
-	srv := smtp.NewServer(m)
-	srv.Domain = "localhost"
-	srv.AllowInsecureAuth = true
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.addr = l.Addr().String()
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return m
-}
-
-func (m *mailServer) notifier(t *testing.T) notify.SMTP {
-	host, port, _ := net.SplitHostPort(m.addr)
-	var p int
-	fmt.Sscan(port, &p)
-	return notify.SMTP{Host: host, Port: p, From: "jobrun@example.com", TLS: "none", Timeout: 5 * time.Second}
+func notifier(m *testenv.MailServer) notify.SMTP {
+	return notify.SMTP{Host: m.Host, Port: m.Port, From: "jobrun@example.com", TLS: "none", Timeout: 5 * time.Second}
 }
 
 func notifyingRun(t *testing.T, ns, name string) {
@@ -95,9 +30,9 @@ func notifyingRun(t *testing.T, ns, name string) {
 
 func TestNotificationSentExactlyOnce(t *testing.T) {
 	ns := env.Namespace(t)
-	mail := startMailServer(t, 0)
+	mail := testenv.StartMailServer(t, 0)
 	clock := clocktesting.NewFakeClock(time.Now())
-	stop := startManager(t, clock, WithNotifier(mail.notifier(t)))
+	stop := startManager(t, clock, WithNotifier(notifier(mail)))
 	createJobType(t, ns)
 	notifyingRun(t, ns, "run-mail")
 	pod := waitPod(t, ns, "run-mail-1")
@@ -114,7 +49,7 @@ func TestNotificationSentExactlyOnce(t *testing.T) {
 		}
 		return nil
 	})
-	msgs := mail.received()
+	msgs := mail.Received()
 	if len(msgs) != 1 {
 		t.Fatalf("%d emails, want 1", len(msgs))
 	}
@@ -127,7 +62,7 @@ func TestNotificationSentExactlyOnce(t *testing.T) {
 	// Reconciles and a controller restart send nothing more.
 	poke(t, ns, "run-mail")
 	stop()
-	startManager(t, clock, WithNotifier(mail.notifier(t)))
+	startManager(t, clock, WithNotifier(notifier(mail)))
 	poke(t, ns, "run-mail")
 	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
 		jr, err := getRun(ctx, ns, "run-mail")
@@ -136,16 +71,16 @@ func TestNotificationSentExactlyOnce(t *testing.T) {
 		}
 		return nil
 	})
-	if n := len(mail.received()); n != 1 {
+	if n := len(mail.Received()); n != 1 {
 		t.Errorf("%d emails after a restart, want still 1", n)
 	}
 }
 
 func TestNotificationRetriedWhenTheMailServerFails(t *testing.T) {
 	ns := env.Namespace(t)
-	mail := startMailServer(t, 2) // refuses the first two
+	mail := testenv.StartMailServer(t, 2) // refuses the first two
 	clock := clocktesting.NewFakeClock(time.Now())
-	startManager(t, clock, WithNotifier(mail.notifier(t)))
+	startManager(t, clock, WithNotifier(notifier(mail)))
 	createJobType(t, ns)
 	notifyingRun(t, ns, "run-retry-mail")
 	pod := waitPod(t, ns, "run-retry-mail-1")
@@ -177,7 +112,7 @@ func TestNotificationRetriedWhenTheMailServerFails(t *testing.T) {
 		}
 		return nil
 	})
-	if msgs := mail.received(); len(msgs) != 1 || !strings.Contains(msgs[0], "Status:    failed") || !strings.Contains(msgs[0], "Error:") {
+	if msgs := mail.Received(); len(msgs) != 1 || !strings.Contains(msgs[0], "Status:    failed") || !strings.Contains(msgs[0], "Error:") {
 		t.Errorf("emails: %v", msgs)
 	}
 }
