@@ -224,7 +224,20 @@ func (c *Cluster) PodKubeconfig(ns, pod string) string {
 
 // StartManager starts the jobrun manager (again), with extra flags (such as
 // --run-controllers=false --leader-elect=false for an API-only replica).
-func (c *Cluster) StartManager(extra ...string) error {
+func (c *Cluster) StartManager(extra ...string) error { return c.startManager("jobrun manager", extra) }
+
+// StartStandbyManager starts a second manager replica; extra must give it
+// addresses of its own (--health-probe-bind-address, --metrics-bind-address,
+// --api-bind-address override the first's). With leader election it stands
+// by until the first is gone.
+func (c *Cluster) StartStandbyManager(extra ...string) error {
+	return c.startManager("jobrun manager (standby)", extra)
+}
+
+// KillStandbyManager kills the second replica with SIGKILL.
+func (c *Cluster) KillStandbyManager() { c.procs.kill("jobrun manager (standby)") }
+
+func (c *Cluster) startManager(name string, extra []string) error {
 	args := []string{"manager",
 		"--kubeconfig=" + c.Kubeconfig,
 		"--leader-election-namespace=" + c.opts.Namespace,
@@ -237,7 +250,11 @@ func (c *Cluster) StartManager(extra ...string) error {
 		args = append(args, "--api-bind-address="+c.opts.APIAddr)
 	}
 	args = append(args, extra...)
-	return c.procs.start("jobrun manager", c.logFile("manager"), []string{"JOBRUN_JWT_SECRET=" + c.JWTSecret}, c.opts.Binary, args...)
+	log := "manager"
+	if name != "jobrun manager" {
+		log = "manager-standby"
+	}
+	return c.procs.start(name, c.logFile(log), []string{"JOBRUN_JWT_SECRET=" + c.JWTSecret}, c.opts.Binary, args...)
 }
 
 // KillManager kills the manager with SIGKILL, as a crash or a lost node
