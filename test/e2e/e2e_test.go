@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -373,65 +372,6 @@ func TestRetentionDeletesOldRuns(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-// TestManagerKilledDuringTwentyRuns kills the manager with SIGKILL while 20
-// runs are starting and running, then starts a new one: every run ends
-// completed with exactly one pod.
-func TestManagerKilledDuringTwentyRuns(t *testing.T) {
-	ns := namespace(t)
-	const n = 20
-	var runs []*jobsv1alpha1.JobRun
-	for range n {
-		runs = append(runs, trigger(t, ns, `{"items": 40, "item_ms": 100}`))
-	}
-	// Kill it in the middle: once it has started some pods.
-	testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
-		for _, jr := range runs {
-			if got, err := get(ctx, jr); err == nil && got.Status.Attempts > 0 {
-				return nil
-			}
-		}
-		return fmt.Errorf("no pod started yet")
-	})
-	cluster.KillManager()
-	if err := cluster.StartManager(); err != nil {
-		t.Fatal(err)
-	}
-
-	latencies := []time.Duration{}
-	for _, jr := range runs {
-		done := waitFor(t, jr, 120*time.Second, "completed", phase(jobsv1alpha1.JobRunCompleted))
-		if done.Status.Attempts != 1 {
-			t.Errorf("%s: %d attempts", jr.Name, done.Status.Attempts)
-		}
-		if p := done.Status.Progress; p == nil || p.Processed != 40 {
-			t.Errorf("%s: progress %+v", jr.Name, p)
-		}
-		if done.Status.StartedAt == nil {
-			t.Errorf("%s: completed without startedAt", jr.Name)
-			continue
-		}
-		latencies = append(latencies, done.Status.StartedAt.Sub(jr.Spec.CreatedAt.Time))
-	}
-	pods := &corev1.PodList{}
-	if err := cluster.Client.List(context.Background(), pods, client.InNamespace(ns)); err != nil {
-		t.Fatal(err)
-	}
-	perRun := map[string]int{}
-	for _, p := range pods.Items {
-		perRun[p.Labels[jobsv1alpha1.LabelRun]]++
-	}
-	for _, jr := range runs {
-		if perRun[jr.Name] != 1 {
-			t.Errorf("run %s has %d pods, want exactly 1", jr.Name, perRun[jr.Name])
-		}
-	}
-	if len(latencies) != n {
-		return
-	}
-	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
-	t.Logf("pending→running latency over %d concurrent runs (manager killed midway): p50 %s, max %s", n, latencies[n/2], latencies[n-1])
 }
 
 // requestCancel asks the run to stop, as the REST API's cancel does.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/google/uuid"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/test/testenv"
@@ -106,12 +108,7 @@ func TestManagerKilledTenTimesDuringFiftyRuns(t *testing.T) {
 		}
 	}
 	restart()
-	t.Cleanup(func() {
-		cluster.KillManager()
-		if err := cluster.StartManager(); err != nil {
-			t.Error(err)
-		}
-	})
+	t.Cleanup(func() { restartDefaultManager(t) })
 
 	const n = 50
 	var runs []*jobsv1alpha1.JobRun
@@ -196,10 +193,7 @@ func TestLeaderFailover(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		cluster.KillStandbyManager()
-		cluster.KillManager()
-		if err := cluster.StartManager(); err != nil {
-			t.Error(err)
-		}
+		restartDefaultManager(t)
 	})
 	leads := func() bool {
 		resp, err := http.Get("http://" + standbyMetrics + "/metrics")
@@ -301,6 +295,29 @@ func TestUserEditsRunningRun(t *testing.T) {
 	if done.Labels["owner"] != "alice" || done.Status.Progress.Processed != 30 {
 		t.Errorf("after the edits: labels %v, progress %+v", done.Labels, done.Status.Progress)
 	}
+}
+
+func init() { logf.SetLogger(logr.Discard()) } // controller-runtime clients of the tests log nothing
+
+// restartDefaultManager puts back the manager the suite started with (no
+// extra flags) and waits until its REST API is ready, for the next test.
+func restartDefaultManager(t *testing.T) {
+	cluster.KillManager()
+	if err := cluster.StartManager(); err != nil {
+		t.Error(err)
+		return
+	}
+	testenv.Eventually(t, 60*time.Second, func(context.Context) error {
+		resp, err := http.Get("http://" + apiAddr + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("REST API /readyz: %d", resp.StatusCode)
+		}
+		return nil
+	})
 }
 
 // runKubectl runs the control plane's kubectl as the admin user.
