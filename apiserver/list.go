@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 

@@ -253,7 +253,9 @@ func TestCancelRacesCompletion(t *testing.T) {
 		if cstatus != http.StatusOK && cstatus != http.StatusBadRequest {
 			t.Errorf("cancel: %d %v", cstatus, cbody)
 		}
-		end := pollRun(t, id, "ended", func(jr map[string]any) bool { return jr["status"] == "completed" || jr["status"] == "cancelled" || jr["status"] == "failed" })
+		end := pollRun(t, id, "ended", func(jr map[string]any) bool {
+			return jr["status"] == "completed" || jr["status"] == "cancelled" || jr["status"] == "failed"
+		})
 		switch end["status"] {
 		case "completed":
 			if r, _ := end["result"].(map[string]any); r == nil || r["processed"] != float64(4) || end["error"] != nil {

@@ -38,9 +38,9 @@ type RevenueCat struct {
 
 	mu             sync.Mutex
 	onEntitlements func(n int)
-	customers    []revenuecat.Customer // sorted by id: the cursor order
-	entitlements map[string][]revenuecat.ActiveEntitlement
-	faults       []Fault
+	customers      []revenuecat.Customer // sorted by id: the cursor order
+	entitlements   map[string][]revenuecat.ActiveEntitlement
+	faults         []Fault
 	// Requests counts answered requests by kind: "list", "entitlements",
 	// "unauthorized", "fault:<status>".
 	requests map[string]int
