@@ -108,9 +108,15 @@ func decide(o observation) decision {
 	case pod.Status.Phase == corev1.PodFailed:
 		d.startedFromPod(pod)
 		code, reason, message := podFailure(pod)
-		if code == jobsv1alpha1.ExitCodeCancelled || cancel {
+		if cancel {
 			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelled, "handler stopped after the cancel request", o.now)
 			return d
+		}
+		if code == jobsv1alpha1.ExitCodeCancelled {
+			// The runner stopped its handler, but nobody asked: its pod was
+			// terminated (deleted, drained, preempted). An interrupted
+			// attempt, retried if the job type allows, never a cancel.
+			reason, message = jobsv1alpha1.ReasonPodLost, fmt.Sprintf("pod %s was terminated while the handler ran (no cancel was requested)", podName(run.Name, st.Attempts))
 		}
 		d.attemptFailed(run, o.jobType, reason, message, now)
 		return d

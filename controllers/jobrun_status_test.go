@@ -158,6 +158,14 @@ func TestDecide(t *testing.T) {
 			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCancelled},
 		},
 		{
+			name: "runner stopped without a cancel request (pod terminated): retried", run: testRun(attempt(1), running(t0)), jobType: testJobType(), pod: testPod(corev1.PodFailed, jobsv1alpha1.ExitCodeCancelled, "Error"), now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 2, createAttempt: 2},
+		},
+		{
+			name: "runner stopped without a cancel request on the last attempt: pod lost, not cancelled", run: testRun(attempt(2), running(t0)), jobType: testJobType(), pod: testPod(corev1.PodFailed, jobsv1alpha1.ExitCodeCancelled, "Error"), now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 2, finished: true, reason: jobsv1alpha1.ReasonPodLost, errorText: "pod r1-2 was terminated while the handler ran (no cancel was requested)"},
+		},
+		{
 			name: "cancel requested: wait out the grace period", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(65 * time.Second),
 			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, requeueAfter: 5 * time.Second},
 		},

@@ -63,7 +63,9 @@ const (
 	// handler at all (no API server, no such run, no handler for the type).
 	ExitCodeRunnerError = 2
 	// ExitCodeCancelled is the runner's exit code when the handler stopped
-	// because the run was cancelled.
+	// because its context ended: the run was cancelled, or the pod was
+	// terminated (SIGTERM). The controller tells them apart by the cancel
+	// annotation: without it the attempt was interrupted (PodLost, retried).
 	ExitCodeCancelled = 3
 )
 

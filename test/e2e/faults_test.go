@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -332,4 +333,22 @@ func runKubectl(args ...string) (string, error) {
 		return string(out), fmt.Errorf("%w: %s", err, stderr.String())
 	}
 	return string(out), nil
+}
+
+// TestPodDeletedMidRun: a user (or a node drain) deletes a running run's
+// pod; the run's attempt fails as PodLost and, with a retry left, a second
+// pod runs it to completion.
+func TestPodDeletedMidRun(t *testing.T) {
+	ns := namespace(t, func(jt *jobsv1alpha1.JobType) { jt.Spec.RetryLimit = ptr.To[int32](1) })
+	pods := watchPods(t, ns)
+	jr := trigger(t, ns, `{"items": 30, "item_ms": 100}`)
+	waitFor(t, jr, 60*time.Second, "progress", progressed)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: jr.Name + "-1"}}
+	if err := cluster.Client.Delete(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	done := waitFor(t, jr, 90*time.Second, "completed", phase(jobsv1alpha1.JobRunCompleted))
+	if done.Status.Attempts != 2 || pods.count(jr.Name) != 2 || done.Status.Progress.Processed != 30 {
+		t.Errorf("after the pod was deleted: attempts %d, %d pods, progress %+v", done.Status.Attempts, pods.count(jr.Name), done.Status.Progress)
+	}
 }
