@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,10 +22,12 @@ import (
 // informer's own objects, never copied. System runs (no team) are not
 // indexed: they are never listed.
 type RunIndex struct {
-	mu      sync.RWMutex
-	trees   map[string]*btree.BTreeG[indexEntry]
-	indexed map[string]indexedRun // namespace/name -> where it is
-	synced  atomic.Pointer[func() bool]
+	mu    sync.RWMutex
+	trees map[string]*btree.BTreeG[indexEntry]
+	// runs are the indexed runs by namespace/name: where each one sits in
+	// the trees follows from it (indexKeys, sortTime).
+	runs   map[string]*jobsv1alpha1.JobRun
+	synced atomic.Pointer[func() bool]
 }
 
 type indexEntry struct {
@@ -42,14 +45,9 @@ func newerFirst(a, b indexEntry) bool {
 	return a.name > b.name
 }
 
-type indexedRun struct {
-	at   time.Time
-	keys []string
-}
-
 // NewRunIndex returns an empty index; Register feeds it.
 func NewRunIndex() *RunIndex {
-	return &RunIndex{trees: map[string]*btree.BTreeG[indexEntry]{}, indexed: map[string]indexedRun{}}
+	return &RunIndex{trees: map[string]*btree.BTreeG[indexEntry]{}, runs: map[string]*jobsv1alpha1.JobRun{}}
 }
 
 // Register subscribes the index to the JobRun informer of c.
@@ -106,20 +104,27 @@ func queryKey(q RunQuery) string {
 	return team
 }
 
+func entryOf(run *jobsv1alpha1.JobRun) indexEntry {
+	return indexEntry{at: sortTime(run), name: run.Name, run: run}
+}
+
 func (x *RunIndex) set(obj any) {
 	run, ok := obj.(*jobsv1alpha1.JobRun)
 	if !ok {
 		return
 	}
 	id := run.Namespace + "/" + run.Name
+	keys, e := indexKeys(run), entryOf(run)
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.removeLocked(id)
-	keys := indexKeys(run)
+	// Most updates (progress) change neither the trees a run is in nor its
+	// place: replace the object where it is.
+	if old, ok := x.runs[id]; ok && (!slices.Equal(indexKeys(old), keys) || !entryOf(old).at.Equal(e.at)) {
+		x.removeLocked(id)
+	}
 	if len(keys) == 0 {
 		return
 	}
-	e := indexEntry{at: sortTime(run), name: run.Name, run: run}
 	for _, k := range keys {
 		t := x.trees[k]
 		if t == nil {
@@ -128,7 +133,7 @@ func (x *RunIndex) set(obj any) {
 		}
 		t.ReplaceOrInsert(e)
 	}
-	x.indexed[id] = indexedRun{at: e.at, keys: keys}
+	x.runs[id] = run
 }
 
 func (x *RunIndex) remove(id string) {
@@ -138,29 +143,20 @@ func (x *RunIndex) remove(id string) {
 }
 
 func (x *RunIndex) removeLocked(id string) {
-	old, ok := x.indexed[id]
+	old, ok := x.runs[id]
 	if !ok {
 		return
 	}
-	_, name, _ := cutLast(id)
-	for _, k := range old.keys {
+	e := entryOf(old)
+	for _, k := range indexKeys(old) {
 		if t := x.trees[k]; t != nil {
-			t.Delete(indexEntry{at: old.at, name: name})
+			t.Delete(e)
 			if t.Len() == 0 {
 				delete(x.trees, k)
 			}
 		}
 	}
-	delete(x.indexed, id)
-}
-
-func cutLast(id string) (string, string, bool) {
-	for i := len(id) - 1; i >= 0; i-- {
-		if id[i] == '/' {
-			return id[:i], id[i+1:], true
-		}
-	}
-	return "", id, false
+	delete(x.runs, id)
 }
 
 // ListRuns walks the most specific tree from the cursor (or until), checks

@@ -1,0 +1,59 @@
+package apiserver
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// TestRunIndexFollowsUpdates feeds the index as the informer would: a run's
+// progress update replaces it in place, a status change moves it between
+// status trees, a delete removes it from every tree.
+func TestRunIndexFollowsUpdates(t *testing.T) {
+	x := NewRunIndex()
+	run := &jobsv1alpha1.JobRun{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "r1"},
+		Spec: jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: "t1", ProjectID: "p1",
+			CreatedAt: ptr.To(metav1.NewMicroTime(time.Date(2024, 1, 15, 10, 30, 0, 0, time.UTC)))},
+		Status: jobsv1alpha1.JobRunStatus{Phase: jobsv1alpha1.JobRunRunning},
+	}
+	list := func(status string) []*jobsv1alpha1.JobRun {
+		t.Helper()
+		runs, _, err := x.ListRuns(context.Background(), RunQuery{Namespace: "ns", TeamID: "t1", Status: status, Limit: 50})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return runs
+	}
+	x.set(run)
+
+	progressed := run.DeepCopy()
+	progressed.Status.Progress = jobsv1alpha1.NewProgress(5, 10, "half")
+	x.set(progressed)
+	if got := list("running"); len(got) != 1 || got[0] != progressed {
+		t.Fatalf("after a progress update: %v, want the updated object", got)
+	}
+
+	done := progressed.DeepCopy()
+	done.Status.Phase = jobsv1alpha1.JobRunCompleted
+	x.set(done)
+	if got := list("running"); len(got) != 0 {
+		t.Errorf("a completed run is still listed as running: %v", got)
+	}
+	if got := list("completed"); len(got) != 1 || got[0] != done {
+		t.Errorf("completed: %v", got)
+	}
+	if got := list(""); len(got) != 1 {
+		t.Errorf("team list after updates: %d runs, want 1", len(got))
+	}
+
+	x.remove("ns/r1")
+	if got := list(""); len(got) != 0 || len(x.trees) != 0 {
+		t.Errorf("after delete: %d runs listed, %d trees left", len(got), len(x.trees))
+	}
+}
