@@ -83,7 +83,9 @@ func createJobType(t *testing.T, ns string, mutate ...func(*jobsv1alpha1.JobType
 	}
 }
 
-func trigger(t *testing.T, ns, params string) *jobsv1alpha1.JobRun {
+// trigger creates a demo_sync run of project-1 in ns, as the REST API
+// would; mutate adjusts it before it is created.
+func trigger(t *testing.T, ns, params string, mutate ...func(*jobsv1alpha1.JobRun)) *jobsv1alpha1.JobRun {
 	t.Helper()
 	now := metav1.NewMicroTime(time.Now())
 	jr := &jobsv1alpha1.JobRun{
@@ -94,6 +96,9 @@ func trigger(t *testing.T, ns, params string) *jobsv1alpha1.JobRun {
 			JobType: "demo_sync", TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:e2e",
 			Params: &runtime.RawExtension{Raw: []byte(params)}, CreatedAt: &now,
 		},
+	}
+	for _, m := range mutate {
+		m(jr)
 	}
 	if err := cluster.Client.Create(testenv.Context(t), jr); err != nil {
 		t.Fatal(err)
@@ -226,15 +231,21 @@ func TestFailingHandler(t *testing.T) {
 // demoSyncSchema is the paramsSchema of the demo_sync sample JobType.
 func demoSyncSchema(t *testing.T) []byte {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "samples", "jobs_v1alpha1_jobtype_demo_sync.yaml"))
+	return sampleJobType(t, "jobs_v1alpha1_jobtype_demo_sync.yaml").Spec.ParamsSchema.Raw
+}
+
+// sampleJobType reads a JobType from config/samples.
+func sampleJobType(t *testing.T, file string) *jobsv1alpha1.JobType {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "samples", file))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sample := &jobsv1alpha1.JobType{}
-	if err := yaml.Unmarshal(data, sample); err != nil {
-		t.Fatal(err)
+	jt := &jobsv1alpha1.JobType{}
+	if err := yaml.UnmarshalStrict(data, jt); err != nil {
+		t.Fatalf("%s: %v", file, err)
 	}
-	return sample.Spec.ParamsSchema.Raw
+	return jt
 }
 
 func TestBadParamsFailBeforeAnyPod(t *testing.T) {

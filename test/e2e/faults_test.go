@@ -15,11 +15,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/google/uuid"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
@@ -73,22 +71,9 @@ func (p *podUIDs) count(run string) int {
 	return len(p.runs[run])
 }
 
-func notifyingTrigger(t *testing.T, ns, params string) *jobsv1alpha1.JobRun {
-	t.Helper()
-	now := metav1.NewMicroTime(time.Now())
-	jr := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: uuid.NewString(), Labels: map[string]string{
-			jobsv1alpha1.LabelTeam: "team-1", jobsv1alpha1.LabelProject: "project-1", jobsv1alpha1.LabelJobType: "demo_sync",
-		}},
-		Spec: jobsv1alpha1.JobRunSpec{
-			JobType: "demo_sync", TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:e2e",
-			Params: &runtime.RawExtension{Raw: []byte(params)}, CreatedAt: &now, Notify: true, NotifyEmail: "owner@example.com",
-		},
-	}
-	if err := cluster.Client.Create(testenv.Context(t), jr); err != nil {
-		t.Fatal(err)
-	}
-	return jr
+// notifying makes a run send its completion email.
+func notifying(jr *jobsv1alpha1.JobRun) {
+	jr.Spec.Notify, jr.Spec.NotifyEmail = true, "owner@example.com"
 }
 
 var messageID = regexp.MustCompile(`(?mi)^Message-Id: <([^>]+)>`)
@@ -114,7 +99,7 @@ func TestManagerKilledTenTimesDuringFiftyRuns(t *testing.T) {
 	const n = 50
 	var runs []*jobsv1alpha1.JobRun
 	for range n {
-		runs = append(runs, notifyingTrigger(t, ns, `{"items": 20, "item_ms": 50}`))
+		runs = append(runs, trigger(t, ns, `{"items": 20, "item_ms": 50}`, notifying))
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for i := range 10 {

@@ -3,15 +3,12 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/handlers/revenuecat"
@@ -31,14 +28,7 @@ func TestRevenueCatSyncThroughTheRESTAPI(t *testing.T) {
 	const ns = "jobrun-system"
 	demoProject(t, ns)
 
-	data, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "samples", "jobs_v1alpha1_jobtype_revenuecat_sync.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	jt := &jobsv1alpha1.JobType{}
-	if err := yaml.UnmarshalStrict(data, jt); err != nil {
-		t.Fatal(err)
-	}
+	jt := sampleJobType(t, "jobs_v1alpha1_jobtype_revenuecat_sync.yaml")
 	jt.Namespace = ns
 	if err := cluster.Client.Create(ctx, jt); err != nil {
 		t.Fatal(err)
