@@ -95,9 +95,10 @@ func validObjectName(name string) bool {
 
 // unreachable says whether err means the API server could not be reached
 // or did not answer in time (down, restarting, a network cut): a 503 the
-// client may retry, not a 500.
+// client may retry, not a 500. Every transport failure of the client
+// (refused, reset, timed out) is a net.Error (*url.Error); a response cut
+// off while its body was read is a probable EOF.
 func unreachable(err error) bool {
 	var netErr net.Error
-	return utilnet.IsConnectionRefused(err) || utilnet.IsConnectionReset(err) || utilnet.IsProbableEOF(err) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr)
+	return errors.As(err, &netErr) || utilnet.IsProbableEOF(err) || errors.Is(err, context.DeadlineExceeded)
 }
