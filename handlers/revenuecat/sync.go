@@ -177,10 +177,10 @@ func (s *sync) do(ctx context.Context) (*Result, error) {
 		next, s.more = page.Next, page.Next != ""
 		batch := Batch{IntegrationID: s.in.ID, ProjectID: s.in.ProjectID, RunID: s.run.ID}
 		var pageSkipped int64
-		var cut error
+		cut := false // cancelled in the middle of the page
 		for _, c := range page.Customers {
 			if ctx.Err() != nil {
-				cut = ctx.Err()
+				cut = true
 				break
 			}
 			if strings.HasPrefix(c.ID, anonymousPrefix) || c.LastSeenAt < s.watermark {
@@ -190,7 +190,7 @@ func (s *sync) do(ctx context.Context) (*Result, error) {
 			ents, err := s.rc.ActiveEntitlements(ctx, s.in.RCProjectID, c.ID)
 			if err != nil {
 				if ctx.Err() != nil {
-					cut = ctx.Err()
+					cut = true
 					break
 				}
 				return nil, s.failed(fmt.Errorf("reading the active entitlements of customer %s: %w", c.ID, err))
@@ -199,23 +199,22 @@ func (s *sync) do(ctx context.Context) (*Result, error) {
 		}
 		// Deliver what was read, even when cancelled mid-page: on a
 		// context of its own, briefly, so that the report is exact.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 		if len(batch.Records) > 0 {
-			err = s.dest.deliver(dctx, batch)
-		}
-		cancel()
-		if err != nil {
-			return nil, s.failed(fmt.Errorf("delivering %d customers: %w", len(batch.Records), err))
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			err := s.dest.deliver(dctx, batch)
+			cancel()
+			if err != nil {
+				return nil, s.failed(fmt.Errorf("delivering %d customers: %w", len(batch.Records), err))
+			}
 		}
 		s.synced += int64(len(batch.Records))
 		s.skipped += pageSkipped
-		if cut != nil {
+		if cut {
 			s.listed = s.synced + s.skipped
 			return nil, s.stopped(ctx)
 		}
-		s.report("")
+		s.report("") // after the last page, the final message: more is false
 	}
-	s.report("")
 	return &Result{Synced: s.synced, Total: s.synced + s.skipped, Skipped: s.skipped}, nil
 }
 
