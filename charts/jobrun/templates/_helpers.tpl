@@ -86,7 +86,7 @@ capabilities:
   drop: [ALL]
 {{- end }}
 
-{{/* Flags and mounts of the REST API, in the manager or on its own. */}}
+{{/* Flags and mounts of the REST API, in the manager or on its own; included only where the API is served. */}}
 {{- define "jobrun.apiArgs" -}}
 - --api-bind-address=:{{ .Values.api.port }}
 - --namespace={{ .Release.Namespace }}
@@ -98,7 +98,7 @@ capabilities:
 {{- end }}
 
 {{- define "jobrun.apiVolumeMounts" -}}
-{{- if and .Values.api.enabled .Values.auth.jwt.existingSecret }}
+{{- if .Values.auth.jwt.existingSecret }}
 - name: jwt
   mountPath: /etc/jobrun/jwt
   readOnly: true
@@ -106,7 +106,7 @@ capabilities:
 {{- end }}
 
 {{- define "jobrun.apiVolumes" -}}
-{{- if and .Values.api.enabled .Values.auth.jwt.existingSecret }}
+{{- if .Values.auth.jwt.existingSecret }}
 - name: jwt
   secret:
     secretName: {{ .Values.auth.jwt.existingSecret }}
