@@ -142,8 +142,9 @@ func Serve(ctx context.Context, cfg Config) int {
 	<-progressDone
 
 	// Whatever happens to the pod from here on, the outcome must reach the
-	// run: write on a context that outlives a SIGTERM'd ctx for a moment.
-	finalCtx, cancelFinal := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	// run: write on a context that outlives a SIGTERM'd ctx (the kubelet's
+	// grace period still bounds it) and rides out an API-server outage.
+	finalCtx, cancelFinal := context.WithTimeout(context.WithoutCancel(ctx), retryBudget)
 	defer cancelFinal()
 	if err := retryTransient(finalCtx, progress.flush); err != nil {
 		log.Error(err, "writing the last progress")
@@ -224,23 +225,34 @@ func (w *statusWriter) writeError(ctx context.Context, herr error) error {
 	})
 }
 
-// retryTransient retries f with backoff while it fails for reasons that
-// may pass (server timeouts, throttling, connection errors), up to ~20s.
+// retryBudget is how long the runner keeps retrying an API-server request
+// that fails for a reason that may pass: long enough to ride out an API
+// server restart or a control-plane upgrade, so that a handler's finished
+// work is not lost to a short outage.
+const retryBudget = 2 * time.Minute
+
+// retryTransient retries f with backoff (100 ms doubling to 5 s, jittered)
+// while it fails for reasons that may pass (server timeouts, throttling,
+// connection errors), for up to retryBudget or until ctx ends.
 func retryTransient(ctx context.Context, f func(context.Context) error) error {
-	backoff := wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 8, Cap: 5 * time.Second}
-	var last error
-	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
-		last = f(ctx)
+	ctx, cancel := context.WithTimeout(ctx, retryBudget)
+	defer cancel()
+	delay := 100 * time.Millisecond
+	for {
+		err := f(ctx)
 		switch {
-		case last == nil:
-			return true, nil
-		case apierrors.IsNotFound(last), apierrors.IsInvalid(last), apierrors.IsForbidden(last), apierrors.IsBadRequest(last):
-			return false, last
+		case err == nil:
+			return nil
+		case apierrors.IsNotFound(err), apierrors.IsInvalid(err), apierrors.IsForbidden(err), apierrors.IsBadRequest(err):
+			return err
 		}
-		return false, nil
-	})
-	if err != nil && last != nil {
-		return last
+		t := time.NewTimer(wait.Jitter(delay, 0.1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		delay = min(2*delay, 5*time.Second)
 	}
-	return err
 }

@@ -261,3 +261,52 @@ func TestCancelledBeforeStart(t *testing.T) {
 		t.Error("the handler ran for a run cancelled before it started")
 	}
 }
+
+// TestFinalWritesRideOutAnOutage takes the API server away from the runner
+// for 8 s just as its handler finishes: the last progress and the result
+// cannot be written then, and must be once the API server is back (the
+// runner's retries once gave up after ~6 s and lost the last progress).
+func TestFinalWritesRideOutAnOutage(t *testing.T) {
+	ns := env.Namespace(t)
+	jr := newRun(t, ns, "slow", `{}`)
+	proxy, proxied := testenv.NewProxy(t, env.Config)
+	c, err := client.NewWithWatch(proxied, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	cfg := config(t, jr, map[string]sdk.Handler{"slow": func(ctx context.Context, run *sdk.Run) (any, error) {
+		run.Progress(1, 3, "working")
+		close(started)
+		<-release
+		run.Progress(3, 3, "done")
+		return map[string]int{"done": 3}, nil
+	}})
+	cfg.Client = c
+	code := make(chan int, 1)
+	go func() { code <- sdk.Serve(context.Background(), cfg) }()
+
+	<-started
+	proxy.Cut()
+	close(release)
+	time.Sleep(8 * time.Second) // the outage: a duration, not an ordering
+	if got := get(t, jr); got.Status.Result != nil {
+		t.Fatalf("the result was written during the outage: the runner is not cut off")
+	}
+	proxy.Restore()
+	select {
+	case c := <-code:
+		if c != 0 {
+			t.Fatalf("runner exited %d after the outage, want 0", c)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the runner did not finish within 2 minutes of the API server's return")
+	}
+	got := get(t, jr)
+	if p := got.Status.Progress; p == nil || p.Processed != 3 || p.Message != "done" {
+		t.Errorf("last progress after the outage = %+v, want 3/3 done", p)
+	}
+	if got.Status.Result == nil || string(got.Status.Result.Raw) != `{"done":3}` {
+		t.Errorf("result after the outage = %v", got.Status.Result)
+	}
+}
