@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -142,6 +143,40 @@ func runnerWrites(t *testing.T, jr *jobsv1alpha1.JobRun, patch string) {
 func poke(t *testing.T, ns, name string) {
 	t.Helper()
 	env.Annotate(t, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}, "test.jobrun.dev/poke", time.Now().Format(time.RFC3339Nano))
+}
+
+// waitReconciled removes the run's status label, which only the controller
+// puts back, and waits until it has: evidence that the controller finished
+// a pass over the run that began after everything the test did before the
+// call (the label goes back at the end of an active run's pass, at the start
+// of a finished run's).
+func waitReconciled(t *testing.T, ns, name string) {
+	t.Helper()
+	jr := &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	unlabel := fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, jobsv1alpha1.LabelStatus)
+	if err := env.Client.Patch(context.Background(), jr, client.RawPatch(types.MergePatchType, []byte(unlabel))); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, func(ctx context.Context) error {
+		jr, err := getRun(ctx, ns, name)
+		if err != nil {
+			return err
+		}
+		if jr.Labels[jobsv1alpha1.LabelStatus] == "" {
+			return fmt.Errorf("the controller has not reconciled run %s since its status label was removed (phase %q, attempts %d, pods %v)",
+				name, jr.Status.Phase, jr.Status.Attempts, podNames(t, ns, name))
+		}
+		return nil
+	})
+}
+
+func podNames(t *testing.T, ns, run string) []string {
+	t.Helper()
+	var names []string
+	for _, p := range podsOf(t, ns, run) {
+		names = append(names, p.Name)
+	}
+	return names
 }
 
 func requestCancel(t *testing.T, ns, name string) {
@@ -344,6 +379,59 @@ func TestCancel(t *testing.T) {
 		}
 		waitPodGone(t, pod, "the stubborn handler's pod still exists")
 	})
+}
+
+// TestCancelGracePeriodEndsToTheMillisecond asks a run to stop at a time
+// with a sub-second part: the API server keeps a condition's time to the
+// second only, so a grace period measured from it would end up to a second
+// early and kill a handler that was still within it.
+func TestCancelGracePeriodEndsToTheMillisecond(t *testing.T) {
+	ns := env.Namespace(t)
+	requestedAt := time.Now().Truncate(time.Second).Add(700 * time.Millisecond)
+	clock := clocktesting.NewFakeClock(requestedAt)
+	startManager(t, clock)
+	jt := createJobType(t, ns)
+	grace := time.Duration(*jt.Spec.CancelGracePeriodSeconds) * time.Second
+	createRun(t, ns, "run-edge")
+	pod := waitPod(t, ns, "run-edge-1")
+	kubelet(t, pod, corev1.PodRunning, 0, "")
+	waitPhase(t, ns, "run-edge", jobsv1alpha1.JobRunRunning)
+
+	requestCancel(t, ns, "run-edge")
+	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
+		jr, err := getRun(ctx, ns, "run-edge")
+		if err != nil || !meta.IsStatusConditionTrue(jr.Status.Conditions, jobsv1alpha1.JobRunConditionCancelRequested) {
+			return fmt.Errorf("no CancelRequested condition yet (%v)", err)
+		}
+		if at := jr.Status.CancelRequestedAt; at == nil || !at.Time.Equal(requestedAt) {
+			return fmt.Errorf("cancelRequestedAt = %v, want %v", at, requestedAt)
+		}
+		return nil
+	})
+
+	// 300 ms before the grace period ends the handler may still stop on its
+	// own: its pod stays.
+	clock.SetTime(requestedAt.Add(grace - 300*time.Millisecond))
+	waitReconciled(t, ns, "run-edge")
+	jr, err := getRun(context.Background(), ns, "run-edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jr.Status.Phase != jobsv1alpha1.JobRunRunning {
+		t.Errorf("300 ms before the grace period ends: run %q (%s), want still running", jr.Status.Phase, finishedReason(jr))
+	}
+	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(pod), pod); err != nil || pod.DeletionTimestamp != nil {
+		t.Fatalf("300 ms before the grace period ends the pod was deleted (%v)", err)
+	}
+
+	// When it ends, the pod goes.
+	clock.SetTime(requestedAt.Add(grace))
+	poke(t, ns, "run-edge")
+	jr = waitPhase(t, ns, "run-edge", jobsv1alpha1.JobRunCancelled)
+	if finishedReason(jr) != jobsv1alpha1.ReasonCancelGracePeriodExceeded || !jr.Status.CompletedAt.Time.Equal(requestedAt.Add(grace)) {
+		t.Errorf("reason %q, completedAt %v; want %s at %v", finishedReason(jr), jr.Status.CompletedAt, jobsv1alpha1.ReasonCancelGracePeriodExceeded, requestedAt.Add(grace))
+	}
+	waitPodGone(t, pod, "the pod still exists after the grace period")
 }
 
 func TestMissingJobTypeFailsClearly(t *testing.T) {

@@ -78,6 +78,7 @@ func decide(o observation) decision {
 
 	cancel := run.IsCancelRequested()
 	if cancel && meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionCancelRequested) == nil {
+		st.CancelRequestedAt = ptr.To(metav1.NewMicroTime(o.now))
 		d.setCondition(jobsv1alpha1.JobRunConditionCancelRequested, metav1.ConditionTrue, jobsv1alpha1.ReasonCancelRequested, "cancel requested; the handler is asked to stop", now)
 		d.events = append(d.events, runEvent{corev1.EventTypeNormal, jobsv1alpha1.ReasonCancelRequested, "Cancel requested"})
 	}
@@ -142,9 +143,8 @@ func decide(o observation) decision {
 		}
 	}
 	if cancel {
-		cond := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionCancelRequested)
 		grace := time.Duration(ptr.Deref(o.jobType.Spec.CancelGracePeriodSeconds, 30)) * time.Second
-		if left := cond.LastTransitionTime.Add(grace).Sub(o.now); left <= 0 {
+		if left := cancelSeenAt(st).Add(grace).Sub(o.now); left <= 0 {
 			d.deletePod = true
 			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelGracePeriodExceeded,
 				fmt.Sprintf("handler ignored the cancel request for %s; its pod was deleted", grace), o.now)
@@ -154,6 +154,17 @@ func decide(o observation) decision {
 		}
 	}
 	return d
+}
+
+// cancelSeenAt is when the controller first saw the run's cancel request,
+// which starts the grace period: status.cancelRequestedAt, or, for a run
+// whose request was seen before that field existed, the CancelRequested
+// condition's lastTransitionTime (whole seconds, the best there is).
+func cancelSeenAt(st *jobsv1alpha1.JobRunStatus) time.Time {
+	if st.CancelRequestedAt != nil {
+		return st.CancelRequestedAt.Time
+	}
+	return meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionCancelRequested).LastTransitionTime.Time
 }
 
 // startedFromPod records the start of a run whose pod ran and ended between

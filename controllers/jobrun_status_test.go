@@ -46,10 +46,31 @@ func running(at time.Time) runOpt {
 		r.Status.StartedAt = ptr.To(metav1.NewMicroTime(at))
 	}
 }
-func cancelRequestedAt(at time.Time) runOpt {
+
+// cancelRequested puts a cancel request on the run that the controller has
+// not seen yet.
+func cancelRequested(at time.Time) runOpt {
 	return func(r *jobsv1alpha1.JobRun) {
 		r.Annotations = map[string]string{jobsv1alpha1.AnnotationCancelRequested: at.Format(time.RFC3339)}
-		meta.SetStatusCondition(&r.Status.Conditions, metav1.Condition{Type: jobsv1alpha1.JobRunConditionCancelRequested, Status: metav1.ConditionTrue, Reason: "CancelRequested", LastTransitionTime: metav1.NewTime(at)})
+	}
+}
+
+// cancelSeen is a cancel request the controller saw at at, as the API server
+// stores it: status.cancelRequestedAt to the microsecond, the condition's
+// lastTransitionTime to the second.
+func cancelSeen(at time.Time) runOpt {
+	return func(r *jobsv1alpha1.JobRun) {
+		legacyCancelSeen(at)(r)
+		r.Status.CancelRequestedAt = ptr.To(metav1.NewMicroTime(at))
+	}
+}
+
+// legacyCancelSeen is a cancel request seen before status.cancelRequestedAt
+// existed: only the condition says when.
+func legacyCancelSeen(at time.Time) runOpt {
+	return func(r *jobsv1alpha1.JobRun) {
+		cancelRequested(at)(r)
+		meta.SetStatusCondition(&r.Status.Conditions, metav1.Condition{Type: jobsv1alpha1.JobRunConditionCancelRequested, Status: metav1.ConditionTrue, Reason: "CancelRequested", LastTransitionTime: metav1.NewTime(at.Truncate(time.Second))})
 	}
 }
 func runnerError(msg string) runOpt { return func(r *jobsv1alpha1.JobRun) { r.Status.Error = msg } }
@@ -77,6 +98,8 @@ func TestDecide(t *testing.T) {
 		reason        string // reason of the Finished condition, when finished
 		errorText     string
 		requeueAfter  time.Duration
+		// cancelRequestedAt is status.cancelRequestedAt; zero when unset.
+		cancelRequestedAt time.Time
 	}
 	tests := []struct {
 		name    string
@@ -103,8 +126,8 @@ func TestDecide(t *testing.T) {
 			want: want{phase: jobsv1alpha1.JobRunFailed, finished: true, reason: jobsv1alpha1.ReasonInvalidParams, errorText: "invalid params: params.items: Invalid value: -1"},
 		},
 		{
-			name: "cancelled before start needs no pod", run: testRun(cancelRequestedAt(t0)), jobType: testJobType(), now: t0,
-			want: want{phase: jobsv1alpha1.JobRunCancelled, finished: true, reason: jobsv1alpha1.ReasonCancelled},
+			name: "cancelled before start needs no pod", run: testRun(cancelRequested(t0)), jobType: testJobType(), now: t0,
+			want: want{phase: jobsv1alpha1.JobRunCancelled, finished: true, reason: jobsv1alpha1.ReasonCancelled, cancelRequestedAt: t0},
 		},
 		{
 			name: "pending pod keeps the run pending", run: testRun(attempt(1), func(r *jobsv1alpha1.JobRun) { r.Status.Phase = jobsv1alpha1.JobRunPending }),
@@ -154,8 +177,8 @@ func TestDecide(t *testing.T) {
 			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 2, finished: true, reason: jobsv1alpha1.ReasonPodLost, errorText: "pod r1-2 disappeared before the handler finished"},
 		},
 		{
-			name: "runner exit code for cancellation", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodFailed, jobsv1alpha1.ExitCodeCancelled, "Error"), now: t0.Add(61 * time.Second),
-			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCancelled},
+			name: "runner exit code for cancellation", run: testRun(attempt(1), running(t0), cancelSeen(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodFailed, jobsv1alpha1.ExitCodeCancelled, "Error"), now: t0.Add(61 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCancelled, cancelRequestedAt: t0.Add(time.Minute)},
 		},
 		{
 			name: "runner stopped without a cancel request (pod terminated): retried", run: testRun(attempt(1), running(t0)), jobType: testJobType(), pod: testPod(corev1.PodFailed, jobsv1alpha1.ExitCodeCancelled, "Error"), now: t0.Add(time.Minute),
@@ -166,16 +189,38 @@ func TestDecide(t *testing.T) {
 			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 2, finished: true, reason: jobsv1alpha1.ReasonPodLost, errorText: "pod r1-2 was terminated while the handler ran (no cancel was requested)"},
 		},
 		{
-			name: "cancel requested: wait out the grace period", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(65 * time.Second),
+			name: "cancel request first seen: its time kept to the microsecond, the grace period begins", run: testRun(attempt(1), running(t0), cancelRequested(t0)), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(60*time.Second + 700*time.Millisecond),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, requeueAfter: 10 * time.Second, cancelRequestedAt: t0.Add(60*time.Second + 700*time.Millisecond)},
+		},
+		{
+			name: "cancel requested: wait out the grace period", run: testRun(attempt(1), running(t0), cancelSeen(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(65 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, requeueAfter: 5 * time.Second, cancelRequestedAt: t0.Add(time.Minute)},
+		},
+		{
+			name: "grace period over: pod deleted, run cancelled", run: testRun(attempt(1), running(t0), cancelSeen(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(70 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, deletePod: true, finished: true, reason: jobsv1alpha1.ReasonCancelGracePeriodExceeded, cancelRequestedAt: t0.Add(time.Minute)},
+		},
+		{
+			// The condition says 10:31:00, a second-truncated 10:31:00.7:
+			// measured from it, the grace period would end 0.7 s early.
+			name: "grace period measured from cancelRequestedAt, not the condition's whole second: 300 ms left", run: testRun(attempt(1), running(t0), cancelSeen(t0.Add(60*time.Second+700*time.Millisecond))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(70*time.Second + 400*time.Millisecond),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, requeueAfter: 300 * time.Millisecond, cancelRequestedAt: t0.Add(60*time.Second + 700*time.Millisecond)},
+		},
+		{
+			name: "grace period over to the millisecond", run: testRun(attempt(1), running(t0), cancelSeen(t0.Add(60*time.Second+700*time.Millisecond))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(70*time.Second + 700*time.Millisecond),
+			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, deletePod: true, finished: true, reason: jobsv1alpha1.ReasonCancelGracePeriodExceeded, cancelRequestedAt: t0.Add(60*time.Second + 700*time.Millisecond)},
+		},
+		{
+			name: "cancel seen before cancelRequestedAt existed: the condition's time starts the grace period", run: testRun(attempt(1), running(t0), legacyCancelSeen(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(65 * time.Second),
 			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, requeueAfter: 5 * time.Second},
 		},
 		{
-			name: "grace period over: pod deleted, run cancelled", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(70 * time.Second),
+			name: "cancel seen before cancelRequestedAt existed: grace period over", run: testRun(attempt(1), running(t0), legacyCancelSeen(t0.Add(time.Minute))), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(70 * time.Second),
 			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, deletePod: true, finished: true, reason: jobsv1alpha1.ReasonCancelGracePeriodExceeded},
 		},
 		{
-			name: "cancelled run whose pod is gone", run: testRun(attempt(1), running(t0), cancelRequestedAt(t0.Add(time.Minute))), jobType: testJobType(), pod: nil, now: t0.Add(70 * time.Second),
-			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCancelled},
+			name: "cancelled run whose pod is gone", run: testRun(attempt(1), running(t0), cancelSeen(t0.Add(time.Minute))), jobType: testJobType(), pod: nil, now: t0.Add(70 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, finished: true, reason: jobsv1alpha1.ReasonCancelled, cancelRequestedAt: t0.Add(time.Minute)},
 		},
 	}
 	for _, tt := range tests {
@@ -185,6 +230,9 @@ func TestDecide(t *testing.T) {
 				phase: d.status.Phase, attempts: d.status.Attempts, createAttempt: d.createAttempt,
 				deletePod: d.deletePod, finished: d.finished, started: d.started,
 				errorText: d.status.Error, requeueAfter: d.requeueAfter,
+			}
+			if d.status.CancelRequestedAt != nil {
+				got.cancelRequestedAt = d.status.CancelRequestedAt.Time
 			}
 			if c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionFinished); c != nil {
 				got.reason = c.Reason

@@ -211,7 +211,7 @@ const (
 	// PodLost, ...).
 	JobRunConditionFinished = "Finished"
 	// JobRunConditionCancelRequested is True once a cancel request was seen;
-	// its lastTransitionTime starts the JobType's cancel grace period.
+	// status.cancelRequestedAt says when, to the microsecond.
 	JobRunConditionCancelRequested = "CancelRequested"
 
 	// ReasonAccepted: the JobType exists and the run may start.
@@ -281,6 +281,13 @@ type JobRunStatus struct {
 	// completedAt is when the run reached a terminal phase.
 	// +optional
 	CompletedAt *metav1.MicroTime `json:"completedAt,omitempty"`
+
+	// cancelRequestedAt is when the controller first saw the run's cancel
+	// request, at microsecond precision. The JobType's cancel grace period is
+	// measured from it: a condition's lastTransitionTime keeps only whole
+	// seconds, which would end the grace period up to a second early.
+	// +optional
+	CancelRequestedAt *metav1.MicroTime `json:"cancelRequestedAt,omitempty"`
 
 	// podName is the pod of the current (or last) attempt.
 	// +optional

@@ -147,6 +147,10 @@ func (in *JobRunStatus) DeepCopyInto(out *JobRunStatus) {
 		in, out := &in.CompletedAt, &out.CompletedAt
 		*out = (*in).DeepCopy()
 	}
+	if in.CancelRequestedAt != nil {
+		in, out := &in.CancelRequestedAt, &out.CancelRequestedAt
+		*out = (*in).DeepCopy()
+	}
 	if in.Notification != nil {
 		in, out := &in.Notification, &out.Notification
 		*out = new(JobRunNotification)
