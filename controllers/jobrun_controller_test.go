@@ -449,31 +449,43 @@ func TestMissingJobTypeFailsClearly(t *testing.T) {
 }
 
 // TestTerminalRunStaysTerminal: a pod that reports something else after the
-// run finished cannot move it.
+// run finished cannot move it. The JobType allows a retry, so a controller
+// that looked at a finished run's pod would start a second attempt (a new
+// pod, created before any status write the API server could refuse).
 func TestTerminalRunStaysTerminal(t *testing.T) {
 	ns := env.Namespace(t)
-	startManager(t, clocktesting.NewFakeClock(time.Now()))
-	createJobType(t, ns)
+	_, cache := startManagerWithCache(t, clocktesting.NewFakeClock(time.Now()))
+	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) { jt.Spec.RetryLimit = ptr.To[int32](1) })
 	createRun(t, ns, "run-done")
 	pod := waitPod(t, ns, "run-done-1")
 	kubelet(t, pod, corev1.PodSucceeded, 0, "Completed")
-	waitPhase(t, ns, "run-done", jobsv1alpha1.JobRunCompleted)
+	done := waitPhase(t, ns, "run-done", jobsv1alpha1.JobRunCompleted)
+
 	kubelet(t, pod, corev1.PodFailed, 1, "Error")
-	poke(t, ns, "run-done")
-	// Give the controller every chance to get it wrong: wait until it has
-	// seen the poke (its status label is current) and check again.
+	// The controller's cache has the failed pod; a pass over the run that
+	// starts after that sees it if it looks.
 	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
-		jr, err := getRun(ctx, ns, "run-done")
-		if err != nil {
+		seen := &corev1.Pod{}
+		if err := cache.Get(ctx, client.ObjectKeyFromObject(pod), seen); err != nil {
 			return err
 		}
-		if jr.Labels[jobsv1alpha1.LabelStatus] != "completed" {
-			return fmt.Errorf("label %q", jr.Labels[jobsv1alpha1.LabelStatus])
+		if seen.Status.Phase != corev1.PodFailed {
+			return fmt.Errorf("the controller still sees the pod %s", seen.Status.Phase)
 		}
 		return nil
 	})
-	if jr, _ := getRun(context.Background(), ns, "run-done"); jr.Status.Phase != jobsv1alpha1.JobRunCompleted {
-		t.Errorf("phase = %q after the pod changed its mind", jr.Status.Phase)
+	waitReconciled(t, ns, "run-done")
+
+	jr, err := getRun(context.Background(), ns, "run-done")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jr.Status.Phase != jobsv1alpha1.JobRunCompleted || jr.Status.Attempts != 1 || !jr.Status.CompletedAt.Equal(done.Status.CompletedAt) || finishedReason(jr) != jobsv1alpha1.ReasonCompleted {
+		t.Errorf("after the pod changed its mind: phase %q attempts %d completedAt %v reason %q; want it as it finished",
+			jr.Status.Phase, jr.Status.Attempts, jr.Status.CompletedAt, finishedReason(jr))
+	}
+	if pods := podNames(t, ns, "run-done"); len(pods) != 1 {
+		t.Errorf("pods of the finished run: %v, want only its one attempt's", pods)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -17,9 +18,18 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
-// startManager runs a manager with the JobRun controller, reading time from
-// clock, until the test ends or stop is called. stop waits for it to return.
+// startManager runs a manager with the JobRun and JobSchedule controllers,
+// reading time from clock, until the test ends or stop is called. stop waits
+// for it to return.
 func startManager(t *testing.T, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func()) {
+	t.Helper()
+	stop, _ = startManagerWithCache(t, clock, opts...)
+	return stop
+}
+
+// startManagerWithCache is startManager that also returns the manager's
+// cached client: what its controllers see, which may lag the API server.
+func startManagerWithCache(t *testing.T, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func(), cache client.Reader) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:                 env.Scheme,
@@ -57,7 +67,7 @@ func startManager(t *testing.T, clock *clocktesting.FakeClock, opts ...JobRunOpt
 		}
 	}
 	t.Cleanup(stop)
-	return stop
+	return stop, mgr.GetClient()
 }
 
 func ptrTrue() *bool { b := true; return &b }
