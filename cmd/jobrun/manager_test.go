@@ -189,10 +189,20 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 		{"--run-controllers=false"},
 		{"--leader-elect=maybe"},
 		{"stray-argument"},
+		{"--leader-elect-lease-duration=5s"}, // not longer than the 10s renew deadline
+		{"--leader-elect-renew-deadline=1s", "--leader-elect-retry-period=1s"}, // not longer than the retry period
+		{"--leader-elect-retry-period=0s"},
 	} {
 		if _, err := parseManagerFlags(args); err == nil {
 			t.Errorf("parseManagerFlags(%q) accepted", args)
 		}
+	}
+	f, err := parseManagerFlags([]string{"--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s", "--leader-elect-retry-period=500ms"})
+	if err != nil || f.leaseDuration != 4*time.Second || f.renewDeadline != 3*time.Second || f.retryPeriod != 500*time.Millisecond {
+		t.Errorf("short lease timings: %+v, %v", f, err)
+	}
+	if _, err := parseManagerFlags([]string{"--leader-elect=false", "--leader-elect-lease-duration=1s"}); err != nil {
+		t.Errorf("lease timings are not checked without leader election: %v", err)
 	}
 }
 
