@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -68,9 +69,24 @@ func TestDevCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// "Ready" means ready, at once, with no waiting: the REST API and the
+	// manager answer, the manager leads, the node takes pods.
+	for _, url := range []string{"http://" + o.apiAddr + "/readyz", "http://" + o.probeAddr + "/readyz"} {
+		if code, body := httpGet(t, url); code != http.StatusOK {
+			t.Errorf("GET %s right after ready: %d %s", url, code, body)
+		}
+	}
+	if _, metrics := httpGet(t, "http://"+o.metricsAddr+"/metrics"); !strings.Contains(metrics, `leader_election_master_status{name="jobrun-manager.jobs.jobrun.dev"} 1`) {
+		t.Errorf("the manager does not lead right after ready")
+	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	kubectl := filepath.Join(root, "bin", "k8s", "kubectl")
-	out, err := exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "jobruns,jobtypes,jobschedules,projects", "-A").CombinedOutput()
+	out, err := exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "node", "jobrun-dev-node", "-o",
+		`jsonpath={.status.conditions[?(@.type=="Ready")].status} {.spec.taints}`).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "True" {
+		t.Errorf("node right after ready: %q (%v), want Ready and untainted", out, err)
+	}
+	out, err = exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "jobruns,jobtypes,jobschedules,projects", "-A").CombinedOutput()
 	if err != nil {
 		t.Fatalf("kubectl get: %v\n%s", err, out)
 	}
@@ -216,6 +232,20 @@ func TestDevCluster(t *testing.T) {
 		conn.Close()
 		t.Errorf("kube-apiserver at %s still answers", host)
 	}
+}
+
+// httpGet GETs url and returns the status code and body; a failed request
+// fails t.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
 
 func mustRel(t *testing.T, base, path string) string {

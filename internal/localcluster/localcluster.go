@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,9 +24,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"jobrun.dev/jobrun/internal/controlplane"
+	"jobrun.dev/jobrun/internal/cutproxy"
 )
 
 // Options configure a local cluster.
@@ -45,6 +49,10 @@ type Options struct {
 	APIAddr string
 	// Samples applies config/samples.
 	Samples bool
+	// CuttableAPI puts a proxy between the API server and the manager and
+	// dev node agent (and so the runners, whose kubeconfig the agent writes):
+	// fault tests cut it with CutAPI to take the API server away from them.
+	CuttableAPI bool
 	// AttachControlPlaneOutput prints etcd's and kube-apiserver's logs.
 	AttachControlPlaneOutput bool
 	// Log receives progress lines.
@@ -66,6 +74,13 @@ type Cluster struct {
 
 	opts  Options
 	procs processes
+	// componentKubeconfig is what the manager and the agent use: Kubeconfig,
+	// or a copy through proxy.
+	componentKubeconfig string
+	proxy               *cutproxy.Proxy
+
+	mu       sync.Mutex
+	managers map[string]*Manager // by process name
 }
 
 // Start starts everything, in dependency order. On error, what was started
@@ -101,14 +116,20 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if c.Client, err = client.New(cp.Config, client.Options{Scheme: cp.Scheme}); err != nil {
 		return c, err
 	}
+	c.componentKubeconfig = kubeconfig
+	if o.CuttableAPI {
+		if err := c.startProxy(); err != nil {
+			return c, err
+		}
+	}
 
 	kubeFlags := []string{"--kubeconfig=" + kubeconfig, "--authentication-kubeconfig=" + kubeconfig, "--authorization-kubeconfig=" + kubeconfig, "--leader-elect=false", "--secure-port=0"}
-	if err := c.procs.start("kube-controller-manager", c.logFile("kube-controller-manager"), nil,
+	if _, err := c.procs.start("kube-controller-manager", c.logFile("kube-controller-manager"), nil,
 		filepath.Join(cp.AssetsDir, "kube-controller-manager"),
 		append(kubeFlags, "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,node-lifecycle-controller")...); err != nil {
 		return c, err
 	}
-	if err := c.procs.start("kube-scheduler", c.logFile("kube-scheduler"), nil, filepath.Join(cp.AssetsDir, "kube-scheduler"), kubeFlags...); err != nil {
+	if _, err := c.procs.start("kube-scheduler", c.logFile("kube-scheduler"), nil, filepath.Join(cp.AssetsDir, "kube-scheduler"), kubeFlags...); err != nil {
 		return c, err
 	}
 
@@ -125,11 +146,16 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 	}
 
-	if err := c.procs.start("jobrun devnode", c.logFile("devnode"), nil, o.Binary, "devnode",
-		"--kubeconfig="+kubeconfig,
+	node, err := c.procs.start("jobrun devnode", c.logFile("devnode"), nil, o.Binary, "devnode",
+		"--kubeconfig="+c.componentKubeconfig,
+		"--node-name="+NodeName,
 		"--work-dir="+filepath.Join(o.Dir, "pods"),
 		"--image=jobrun:dev="+o.Binary,
-	); err != nil {
+	)
+	if err != nil {
+		return c, err
+	}
+	if err := c.waitNodeReady(ctx, node); err != nil {
 		return c, err
 	}
 	secret := make([]byte, 32)
@@ -144,6 +170,44 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return c, err
 	}
 	return c, nil
+}
+
+// startProxy starts the cuttable proxy and writes the components'
+// kubeconfig that goes through it.
+func (c *Cluster) startProxy() error {
+	u, err := url.Parse(c.Config.Host)
+	if err != nil {
+		return err
+	}
+	if c.proxy, err = cutproxy.New(u.Host); err != nil {
+		return err
+	}
+	cfg, err := clientcmd.LoadFromFile(c.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	for _, cluster := range cfg.Clusters {
+		cluster.Server = "https://" + c.proxy.Addr()
+	}
+	c.componentKubeconfig = filepath.Join(c.opts.Dir, "kubeconfig-components")
+	return clientcmd.WriteToFile(*cfg, c.componentKubeconfig)
+}
+
+// CutAPI takes the API server away from the manager, the dev node agent and
+// the runners (Options.CuttableAPI): their connections drop and new ones
+// are refused, while the API server itself and the admin Client work on.
+func (c *Cluster) CutAPI() {
+	if c.proxy != nil {
+		c.proxy.Cut()
+	}
+}
+
+// RestoreAPI ends a CutAPI.
+func (c *Cluster) RestoreAPI() error {
+	if c.proxy == nil {
+		return nil
+	}
+	return c.proxy.Restore()
 }
 
 func (c *Cluster) logFile(name string) string {
@@ -223,43 +287,166 @@ func (c *Cluster) PodKubeconfig(ns, pod string) string {
 }
 
 // StartManager starts the jobrun manager (again), with extra flags (such as
-// --run-controllers=false --leader-elect=false for an API-only replica).
-func (c *Cluster) StartManager(extra ...string) error { return c.startManager("jobrun manager", extra) }
+// --run-controllers=false --leader-elect=false for an API-only replica), and
+// waits until it is ready: /readyz answers 200, its REST API's /readyz too
+// when it serves one, and — with leader election — it holds the leader
+// Lease. A manager started right after one was SIGKILLed waits out that
+// one's Lease first (its lease duration).
+func (c *Cluster) StartManager(extra ...string) error {
+	m, err := c.startManager(managerName, c.opts.ProbeAddr, c.opts.MetricsAddr, c.opts.APIAddr, extra)
+	if err != nil {
+		return err
+	}
+	return c.waitManager(m, m.LeaderElection)
+}
 
-// StartStandbyManager starts a second manager replica; extra must give it
-// addresses of its own (--health-probe-bind-address, --metrics-bind-address,
-// --api-bind-address override the first's). With leader election it stands
-// by until the first is gone.
-func (c *Cluster) StartStandbyManager(extra ...string) error {
-	return c.startManager("jobrun manager (standby)", extra)
+// StartStandbyManager starts a second manager replica on addresses of its
+// own and waits until it is ready (not leading: with leader election it
+// stands by until the first is gone).
+func (c *Cluster) StartStandbyManager(extra ...string) (*Manager, error) {
+	addrs, err := freeAddrs(3)
+	if err != nil {
+		return nil, err
+	}
+	apiAddr := ""
+	if c.opts.APIAddr != "" {
+		apiAddr = addrs[2]
+	}
+	m, err := c.startManager(standbyName, addrs[0], addrs[1], apiAddr, extra)
+	if err != nil {
+		return nil, err
+	}
+	return m, c.waitManager(m, false)
+}
+
+// freeAddrs returns n loopback addresses whose ports were free a moment
+// ago (all held at once, so they differ).
+func freeAddrs(n int) ([]string, error) {
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
+}
+
+const (
+	managerName = "jobrun manager"
+	standbyName = "jobrun manager (standby)"
+)
+
+// Manager is the running main manager, nil when none runs.
+func (c *Cluster) Manager() *Manager { return c.manager(managerName) }
+
+// Standby is the running standby manager, nil when none runs.
+func (c *Cluster) Standby() *Manager { return c.manager(standbyName) }
+
+func (c *Cluster) manager(name string) *Manager {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.managers[name]
+	if m == nil || !c.procs.alive(m.proc) {
+		return nil
+	}
+	return m
 }
 
 // KillStandbyManager kills the second replica with SIGKILL.
-func (c *Cluster) KillStandbyManager() { c.procs.kill("jobrun manager (standby)") }
+func (c *Cluster) KillStandbyManager() { c.procs.kill(standbyName) }
 
-func (c *Cluster) startManager(name string, extra []string) error {
+// StopStandbyManager stops the second replica gracefully (SIGTERM): it
+// releases the leader Lease if it holds it.
+func (c *Cluster) StopStandbyManager() { c.procs.stop(standbyName) }
+
+func (c *Cluster) startManager(name, probeAddr, metricsAddr, apiAddr string, extra []string) (*Manager, error) {
 	args := []string{"manager",
-		"--kubeconfig=" + c.Kubeconfig,
+		"--kubeconfig=" + c.componentKubeconfig,
 		"--leader-election-namespace=" + c.opts.Namespace,
 		"--namespace=" + c.opts.Namespace,
-		"--health-probe-bind-address=" + c.opts.ProbeAddr,
-		"--metrics-bind-address=" + c.opts.MetricsAddr,
+		"--health-probe-bind-address=" + probeAddr,
+		"--metrics-bind-address=" + metricsAddr,
 		"--metrics-secure=false",
 	}
-	if c.opts.APIAddr != "" {
-		args = append(args, "--api-bind-address="+c.opts.APIAddr)
+	if apiAddr != "" {
+		args = append(args, "--api-bind-address="+apiAddr)
 	}
 	args = append(args, extra...)
 	log := "manager"
-	if name != "jobrun manager" {
+	if name != managerName {
 		log = "manager-standby"
 	}
-	return c.procs.start(name, c.logFile(log), []string{"JOBRUN_JWT_SECRET=" + c.JWTSecret}, c.opts.Binary, args...)
+	p, err := c.procs.start(name, c.logFile(log), []string{"JOBRUN_JWT_SECRET=" + c.JWTSecret}, c.opts.Binary, args...)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{ProbeAddr: probeAddr, MetricsAddr: metricsAddr, APIAddr: apiAddr, LeaderElection: leaderElection(extra), proc: p}
+	c.mu.Lock()
+	if c.managers == nil {
+		c.managers = map[string]*Manager{}
+	}
+	c.managers[name] = m
+	c.mu.Unlock()
+	return m, nil
+}
+
+// leaderElection reports whether a manager started with args elects a
+// leader (the flag's default is true; an API-only replica turns it off).
+func leaderElection(args []string) bool {
+	on := true
+	for _, a := range args {
+		switch a {
+		case "--leader-elect=false", "-leader-elect=false":
+			on = false
+		case "--leader-elect", "--leader-elect=true", "-leader-elect", "-leader-elect=true":
+			on = true
+		}
+	}
+	return on
+}
+
+// managerStartTimeout bounds how long a manager may take to become ready
+// and lead: generous, for a busy shared machine and a predecessor's Lease
+// that must expire first.
+const managerStartTimeout = 2 * time.Minute
+
+// waitManager waits until m is ready and, if leading is set, holds the
+// leader Lease; it fails early when the process exits.
+func (c *Cluster) waitManager(m *Manager, leading bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), managerStartTimeout)
+	defer cancel()
+	start := time.Now()
+	err := pollUntil(ctx, m.proc.done, func(ctx context.Context) error {
+		if err := m.Ready(ctx); err != nil {
+			return err
+		}
+		if !leading {
+			return nil
+		}
+		ok, err := m.Leading(ctx)
+		if err == nil && !ok {
+			err = errors.New("not (yet) holding the leader Lease")
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("%s (pid %d) not ready: %w (log: %s)", m.proc.name, m.PID(), err, c.logFile("manager"))
+	}
+	c.opts.Log("%s (pid %d) ready after %s (leading: %v)", m.proc.name, m.PID(), time.Since(start).Round(time.Millisecond), leading)
+	return nil
 }
 
 // KillManager kills the manager with SIGKILL, as a crash or a lost node
-// would, and waits until it is gone.
-func (c *Cluster) KillManager() { c.procs.kill("jobrun manager") }
+// would, and waits until it is gone. It does not release its Lease: a
+// successor leads once the Lease expires.
+func (c *Cluster) KillManager() { c.procs.kill(managerName) }
+
+// StopManager stops the manager gracefully (SIGTERM), as a rolling update
+// would: it releases the leader Lease, so a successor leads at once.
+func (c *Cluster) StopManager() { c.procs.stop(managerName) }
 
 // KillNode kills the dev node agent: pods are still created and scheduled,
 // but none runs.
@@ -267,8 +454,8 @@ func (c *Cluster) KillNode() { c.procs.kill("jobrun devnode") }
 
 // ManagerPID is the running manager's process id, 0 if none runs.
 func (c *Cluster) ManagerPID() int {
-	for _, p := range c.procs.running("jobrun manager") {
-		return p.cmd.Process.Pid
+	if m := c.Manager(); m != nil {
+		return m.PID()
 	}
 	return 0
 }
@@ -280,6 +467,9 @@ func (c *Cluster) Exited() <-chan string { return c.procs.exitedChan() }
 // kube-apiserver and etcd, in that order, and removes the kubeconfig.
 func (c *Cluster) Stop() error {
 	c.procs.stopAll()
+	if c.proxy != nil {
+		c.proxy.Cut()
+	}
 	c.opts.Log("stopping kube-apiserver and etcd")
 	err := c.ControlPlane.Stop()
 	_ = os.Remove(c.Kubeconfig)
@@ -316,11 +506,11 @@ func (ps *processes) exitedChan() chan string {
 // appended to logFile. The child gets
 // its own process group, so a Ctrl-C in the terminal reaches the parent only
 // and children stop in order, and dies with the parent if that is killed.
-func (ps *processes) start(name, logFile string, env []string, path string, args ...string) error {
+func (ps *processes) start(name, logFile string, env []string, path string, args ...string) (*process, error) {
 	exited := ps.exitedChan()
 	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -328,7 +518,7 @@ func (ps *processes) start(name, logFile string, env []string, path string, args
 	cmd.Stdout, cmd.Stderr = io.Writer(f), io.Writer(f)
 	if err := cmd.Start(); err != nil {
 		f.Close()
-		return fmt.Errorf("starting %s (make tools-dev builds the control plane, make build the jobrun binary): %w", name, err)
+		return nil, fmt.Errorf("starting %s (make tools-dev builds the control plane, make build the jobrun binary): %w", name, err)
 	}
 	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
 	ps.mu.Lock()
@@ -346,7 +536,19 @@ func (ps *processes) start(name, logFile string, env []string, path string, args
 			exited <- fmt.Sprintf("%s (pid %d) exited: %v", name, cmd.Process.Pid, p.err)
 		}
 	}()
-	return nil
+	return p, nil
+}
+
+// alive reports whether p runs and was not stopped on purpose.
+func (ps *processes) alive(p *process) bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return !p.stopped
 }
 
 // running returns the live processes called name.
@@ -373,7 +575,17 @@ func (ps *processes) kill(name string) {
 	}
 }
 
-// stopAll stops the children newest first: SIGTERM, SIGKILL after 15s.
+// stop stops the live processes called name gracefully (see process.stop).
+func (ps *processes) stop(name string) {
+	for _, p := range ps.running(name) {
+		ps.mu.Lock()
+		p.stopped = true
+		ps.mu.Unlock()
+		p.stop(ps.log)
+	}
+}
+
+// stopAll stops the children newest first.
 func (ps *processes) stopAll() {
 	ps.mu.Lock()
 	list := append([]*process(nil), ps.list...)
@@ -382,20 +594,24 @@ func (ps *processes) stopAll() {
 	}
 	ps.mu.Unlock()
 	for i := len(list) - 1; i >= 0; i-- {
-		p := list[i]
-		select {
-		case <-p.done:
-			continue
-		default:
-		}
-		ps.log("stopping %s (pid %d)", p.name, p.cmd.Process.Pid)
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(15 * time.Second):
-			ps.log("%s did not stop within 15s; killing it", p.name)
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
-		}
+		list[i].stop(ps.log)
+	}
+}
+
+// stop sends SIGTERM and SIGKILLs the process group after 15s.
+func (p *process) stop(log func(string, ...any)) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	log("stopping %s (pid %d)", p.name, p.cmd.Process.Pid)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		log("%s did not stop within 15s; killing it", p.name)
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
 	}
 }
