@@ -34,6 +34,11 @@ type DemoSyncParams struct {
 	// IgnoreCancel makes the handler carry on after a cancel request, to
 	// show the grace period ending it.
 	IgnoreCancel bool `json:"ignore_cancel,omitempty"`
+	// FinishAfterCancel makes the handler, once its last item is done, wait
+	// for a cancel request and then return its result all the same: a
+	// cancel that arrives after the work is done but before the runner has
+	// recorded the result (the run completes; the cancel came too late).
+	FinishAfterCancel bool `json:"finish_after_cancel,omitempty"`
 }
 
 // DemoSyncResult is demo_sync's result.
@@ -74,6 +79,9 @@ func DemoSync(ctx context.Context, run *sdk.Run) (any, error) {
 			return nil, fmt.Errorf("item %d failed (fail_at)", i)
 		}
 		run.Progress(i, items, fmt.Sprintf("Processed %d of %d items", i, items))
+	}
+	if p.FinishAfterCancel {
+		<-ctx.Done()
 	}
 	return DemoSyncResult{Processed: items, Total: items}, nil
 }
