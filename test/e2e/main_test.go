@@ -52,7 +52,7 @@ func run(m *testing.M) int {
 	}
 	cluster, err = localcluster.Start(context.Background(), localcluster.Options{
 		Root: root, Dir: filepath.Join(dir, "cluster"), Namespace: "jobrun-system", Binary: bin,
-		ProbeAddr: probe, MetricsAddr: metrics, APIAddr: apiAddr,
+		ProbeAddr: probe, MetricsAddr: metrics, APIAddr: apiAddr, CuttableAPI: true,
 		Log: func(format string, args ...any) { fmt.Fprintf(os.Stderr, "[e2e] "+format+"\n", args...) },
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -25,12 +26,12 @@ import (
 // spec's progress and result shapes.
 func TestRevenueCatSyncThroughTheRESTAPI(t *testing.T) {
 	ctx := testenv.Context(t)
-	const ns = "jobrun-system"
-	demoProject(t, ns)
+	tn := newTenant(t)
+	integration := "int-" + tn.project
 
 	jt := sampleJobType(t, "jobs_v1alpha1_jobtype_revenuecat_sync.yaml")
-	jt.Namespace = ns
-	if err := cluster.Client.Create(ctx, jt); err != nil {
+	jt.Namespace = apiNamespace
+	if err := cluster.Client.Create(ctx, jt); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 
@@ -47,10 +48,10 @@ func TestRevenueCatSyncThroughTheRESTAPI(t *testing.T) {
 		rc.Put(revenuecat.Customer{ID: id, FirstSeenAt: time.Now().Add(-time.Hour).UnixMilli(), LastSeenAt: time.Now().UnixMilli()},
 			revenuecat.ActiveEntitlement{EntitlementID: "premium"})
 	}
-	rc.OnEntitlements(func(int) { time.Sleep(10 * time.Millisecond) }) // long enough to see progress
+	rc.OnEntitlements(func(int) { time.Sleep(30 * time.Millisecond) }) // 6 s in all: long enough to see progress
 	if err := cluster.Client.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: localcluster.DefaultIntegrationsNamespace, Name: revenuecat.SecretPrefix + "int-e2e", Labels: map[string]string{
-			jobsv1alpha1.LabelProject: "demo-project", revenuecat.LabelIntegration: "revenuecat",
+		ObjectMeta: metav1.ObjectMeta{Namespace: localcluster.DefaultIntegrationsNamespace, Name: revenuecat.SecretPrefix + integration, Labels: map[string]string{
+			jobsv1alpha1.LabelProject: tn.project, revenuecat.LabelIntegration: "revenuecat",
 		}},
 		StringData: map[string]string{
 			revenuecat.KeyAPIKey: key, revenuecat.KeyRCProjectID: "proj-e2e", revenuecat.KeyBaseURL: rc.URL(),
@@ -60,22 +61,19 @@ func TestRevenueCatSyncThroughTheRESTAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	status, body := apiCall(t, http.MethodPost, "/v1/teams/demo-team/jobs/trigger", map[string]any{
-		"job_type": "revenuecat_sync", "project_id": "demo-project",
-		"params": map[string]any{"project_id": "demo-project", "integration_id": "int-e2e"},
+	status, body := tn.call(t, http.MethodPost, "/v1/teams/"+tn.team+"/jobs/trigger", map[string]any{
+		"job_type": "revenuecat_sync", "project_id": tn.project,
+		"params": map[string]any{"project_id": tn.project, "integration_id": integration},
 	})
 	if status != http.StatusCreated {
 		t.Fatalf("trigger: %d %v", status, body)
 	}
 	id := body["job_run"].(map[string]any)["id"].(string)
-	running := pollRun(t, id, "progress", func(jr map[string]any) bool {
-		p, _ := jr["progress"].(map[string]any)
-		return jr["status"] == "running" && p != nil && p["processed"].(float64) > 0
-	})
+	running := tn.pollRun(t, id, "progress", hasProgressed)
 	if msg := running["progress"].(map[string]any)["message"].(string); !strings.HasPrefix(msg, "Synced ") || !strings.Contains(msg, " skipped") {
 		t.Errorf("running progress message %q, want the spec's \"Synced N users, M skipped\"", msg)
 	}
-	done := pollRun(t, id, "completed", func(jr map[string]any) bool { return jr["status"] != "running" && jr["status"] != "pending" })
+	done := tn.pollRun(t, id, "completed", hasStatus("completed", "failed", "cancelled"))
 	if done["status"] != "completed" {
 		t.Fatalf("run ended %v: %v", done["status"], done["error"])
 	}
