@@ -127,7 +127,7 @@ func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		// twice, nor late in a burst.
 		s.Status.MissedRuns += plan.skipped
 		s.Status.LastScheduleTime = &metav1.Time{Time: plan.due}
-		started, err := r.startDue(ctx, s, plan.due, now, active)
+		started, err := r.startDue(ctx, s, plan.due, now, runs.Items, active)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
@@ -151,10 +151,20 @@ func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	return ctrl.Result{RequeueAfter: plan.next.Sub(now)}, nil
 }
 
-// startDue starts the run for scheduled time due unless the starting
-// deadline passed or the concurrency policy forbids it.
-func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.JobSchedule, due, now time.Time, active []*jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
+// startDue starts the run for scheduled time due unless it exists already,
+// the starting deadline passed or the concurrency policy forbids it; runs
+// are the schedule's runs, active those of them that have not finished.
+func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.JobSchedule, due, now time.Time, runs []jobsv1alpha1.JobRun, active []*jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
 	log := logf.FromContext(ctx)
+	name := scheduledRunName(s, due)
+	for i := range runs {
+		if runs[i].Name == name {
+			// A pass whose status write was lost (a conflict, a restart)
+			// started it: the time is handled, and its run is neither late
+			// nor a concurrent run to skip or replace.
+			return nil, nil
+		}
+	}
 	if d := s.Spec.StartingDeadlineSeconds; d != nil && now.Sub(due) > time.Duration(*d)*time.Second {
 		s.Status.MissedRuns++
 		r.recorder.Eventf(s, nil, corev1.EventTypeWarning, "MissedSchedule", "Start", "Run for %s not started: %s late, past the starting deadline of %ds", due.UTC().Format(time.RFC3339), now.Sub(due).Round(time.Second), *d)
@@ -178,7 +188,7 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 	}
 	run := &jobsv1alpha1.JobRun{
 		ObjectMeta: metav1.ObjectMeta{
-			Namespace: s.Namespace, Name: scheduledRunName(s, due),
+			Namespace: s.Namespace, Name: name,
 			Annotations: map[string]string{jobsv1alpha1.AnnotationScheduledTime: due.UTC().Format(time.RFC3339)},
 			Labels: map[string]string{jobsv1alpha1.LabelSchedule: s.Name, jobsv1alpha1.LabelJobType: s.Spec.JobType,
 				jobsv1alpha1.LabelStatus: string(jobsv1alpha1.JobRunPending)},
