@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -193,6 +195,147 @@ func TestScheduleStatusWriteLost(t *testing.T) {
 				t.Errorf("%d runs, want 1", n)
 			}
 		})
+	}
+}
+
+// TestScheduleReplace: with concurrencyPolicy Replace, a due time asks the
+// active run to stop (the cancel annotation, as the REST API's cancel) and
+// starts the new one beside it.
+func TestScheduleReplace(t *testing.T) {
+	ns := env.Namespace(t)
+	clock := clocktesting.NewFakeClock(time.Now().Truncate(time.Minute).Add(time.Minute + 10*time.Second))
+	createJobType(t, ns)
+	startManager(t, clock)
+	js := createSchedule(t, ns, "replace", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
+		js.Spec.ConcurrencyPolicy = jobsv1alpha1.ConcurrencyReplace
+	})
+	got := stepAndWait(t, clock, js, 0)
+	first := scheduledRunName(got, got.Status.LastScheduleTime.Time)
+	waitPod(t, ns, first+"-1") // active: its pod waits for a kubelet that never comes
+
+	got = stepAndWait(t, clock, js, time.Minute)
+	second := scheduledRunName(got, got.Status.LastScheduleTime.Time)
+	old, err := getRun(context.Background(), ns, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !old.IsCancelRequested() {
+		t.Errorf("the active run %s was not asked to stop", first)
+	}
+	if _, err := getRun(context.Background(), ns, second); err != nil {
+		t.Errorf("the run for the new time: %v", err)
+	}
+	if n := len(scheduleRuns(t, js)); n != 2 {
+		t.Errorf("%d runs, want 2 (the replaced one, stopping, and the new one)", n)
+	}
+	if got.Status.MissedRuns != 0 {
+		t.Errorf("missedRuns %d, want 0: Replace skips nothing", got.Status.MissedRuns)
+	}
+
+	// The replaced run's handler obeys: the run ends cancelled.
+	kubelet(t, waitPod(t, ns, first+"-1"), corev1.PodFailed, jobsv1alpha1.ExitCodeCancelled, "Error")
+	waitPhase(t, ns, first, jobsv1alpha1.JobRunCancelled)
+}
+
+// TestScheduleSuspend: a suspended schedule starts nothing while its times
+// pass; resumed, it starts the latest of them (never a burst) and goes on.
+func TestScheduleSuspend(t *testing.T) {
+	ns := env.Namespace(t)
+	clock := clocktesting.NewFakeClock(time.Now().Truncate(time.Minute).Add(time.Minute + 10*time.Second))
+	createJobType(t, ns)
+	startManager(t, clock)
+	js := createSchedule(t, ns, "paused", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
+		js.Spec.Suspend = ptr.To(true)
+		js.Spec.ConcurrencyPolicy = jobsv1alpha1.ConcurrencyAllow
+	})
+	for _, step := range []time.Duration{0, time.Minute, 3 * time.Minute} {
+		got := stepAndWait(t, clock, js, step)
+		if n := len(scheduleRuns(t, js)); n != 0 || got.Status.LastScheduleTime != nil {
+			t.Errorf("suspended, at %v: %d runs, lastScheduleTime %v; want none", clock.Now(), n, got.Status.LastScheduleTime)
+		}
+		if c := meta.FindStatusCondition(got.Status.Conditions, jobsv1alpha1.JobScheduleConditionReady); c == nil || c.Reason != reasonSuspended {
+			t.Errorf("suspended: Ready condition %+v", c)
+		}
+	}
+
+	got := getSchedule(t, js)
+	patch := client.MergeFrom(got.DeepCopy())
+	got.Spec.Suspend = ptr.To(false)
+	if err := env.Client.Patch(context.Background(), got, patch); err != nil {
+		t.Fatal(err)
+	}
+	latest := clock.Now().Truncate(time.Minute)
+	testenv.Eventually(t, 20*time.Second, func(context.Context) error {
+		got = getSchedule(t, js)
+		if got.Status.LastScheduleTime == nil || !got.Status.LastScheduleTime.Time.Equal(latest) {
+			return fmt.Errorf("resumed: lastScheduleTime %v, want %v", got.Status.LastScheduleTime, latest)
+		}
+		return nil
+	})
+	runs := scheduleRuns(t, js)
+	if len(runs) != 1 || runs[0].Annotations[jobsv1alpha1.AnnotationScheduledTime] != latest.UTC().Format(time.RFC3339) {
+		t.Fatalf("resumed: %d runs (%v), want one for the latest time %v", len(runs), runs, latest)
+	}
+	if c := meta.FindStatusCondition(got.Status.Conditions, jobsv1alpha1.JobScheduleConditionReady); c == nil || c.Reason != reasonScheduled {
+		t.Errorf("resumed: Ready condition %+v", c)
+	}
+	stepAndWait(t, clock, js, time.Minute)
+	if n := len(scheduleRuns(t, js)); n != 2 {
+		t.Errorf("a minute after resuming: %d runs, want 2", n)
+	}
+}
+
+// TestScheduleHistoryLimits: a schedule keeps its newest
+// successfulRunsHistoryLimit completed runs and failedRunsHistoryLimit
+// failed ones, and deletes the older ones.
+func TestScheduleHistoryLimits(t *testing.T) {
+	ns := env.Namespace(t)
+	clock := clocktesting.NewFakeClock(time.Now().Truncate(time.Minute).Add(time.Minute + 10*time.Second))
+	createJobType(t, ns)
+	startManager(t, clock)
+	js := createSchedule(t, ns, "history", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
+		js.Spec.SuccessfulRunsHistoryLimit = ptr.To[int32](2)
+		js.Spec.FailedRunsHistoryLimit = ptr.To[int32](1)
+		// Each run has ended before the next is due, but the schedule's
+		// cache may not know it yet: Forbid could skip a time.
+		js.Spec.ConcurrencyPolicy = jobsv1alpha1.ConcurrencyAllow
+	})
+	// One run a minute, oldest first; the last one completes, so the
+	// schedule's lastSuccessfulTime says when a pass saw them all.
+	outcomes := []jobsv1alpha1.JobRunPhase{jobsv1alpha1.JobRunCompleted, jobsv1alpha1.JobRunFailed, jobsv1alpha1.JobRunFailed, jobsv1alpha1.JobRunCompleted, jobsv1alpha1.JobRunCompleted}
+	var names []string
+	var lastDone time.Time
+	for i, outcome := range outcomes {
+		step := time.Minute
+		if i == 0 {
+			step = 0
+		}
+		got := stepAndWait(t, clock, js, step)
+		name := scheduledRunName(got, got.Status.LastScheduleTime.Time)
+		names = append(names, name)
+		pod := waitPod(t, ns, name+"-1")
+		if outcome == jobsv1alpha1.JobRunCompleted {
+			kubelet(t, pod, corev1.PodSucceeded, 0, "Completed")
+		} else {
+			kubelet(t, pod, corev1.PodFailed, 1, "Error")
+		}
+		lastDone = waitPhase(t, ns, name, outcome).Status.CompletedAt.Time
+	}
+	testenv.Eventually(t, 20*time.Second, func(context.Context) error {
+		if got := getSchedule(t, js).Status.LastSuccessfulTime; got == nil || !got.Time.Equal(lastDone.Truncate(time.Second)) {
+			return fmt.Errorf("lastSuccessfulTime %v, want %v", got, lastDone.Truncate(time.Second))
+		}
+		return nil
+	})
+	var kept []string
+	for _, run := range scheduleRuns(t, js) {
+		kept = append(kept, run.Name)
+	}
+	slices.Sort(kept)
+	want := []string{names[2], names[3], names[4]} // the newest failed one, the two newest completed ones
+	slices.Sort(want)
+	if !slices.Equal(kept, want) {
+		t.Errorf("runs kept: %v, want %v (runs oldest first: %v, %v)", kept, want, names, outcomes)
 	}
 }
 
