@@ -203,7 +203,7 @@ func finishedReason(jr *jobsv1alpha1.JobRun) string {
 func TestRunLifecycle(t *testing.T) {
 	ns := env.Namespace(t)
 	clock := clocktesting.NewFakeClock(time.Now())
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	createJobType(t, ns)
 	createRun(t, ns, "run-ok")
 
@@ -284,7 +284,7 @@ func TestRunLifecycle(t *testing.T) {
 
 func TestRetryThenPodLost(t *testing.T) {
 	ns := env.Namespace(t)
-	startManager(t, clocktesting.NewFakeClock(time.Now()))
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()))
 	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) { jt.Spec.RetryLimit = ptr.To[int32](1) })
 	jr := createRun(t, ns, "run-retry")
 
@@ -321,7 +321,7 @@ func TestRetryThenPodLost(t *testing.T) {
 func TestDeadline(t *testing.T) {
 	ns := env.Namespace(t)
 	clock := clocktesting.NewFakeClock(time.Now())
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) { jt.Spec.ActiveDeadlineSeconds = ptr.To[int64](60) })
 	createRun(t, ns, "run-slow")
 	pod := waitPod(t, ns, "run-slow-1")
@@ -342,7 +342,7 @@ func TestDeadline(t *testing.T) {
 func TestCancel(t *testing.T) {
 	ns := env.Namespace(t)
 	clock := clocktesting.NewFakeClock(time.Now())
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	createJobType(t, ns) // grace period 10s
 
 	t.Run("cooperative handler", func(t *testing.T) {
@@ -389,7 +389,7 @@ func TestCancelGracePeriodEndsToTheMillisecond(t *testing.T) {
 	ns := env.Namespace(t)
 	requestedAt := time.Now().Truncate(time.Second).Add(700 * time.Millisecond)
 	clock := clocktesting.NewFakeClock(requestedAt)
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	jt := createJobType(t, ns)
 	grace := time.Duration(*jt.Spec.CancelGracePeriodSeconds) * time.Second
 	createRun(t, ns, "run-edge")
@@ -436,7 +436,7 @@ func TestCancelGracePeriodEndsToTheMillisecond(t *testing.T) {
 
 func TestMissingJobTypeFailsClearly(t *testing.T) {
 	ns := env.Namespace(t)
-	startManager(t, clocktesting.NewFakeClock(time.Now()))
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()))
 	createRun(t, ns, "run-orphan")
 	jr := waitPhase(t, ns, "run-orphan", jobsv1alpha1.JobRunFailed)
 	c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionAccepted)
@@ -454,7 +454,7 @@ func TestMissingJobTypeFailsClearly(t *testing.T) {
 // pod, created before any status write the API server could refuse).
 func TestTerminalRunStaysTerminal(t *testing.T) {
 	ns := env.Namespace(t)
-	_, cache := startManagerWithCache(t, clocktesting.NewFakeClock(time.Now()))
+	_, cache := startManagerWithCache(t, ns, clocktesting.NewFakeClock(time.Now()))
 	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) { jt.Spec.RetryLimit = ptr.To[int32](1) })
 	createRun(t, ns, "run-done")
 	pod := waitPod(t, ns, "run-done-1")
@@ -499,7 +499,7 @@ func TestRestartNeverDuplicatesPods(t *testing.T) {
 	for i := range n {
 		createRun(t, ns, fmt.Sprintf("run-%02d", i))
 	}
-	stop := startManager(t, clock)
+	stop := startManager(t, ns, clock)
 	// Stop as soon as some (not necessarily all) pods exist.
 	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
 		pods := &corev1.PodList{}
@@ -512,7 +512,7 @@ func TestRestartNeverDuplicatesPods(t *testing.T) {
 		return nil
 	})
 	stop()
-	startManager(t, clock)
+	startManager(t, ns, clock)
 
 	for i := range n {
 		name := fmt.Sprintf("run-%02d", i)
@@ -534,7 +534,7 @@ func TestRestartNeverDuplicatesPods(t *testing.T) {
 func TestRetention(t *testing.T) {
 	ns := env.Namespace(t)
 	clock := clocktesting.NewFakeClock(time.Now())
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) {
 		jt.Spec.TTLSecondsAfterFinished = ptr.To[int32](3600)
 		jt.Spec.HistoryLimit = ptr.To[int32](2)

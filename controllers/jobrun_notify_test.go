@@ -32,7 +32,7 @@ func TestNotificationSentExactlyOnce(t *testing.T) {
 	ns := env.Namespace(t)
 	mail := testenv.StartMailServer(t, 0)
 	clock := clocktesting.NewFakeClock(time.Now())
-	stop := startManager(t, clock, WithNotifier(notifier(mail)))
+	stop := startManager(t, ns, clock, WithNotifier(notifier(mail)))
 	createJobType(t, ns)
 	notifyingRun(t, ns, "run-mail")
 	pod := waitPod(t, ns, "run-mail-1")
@@ -62,7 +62,7 @@ func TestNotificationSentExactlyOnce(t *testing.T) {
 	// Reconciles and a controller restart send nothing more.
 	poke(t, ns, "run-mail")
 	stop()
-	startManager(t, clock, WithNotifier(notifier(mail)))
+	startManager(t, ns, clock, WithNotifier(notifier(mail)))
 	poke(t, ns, "run-mail")
 	testenv.Eventually(t, 10*time.Second, func(ctx context.Context) error {
 		jr, err := getRun(ctx, ns, "run-mail")
@@ -80,7 +80,7 @@ func TestNotificationRetriedWhenTheMailServerFails(t *testing.T) {
 	ns := env.Namespace(t)
 	mail := testenv.StartMailServer(t, 2) // refuses the first two
 	clock := clocktesting.NewFakeClock(time.Now())
-	startManager(t, clock, WithNotifier(notifier(mail)))
+	startManager(t, ns, clock, WithNotifier(notifier(mail)))
 	createJobType(t, ns)
 	notifyingRun(t, ns, "run-retry-mail")
 	pod := waitPod(t, ns, "run-retry-mail-1")
@@ -119,7 +119,7 @@ func TestNotificationRetriedWhenTheMailServerFails(t *testing.T) {
 
 func TestNotificationWithoutSMTP(t *testing.T) {
 	ns := env.Namespace(t)
-	startManager(t, clocktesting.NewFakeClock(time.Now()))
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()))
 	createJobType(t, ns)
 	notifyingRun(t, ns, "run-nomail")
 	pod := waitPod(t, ns, "run-nomail-1")

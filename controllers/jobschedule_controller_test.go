@@ -77,7 +77,7 @@ func TestScheduleStartsRunsOnTime(t *testing.T) {
 	// The schedule's clock starts at its creation, a whole minute.
 	clock := clocktesting.NewFakeClock(time.Now().Truncate(time.Minute).Add(time.Minute + 10*time.Second))
 	createJobType(t, ns)
-	stop := startManager(t, clock)
+	stop := startManager(t, ns, clock)
 	js := createSchedule(t, ns, "every-minute", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
 		js.Spec.Params = nil
 	})
@@ -138,7 +138,7 @@ func TestScheduleStartsRunsOnTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	runsBefore := len(scheduleRuns(t, js))
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	testenv.Eventually(t, 20*time.Second, func(context.Context) error {
 		if got := getSchedule(t, js).Status.LastScheduleTime; !got.Time.Equal(last) {
 			return fmt.Errorf("the new manager has not handled %v yet (lastScheduleTime %v)", last, got)
@@ -161,7 +161,7 @@ func TestScheduleStatusWriteLost(t *testing.T) {
 			ns := env.Namespace(t)
 			clock := clocktesting.NewFakeClock(time.Now().Truncate(time.Minute).Add(time.Minute + 10*time.Second))
 			createJobType(t, ns)
-			stop := startManager(t, clock)
+			stop := startManager(t, ns, clock)
 			js := createSchedule(t, ns, "lost", "* * * * *", func(js *jobsv1alpha1.JobSchedule) { js.Spec.ConcurrencyPolicy = policy })
 			got := stepAndWait(t, clock, js, 0)
 			due := got.Status.LastScheduleTime.Time
@@ -174,7 +174,7 @@ func TestScheduleStatusWriteLost(t *testing.T) {
 			if err := env.Client.Status().Patch(context.Background(), lost, client.MergeFrom(got)); err != nil {
 				t.Fatal(err)
 			}
-			startManager(t, clock)
+			startManager(t, ns, clock)
 			testenv.Eventually(t, 20*time.Second, func(context.Context) error {
 				if got = getSchedule(t, js); got.Status.LastScheduleTime == nil || !got.Status.LastScheduleTime.Time.Equal(due) {
 					return fmt.Errorf("the new manager has not handled %v yet (lastScheduleTime %v)", due, got.Status.LastScheduleTime)
@@ -205,7 +205,7 @@ func TestScheduleReplace(t *testing.T) {
 	ns := env.Namespace(t)
 	clock := clocktesting.NewFakeClock(time.Now().Truncate(time.Minute).Add(time.Minute + 10*time.Second))
 	createJobType(t, ns)
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	js := createSchedule(t, ns, "replace", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
 		js.Spec.ConcurrencyPolicy = jobsv1alpha1.ConcurrencyReplace
 	})
@@ -243,7 +243,7 @@ func TestScheduleSuspend(t *testing.T) {
 	ns := env.Namespace(t)
 	clock := clocktesting.NewFakeClock(time.Now().Truncate(time.Minute).Add(time.Minute + 10*time.Second))
 	createJobType(t, ns)
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	js := createSchedule(t, ns, "paused", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
 		js.Spec.Suspend = ptr.To(true)
 		js.Spec.ConcurrencyPolicy = jobsv1alpha1.ConcurrencyAllow
@@ -292,7 +292,7 @@ func TestScheduleHistoryLimits(t *testing.T) {
 	ns := env.Namespace(t)
 	clock := clocktesting.NewFakeClock(time.Now().Truncate(time.Minute).Add(time.Minute + 10*time.Second))
 	createJobType(t, ns)
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	js := createSchedule(t, ns, "history", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
 		js.Spec.SuccessfulRunsHistoryLimit = ptr.To[int32](2)
 		js.Spec.FailedRunsHistoryLimit = ptr.To[int32](1)
@@ -343,7 +343,7 @@ func TestScheduleStartingDeadline(t *testing.T) {
 	ns := env.Namespace(t)
 	clock := clocktesting.NewFakeClock(time.Now())
 	createJobType(t, ns)
-	startManager(t, clock)
+	startManager(t, ns, clock)
 	js := createSchedule(t, ns, "strict", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
 		js.Spec.StartingDeadlineSeconds = ptr.To[int64](20)
 	})
@@ -357,7 +357,7 @@ func TestScheduleStartingDeadline(t *testing.T) {
 
 func TestScheduleWithUnknownTimeZone(t *testing.T) {
 	ns := env.Namespace(t)
-	startManager(t, clocktesting.NewFakeClock(time.Now()))
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()))
 	js := createSchedule(t, ns, "mars", "0 3 * * *", func(js *jobsv1alpha1.JobSchedule) { js.Spec.TimeZone = "Mars/Olympus" })
 	testenv.Eventually(t, 20*time.Second, func(context.Context) error {
 		c := meta.FindStatusCondition(getSchedule(t, js).Status.Conditions, jobsv1alpha1.JobScheduleConditionReady)
@@ -373,7 +373,7 @@ func TestScheduleWithUnknownTimeZone(t *testing.T) {
 // tool sees the same spec and owns the same fields.
 func TestScheduleAppliedTwiceHasNoDrift(t *testing.T) {
 	ns := env.Namespace(t)
-	startManager(t, clocktesting.NewFakeClock(time.Now()))
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()))
 	manifest := filepath.Join(testenv.Root(), "config", "samples", "jobs_v1alpha1_jobschedule.yaml")
 	if _, err := os.Stat(manifest); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -18,21 +19,25 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
-// startManager runs a manager with the JobRun and JobSchedule controllers,
-// reading time from clock, until the test ends or stop is called. stop waits
-// for it to return.
-func startManager(t *testing.T, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func()) {
+// startManager runs a manager with the JobRun and JobSchedule controllers
+// for the test's namespace ns, reading time from clock, until the test ends
+// or stop is called. stop waits for it to return.
+func startManager(t *testing.T, ns string, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func()) {
 	t.Helper()
-	stop, _ = startManagerWithCache(t, clock, opts...)
+	stop, _ = startManagerWithCache(t, ns, clock, opts...)
 	return stop
 }
 
 // startManagerWithCache is startManager that also returns the manager's
 // cached client: what its controllers see, which may lag the API server.
-func startManagerWithCache(t *testing.T, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func(), cache client.Reader) {
+func startManagerWithCache(t *testing.T, ns string, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func(), seen client.Reader) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
+		Scheme: env.Scheme,
+		// Only the test's own namespace: no namespace controller runs here,
+		// so earlier tests' runs stay, and a later test's manager must not
+		// reconcile them (nor send their emails to its mail server).
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		// Several managers run in one test process, one after another.
