@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
 	"jobrun.dev/jobrun/test/testenv"
 )
 
@@ -19,11 +17,7 @@ import (
 // half-written; after the cut everything works again.
 func TestAPIServerOutage(t *testing.T) {
 	proxy, cfg := testenv.NewProxy(t, env.Config)
-	kc, err := client.New(cfg, client.Options{Scheme: env.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := startAPIVia(t, env.Namespace(t), cfg, kc)
+	a := startAPIVia(t, env.Namespace(t), cfg, nil)
 	a.seed()
 	tok := userToken(t)
 	trigger := func(project string) (int, map[string]any) {

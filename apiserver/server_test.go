@@ -19,8 +19,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/test/testenv"
@@ -37,6 +39,9 @@ type api struct {
 	t   testing.TB
 	ns  string
 	url string
+	// cache is the server's manager cache, the one its JobType and Project
+	// lookups and its run list read, for tests to wait on.
+	cache cache.Cache
 }
 
 func newAPI(t testing.TB) *api {
@@ -53,42 +58,64 @@ type rawJSON string
 
 func startAPI(t testing.TB, ns string) *api {
 	t.Helper()
-	return startAPIVia(t, ns, env.Config, env.Client)
+	return startAPIVia(t, ns, env.Config, nil)
 }
 
-// startAPIVia starts an API server that reaches the Kubernetes API server
-// through cfg (and kc, a client of cfg).
-func startAPIVia(t testing.TB, ns string, cfg *rest.Config, kc client.Client) *api {
+// startAPIVia starts an API server wired as cmd/jobrun/manager.go wires it:
+// a controller-runtime manager whose client serves JobType and Project
+// lookups from its cache (a miss confirmed by its API reader), whose API
+// reader serves runs and guards, and whose cache feeds the RunIndex. The
+// manager reaches the Kubernetes API server through cfg; its cache alone
+// goes through cacheCfg when that is set, so a test can cut the cache off
+// and know it is stale.
+func startAPIVia(t testing.TB, ns string, cfg, cacheCfg *rest.Config) *api {
 	t.Helper()
-	// The list cache, as the manager has it: indexed, managedFields dropped.
-	c, err := cache.New(cfg, cache.Options{
-		Scheme: env.Scheme, DefaultNamespaces: map[string]cache.Config{ns: {}},
-		DefaultTransform: cache.TransformStripManagedFields(),
-	})
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS = -1 // no client-side limit, as the manager's restConfig
+	opts := ctrl.Options{
+		Scheme: env.Scheme, Logger: testLogger(t).WithName("manager"),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		// The cache as the manager has it (managedFields dropped), over the
+		// test's namespace only.
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}, DefaultTransform: cache.TransformStripManagedFields()},
+	}
+	if cacheCfg != nil {
+		opts.NewCache = func(_ *rest.Config, o cache.Options) (cache.Cache, error) {
+			o.HTTPClient = nil // connections of its own, through cacheCfg
+			return cache.New(cacheCfg, o)
+		}
+	}
+	mgr, err := ctrl.NewManager(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	index := NewRunIndex()
-	if err := index.Register(ctx, c); err != nil {
+	if err := index.Register(ctx, mgr.GetCache()); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	go func() { _ = c.Start(ctx) }()
-	if _, err := c.GetInformer(ctx, &jobsv1alpha1.JobRun{}); err != nil {
-		t.Fatal(err)
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	syncCtx, syncCancel := context.WithTimeout(ctx, time.Minute)
+	defer syncCancel()
+	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
+		t.Fatal("the run cache did not sync within a minute")
 	}
-	if !c.WaitForCacheSync(ctx) {
-		t.Fatal("cache did not sync")
-	}
-	s, err := New(Options{Namespace: ns, Reader: kc, Writer: kc, Lister: index, Ready: index.Synced,
-		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: kc, Namespace: ns}}, Log: testLogger(t)})
+	s, err := New(Options{Namespace: ns, Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced,
+		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: ns}}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
-	return &api{t: t, ns: ns, url: srv.URL}
+	return &api{t: t, ns: ns, url: srv.URL, cache: mgr.GetCache()}
 }
 
 // testLogger logs through t in tests and nowhere in benchmarks.
