@@ -198,8 +198,11 @@ func Eventually(t testing.TB, timeout time.Duration, cond func(ctx context.Conte
 	var last error
 	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		err := cond(ctx)
-		// A call cut short by the timeout says less than the one before it.
-		if err == nil || last == nil || ctx.Err() == nil {
+		// A call cut short by the timeout (or refused by a client's rate
+		// limiter because it would end past the deadline) says less than the
+		// one before it.
+		deadline, _ := ctx.Deadline()
+		if err == nil || last == nil || (ctx.Err() == nil && time.Until(deadline) > time.Second) {
 			last = err
 		}
 		return err == nil, nil
