@@ -94,22 +94,36 @@ func (a *api) list(tok, team, query string) (int, []string, string, bool, map[st
 	return status, ids, cursor, hasMore, body
 }
 
-// waitListed waits until the list cache holds n runs of team-1.
-func (a *api) waitListed(n int) {
+// waitListed waits until team-1's list, every page of it, shows each run
+// of want (id to status) in that status. The list is served from the cache,
+// which catches up with a write a moment after it: a test that lists what it
+// just wrote waits here first.
+func (a *api) waitListed(want map[string]string) {
 	a.t.Helper()
 	tok := userToken(a.t)
-	testenv.Eventually(a.t, 30*time.Second, func(context.Context) error {
-		count, q := 0, "limit=200"
+	testenv.Eventually(a.t, time.Minute, func(context.Context) error {
+		listed, q := map[string]string{}, "limit=200"
 		for {
-			_, ids, cursor, hasMore, _ := a.list(tok, "team-1", q)
-			count += len(ids)
-			if !hasMore {
+			status, body := a.get("/v1/teams/team-1/jobs?"+q, tok)
+			if status != http.StatusOK {
+				return fmt.Errorf("list: %d %v", status, body)
+			}
+			runs, _ := body["job_runs"].([]any)
+			for _, r := range runs {
+				run, _ := r.(map[string]any)
+				id, _ := run["id"].(string)
+				listed[id], _ = run["status"].(string)
+			}
+			if hasMore, _ := body["has_more"].(bool); !hasMore {
 				break
 			}
+			cursor, _ := body["cursor"].(string)
 			q = "limit=200&cursor=" + url.QueryEscape(cursor)
 		}
-		if count < n {
-			return fmt.Errorf("cache lists %d runs, want %d", count, n)
+		for id, status := range want {
+			if listed[id] != status {
+				return fmt.Errorf("the list shows %d runs; run %s is %q in it, want %q", len(listed), id, listed[id], status)
+			}
 		}
 		return nil
 	})
@@ -124,7 +138,7 @@ func TestList(t *testing.T) {
 	a.runAt("r4", "team-1", "p1", "revenuecat_sync", base.Add(4*time.Minute), "")
 	a.runAt("other-team", "team-2", "px", "revenuecat_sync", base.Add(5*time.Minute), "")
 	a.runAt("system", "", "", "maintenance", base.Add(6*time.Minute), "")
-	a.waitListed(4)
+	a.waitListed(map[string]string{"r1": "completed", "r2": "running", "r3": "failed", "r4": "pending"})
 
 	tok := userToken(t)
 	tests := []struct {
@@ -182,11 +196,11 @@ func TestPaginationNeverSkipsOrRepeats(t *testing.T) {
 	a := newAPI(t)
 	base := time.Date(2024, 1, 15, 10, 0, 0, 0, time.UTC)
 	const n = 2000
-	want := map[string]bool{}
+	want := map[string]string{}
 	names := make([]string, n)
 	for i := range names {
 		names[i] = uuid.NewString()
-		want[names[i]] = true
+		want[names[i]] = "pending"
 	}
 	// 40 distinct milliseconds: 50 runs share each.
 	createRuns(t, n, func(i int) *jobsv1alpha1.JobRun {
@@ -196,7 +210,7 @@ func TestPaginationNeverSkipsOrRepeats(t *testing.T) {
 				CreatedAt: ptr.To(metav1.NewMicroTime(base.Add(time.Duration(i%40) * time.Millisecond)))},
 		}
 	})
-	a.waitListed(n)
+	a.waitListed(want)
 
 	tok := userToken(t)
 	seen := map[string]bool{}
@@ -225,7 +239,7 @@ func TestPaginationNeverSkipsOrRepeats(t *testing.T) {
 		}
 		cursor = next
 	}
-	for id := range want {
+	for _, id := range names {
 		if !seen[id] {
 			t.Errorf("run %s skipped", id)
 		}

@@ -52,6 +52,7 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 		jr.Status.Progress = jobsv1alpha1.NewProgress(3, 3, "done")
 		jr.Status.Result = jr.Spec.Params
 	})
+	a.waitListed(map[string]string{"run-done": "completed"}) // so that the lists below check a run against the document
 	calls := []struct {
 		method, path, token, body string
 		want                      int
