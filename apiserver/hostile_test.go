@@ -65,7 +65,9 @@ func TestHostileRequests(t *testing.T) {
 			if tt.body != "" {
 				body = strings.NewReader(tt.body)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			// Longer than the server's own 20 s bound on a request's work:
+			// a hang fails here, a slow machine does not.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			req, err := http.NewRequestWithContext(ctx, tt.method, a.url+tt.path, body)
 			if err != nil {

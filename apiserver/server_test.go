@@ -22,6 +22,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -30,7 +31,12 @@ import (
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) { testenv.Main(m, &env) }
+// TestMain drops the logs of the managers and caches that the tests start
+// (an error of theirs ends the manager, which the test reports).
+func TestMain(m *testing.M) {
+	logf.SetLogger(logr.Discard())
+	testenv.Main(m, &env)
+}
 
 var secret = []byte("test-secret-of-enough-length-for-hs256")
 
@@ -73,7 +79,7 @@ func startAPIVia(t testing.TB, ns string, cfg, cacheCfg *rest.Config) *api {
 	cfg = rest.CopyConfig(cfg)
 	cfg.QPS = -1 // no client-side limit, as the manager's restConfig
 	opts := ctrl.Options{
-		Scheme: env.Scheme, Logger: testLogger(t).WithName("manager"),
+		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		// The cache as the manager has it (managedFields dropped), over the
 		// test's namespace only.
