@@ -28,7 +28,7 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Fatalf("trigger before the cut: %d %v", status, body)
 	}
 	id := jobRunOf(body)["id"].(string)
-	testenv.Eventually(t, 30*time.Second, func(context.Context) error { // in the list cache before the cut
+	testenv.Eventually(t, 60*time.Second, func(context.Context) error { // in the list cache before the cut
 		if status, body := a.get("/v1/teams/team-1/jobs", tok); status != http.StatusOK || len(body["job_runs"].([]any)) != 1 {
 			return fmt.Errorf("list: %d %v", status, body)
 		}

@@ -27,7 +27,7 @@ import (
 func (a *api) waitCached(obj client.Object, uid string) {
 	a.t.Helper()
 	key := client.ObjectKeyFromObject(obj)
-	testenv.Eventually(a.t, 30*time.Second, func(ctx context.Context) error {
+	testenv.Eventually(a.t, time.Minute, func(ctx context.Context) error {
 		got := obj.DeepCopyObject().(client.Object)
 		err := a.cache.Get(ctx, key, got)
 		switch {
