@@ -174,13 +174,17 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 
 	if d.createAttempt > 0 {
 		if err := r.createPod(ctx, run, jobType, d.createAttempt); err != nil {
-			if !apierrors.IsInvalid(err) {
+			switch {
+			case apierrors.IsInvalid(err):
+				// The JobType's template cannot make a valid pod: retrying
+				// would fail forever.
+				d = decision{status: d.status}
+				d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonHandlerFailed, "the JobType's pod template is invalid: "+err.Error(), r.clock.Now())
+			case apierrors.IsForbidden(err):
+				d = podRefused(observation{run: run, jobType: jobType, now: r.clock.Now()}, d, err)
+			default:
 				return ctrl.Result{}, err
 			}
-			// The JobType's template cannot make a valid pod: retrying
-			// would fail forever.
-			d = decision{status: d.status}
-			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonHandlerFailed, "the JobType's pod template is invalid: "+err.Error(), r.clock.Now())
 		}
 	}
 	// Record the decision before acting on the pod: had the pod gone first

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"regexp"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -88,6 +89,9 @@ func decide(o observation) decision {
 			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelled, "cancelled before it started", o.now)
 			return d
 		}
+		if d.startTimedOut(o) {
+			return d
+		}
 		d.startAttempt(run, 1, now)
 		st.Phase = jobsv1alpha1.JobRunPending
 		return d
@@ -132,6 +136,9 @@ func decide(o observation) decision {
 	}
 
 	// Still active: time decides the rest.
+	if st.StartedAt == nil && d.startTimedOut(o) {
+		return d
+	}
 	if st.StartedAt != nil && o.jobType.Spec.ActiveDeadlineSeconds != nil {
 		deadline := time.Duration(*o.jobType.Spec.ActiveDeadlineSeconds) * time.Second
 		if left := st.StartedAt.Add(deadline).Sub(o.now); left <= 0 {
@@ -165,6 +172,92 @@ func cancelSeenAt(st *jobsv1alpha1.JobRunStatus) time.Time {
 		return st.CancelRequestedAt.Time
 	}
 	return meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionCancelRequested).LastTransitionTime.Time
+}
+
+// startTimeout is how long the run may take from its creation to running.
+func startTimeout(jt *jobsv1alpha1.JobType) time.Duration {
+	return time.Duration(ptr.Deref(jt.Spec.StartTimeoutSeconds, 600)) * time.Second
+}
+
+// startTimedOut fails a run that has not started within its JobType's start
+// timeout, with what held it (its pod deleted), and reports whether it did;
+// otherwise it asks to look again when the timeout ends.
+func (d *decision) startTimedOut(o observation) bool {
+	timeout := startTimeout(o.jobType)
+	if left := o.run.CreatedAt().Add(timeout).Sub(o.now); left > 0 {
+		d.requeue(left)
+		return false
+	}
+	reason, why := startProblem(o.pod, &d.status)
+	d.deletePod = o.pod != nil
+	d.finish(jobsv1alpha1.JobRunFailed, reason, fmt.Sprintf("run did not start within its start timeout of %s: %s", timeout, why), o.now)
+	return true
+}
+
+// startProblem says what kept a run from starting: the API server's refusal
+// of its pod, the pod's scheduling condition, or a container's waiting
+// reason (ImagePullBackOff, ...).
+func startProblem(pod *corev1.Pod, st *jobsv1alpha1.JobRunStatus) (reason, message string) {
+	if pod == nil {
+		if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionRunning); c != nil && c.Reason == jobsv1alpha1.ReasonPodForbidden {
+			return jobsv1alpha1.ReasonPodForbidden, c.Message
+		}
+		return jobsv1alpha1.ReasonStartTimeout, "no pod was created"
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+			return conditionReason(c.Reason, corev1.PodReasonUnschedulable), fmt.Sprintf("pod %s was not scheduled: %s", pod.Name, c.Message)
+		}
+	}
+	for _, cs := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
+		if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
+			return conditionReason(w.Reason, jobsv1alpha1.ReasonStartTimeout), fmt.Sprintf("container %s of pod %s is waiting: %s: %s", cs.Name, pod.Name, w.Reason, w.Message)
+		}
+	}
+	return jobsv1alpha1.ReasonStartTimeout, fmt.Sprintf("pod %s did not start (phase %q)", pod.Name, pod.Status.Phase)
+}
+
+// conditionReason is reason if a condition may carry it (CamelCase, as the
+// kubelet's and scheduler's are), else fallback.
+func conditionReason(reason, fallback string) string {
+	if reasonPattern.MatchString(reason) && len(reason) <= 1024 {
+		return reason
+	}
+	return fallback
+}
+
+// reasonPattern is metav1.Condition's rule for reasons.
+var reasonPattern = regexp.MustCompile(`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`)
+
+// podRefused is the decision when the API server refused the pod that d
+// asked for (Pod Security, a quota, an admission webhook): such refusals can
+// pass (a quota frees up, a policy changes), so the run stays as it was,
+// says why in its Running condition, and tries again with a backoff that
+// grows with its age, never past its start timeout, which then fails it.
+func podRefused(o observation, d decision, err error) decision {
+	st := o.run.Status.DeepCopy()
+	refusal := decision{status: *st}
+	refusal.status.ObservedGeneration = o.run.Generation
+	refusal.status.Phase = o.run.CurrentPhase()
+	// Keep what the decision recorded besides the attempt: the Accepted and
+	// CancelRequested conditions, cancelRequestedAt.
+	refusal.status.Conditions = d.status.Conditions
+	refusal.status.CancelRequestedAt = d.status.CancelRequestedAt
+	msg := err.Error()
+	if len(msg) > 4096 {
+		msg = msg[:4096]
+	}
+	prev := meta.FindStatusCondition(o.run.Status.Conditions, jobsv1alpha1.JobRunConditionRunning)
+	if prev == nil || prev.Reason != jobsv1alpha1.ReasonPodForbidden || prev.Message != msg {
+		refusal.events = append(refusal.events, runEvent{corev1.EventTypeWarning, jobsv1alpha1.ReasonPodForbidden, "Pod refused, retrying until the start timeout: " + msg})
+	}
+	refusal.setCondition(jobsv1alpha1.JobRunConditionRunning, metav1.ConditionFalse, jobsv1alpha1.ReasonPodForbidden, msg, metav1.NewTime(o.now))
+	backoff := min(max(o.now.Sub(o.run.CreatedAt())/2, time.Second), time.Minute)
+	refusal.requeue(backoff)
+	if left := o.run.CreatedAt().Add(startTimeout(o.jobType)).Sub(o.now); left > 0 {
+		refusal.requeue(left)
+	}
+	return refusal
 }
 
 // startedFromPod records the start of a run whose pod ran and ended between

@@ -26,12 +26,19 @@ func testJobType() *jobsv1alpha1.JobType {
 	}
 }
 
+// startingWithin is testJobType with a start timeout of seconds.
+func startingWithin(seconds int64) *jobsv1alpha1.JobType {
+	jt := testJobType()
+	jt.Spec.StartTimeoutSeconds = ptr.To(seconds)
+	return jt
+}
+
 type runOpt func(*jobsv1alpha1.JobRun)
 
 func testRun(opts ...runOpt) *jobsv1alpha1.JobRun {
 	r := &jobsv1alpha1.JobRun{
 		ObjectMeta: metav1.ObjectMeta{Name: "r1", Namespace: "ns", Generation: 1},
-		Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TriggeredBy: "manual:user:u"},
+		Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TriggeredBy: "manual:user:u", CreatedAt: ptr.To(metav1.NewMicroTime(t0))},
 	}
 	for _, o := range opts {
 		o(r)
@@ -115,7 +122,7 @@ func TestDecide(t *testing.T) {
 	}{
 		{
 			name: "new run gets its first pod", run: testRun(), jobType: testJobType(), now: t0,
-			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1, createAttempt: 1},
+			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1, createAttempt: 1, requeueAfter: 10 * time.Minute},
 		},
 		{
 			name: "missing job type fails the run", run: testRun(), jobType: nil, now: t0,
@@ -131,8 +138,42 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "pending pod keeps the run pending", run: testRun(attempt(1), func(r *jobsv1alpha1.JobRun) { r.Status.Phase = jobsv1alpha1.JobRunPending }),
-			jobType: testJobType(), pod: testPod(corev1.PodPending, 0, ""), now: t0,
-			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1},
+			jobType: testJobType(), pod: testPod(corev1.PodPending, 0, ""), now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1, requeueAfter: 9 * time.Minute},
+		},
+		{
+			name: "start timeout: a pod never scheduled fails the run with the scheduler's reason", run: testRun(attempt(1), func(r *jobsv1alpha1.JobRun) { r.Status.Phase = jobsv1alpha1.JobRunPending }),
+			jobType: testJobType(), pod: unschedulablePod(), now: t0.Add(10 * time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 1, deletePod: true, finished: true, reason: corev1.PodReasonUnschedulable,
+				errorText: "run did not start within its start timeout of 10m0s: pod r1-1 was not scheduled: 0/3 nodes are available: 3 Insufficient cpu."},
+		},
+		{
+			name: "start timeout: an image that cannot be pulled", run: testRun(attempt(1), func(r *jobsv1alpha1.JobRun) { r.Status.Phase = jobsv1alpha1.JobRunPending }),
+			jobType: testJobType(), pod: waitingPod("ImagePullBackOff", `Back-off pulling image "registry.example/jobrun:nope"`), now: t0.Add(10*time.Minute + time.Second),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 1, deletePod: true, finished: true, reason: "ImagePullBackOff",
+				errorText: `run did not start within its start timeout of 10m0s: container handler of pod r1-1 is waiting: ImagePullBackOff: Back-off pulling image "registry.example/jobrun:nope"`},
+		},
+		{
+			name: "start timeout: a pod the API server kept refusing", run: testRun(refused(`pods "r1-1" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=0, limited: pods=0`)),
+			jobType: testJobType(), now: t0.Add(10 * time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunFailed, finished: true, reason: jobsv1alpha1.ReasonPodForbidden,
+				errorText: `run did not start within its start timeout of 10m0s: pods "r1-1" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=0, limited: pods=0`},
+		},
+		{
+			name: "start timeout: a run that never got a pod, for no known reason", run: testRun(), jobType: testJobType(), now: t0.Add(11 * time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunFailed, finished: true, reason: jobsv1alpha1.ReasonStartTimeout,
+				errorText: "run did not start within its start timeout of 10m0s: no pod was created"},
+		},
+		{
+			name: "start timeout of the JobType, not the default", run: testRun(attempt(1), func(r *jobsv1alpha1.JobRun) { r.Status.Phase = jobsv1alpha1.JobRunPending }),
+			jobType: startingWithin(30), pod: testPod(corev1.PodPending, 0, ""), now: t0.Add(30 * time.Second),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 1, deletePod: true, finished: true, reason: jobsv1alpha1.ReasonStartTimeout,
+				errorText: `run did not start within its start timeout of 30s: pod r1-1 did not start (phase "Pending")`},
+		},
+		{
+			name: "a running run is past its start timeout for good", run: testRun(attempt(1), running(t0.Add(9*time.Minute))),
+			jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(15 * time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, requeueAfter: 4 * time.Minute},
 		},
 		{
 			name: "running pod starts the run", run: testRun(attempt(1)), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0,
@@ -251,6 +292,65 @@ func TestDecide(t *testing.T) {
 				t.Errorf("startedAt = %v, want %v", d.status.StartedAt, wantStart)
 			}
 		})
+	}
+}
+
+// refused is a run whose pod the API server refused with msg.
+func refused(msg string) runOpt {
+	return func(r *jobsv1alpha1.JobRun) {
+		meta.SetStatusCondition(&r.Status.Conditions, metav1.Condition{Type: jobsv1alpha1.JobRunConditionRunning, Status: metav1.ConditionFalse, Reason: jobsv1alpha1.ReasonPodForbidden, Message: msg})
+	}
+}
+
+func unschedulablePod() *corev1.Pod {
+	p := testPod(corev1.PodPending, 0, "")
+	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable, Message: "0/3 nodes are available: 3 Insufficient cpu."}}
+	return p
+}
+
+func waitingPod(reason, message string) *corev1.Pod {
+	p := testPod(corev1.PodPending, 0, "")
+	p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "handler", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: message}}}}
+	return p
+}
+
+// TestPodRefused: a refused pod leaves the run as it was (no attempt, no
+// pod name), says why, and is tried again with a backoff that grows with
+// the run's age, never past the start timeout.
+func TestPodRefused(t *testing.T) {
+	err := errors.New(`pods "r1-1" is forbidden: violates PodSecurity "restricted:latest"`)
+	for _, tt := range []struct {
+		name  string
+		now   time.Time
+		retry time.Duration
+	}{
+		{"at once: a second", t0, time.Second},
+		{"after 10 s: 5 s", t0.Add(10 * time.Second), 5 * time.Second},
+		{"after 5 min: a minute", t0.Add(5 * time.Minute), time.Minute},
+		{"20 s before the start timeout: at the timeout", t0.Add(9*time.Minute + 40*time.Second), 20 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o := observation{run: testRun(), jobType: testJobType(), now: tt.now}
+			d := podRefused(o, decide(o), err)
+			c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionRunning)
+			if d.status.Attempts != 0 || d.status.PodName != "" || d.status.Phase != jobsv1alpha1.JobRunPending || d.createAttempt != 0 || d.finished {
+				t.Errorf("refused: attempts %d, pod %q, phase %q, create %d, finished %v; want the run as it was", d.status.Attempts, d.status.PodName, d.status.Phase, d.createAttempt, d.finished)
+			}
+			if c == nil || c.Reason != jobsv1alpha1.ReasonPodForbidden || c.Message != err.Error() {
+				t.Errorf("Running condition %+v, want PodForbidden with the API server's message", c)
+			}
+			if d.requeueAfter != tt.retry {
+				t.Errorf("retry after %s, want %s", d.requeueAfter, tt.retry)
+			}
+			if len(d.events) != 1 || d.events[0].reason != jobsv1alpha1.ReasonPodForbidden {
+				t.Errorf("events %+v, want one PodForbidden", d.events)
+			}
+		})
+	}
+	// The same refusal again is not news.
+	o := observation{run: testRun(refused(err.Error())), jobType: testJobType(), now: t0.Add(time.Minute)}
+	if d := podRefused(o, decide(o), err); len(d.events) != 0 {
+		t.Errorf("a repeated refusal announced again: %+v", d.events)
 	}
 }
 

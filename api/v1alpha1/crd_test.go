@@ -102,6 +102,7 @@ func TestSchemaDefaults(t *testing.T) {
 		Scope:                    jobsv1alpha1.JobTypeScopeProject,
 		Template:                 jt.Spec.Template,
 		ActiveDeadlineSeconds:    ptr.To[int64](3600),
+		StartTimeoutSeconds:      ptr.To[int64](600),
 		CancelGracePeriodSeconds: ptr.To[int64](30),
 		RetryLimit:               ptr.To[int32](0),
 		TTLSecondsAfterFinished:  ptr.To[int32](604800),

@@ -235,6 +235,13 @@ const (
 	// ReasonPodLost: the pod disappeared or was evicted before the handler
 	// finished.
 	ReasonPodLost = "PodLost"
+	// ReasonPodForbidden: the API server refused the run's pod (Pod
+	// Security, a quota, an admission webhook); retried until the JobType's
+	// start timeout, then the run fails with it.
+	ReasonPodForbidden = "PodForbidden"
+	// ReasonStartTimeout: the run was not running when the JobType's start
+	// timeout ended, and its pod says no more specific reason.
+	ReasonStartTimeout = "StartTimeout"
 	// ReasonDeadlineExceeded: the run took longer than the JobType allows.
 	ReasonDeadlineExceeded = "DeadlineExceeded"
 	// ReasonCancelled: the handler stopped after a cancel request.

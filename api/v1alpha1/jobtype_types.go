@@ -57,6 +57,20 @@ type JobTypeSpec struct {
 	// +kubebuilder:validation:Maximum=604800
 	ActiveDeadlineSeconds *int64 `json:"activeDeadlineSeconds,omitempty"`
 
+	// startTimeoutSeconds bounds how long a run may take from its creation
+	// to running (its handler's pod running), whatever holds it: a pod the
+	// API server refuses (Pod Security, a quota, an admission webhook; such
+	// refusals are retried with backoff until then), no node for the pod, an
+	// image that cannot be pulled. A run not running by then ends failed with
+	// the reason (PodForbidden, Unschedulable, ImagePullBackOff, ...
+	// StartTimeout when there is none), its pod deleted and its (job type,
+	// project) free for the next trigger.
+	// +optional
+	// +kubebuilder:default=600
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=86400
+	StartTimeoutSeconds *int64 `json:"startTimeoutSeconds,omitempty"`
+
 	// cancelGracePeriodSeconds is how long a handler has to return after a
 	// cancel request before its pod is deleted.
 	// +optional

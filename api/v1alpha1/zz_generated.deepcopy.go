@@ -381,6 +381,11 @@ func (in *JobTypeSpec) DeepCopyInto(out *JobTypeSpec) {
 		*out = new(int64)
 		**out = **in
 	}
+	if in.StartTimeoutSeconds != nil {
+		in, out := &in.StartTimeoutSeconds, &out.StartTimeoutSeconds
+		*out = new(int64)
+		**out = **in
+	}
 	if in.CancelGracePeriodSeconds != nil {
 		in, out := &in.CancelGracePeriodSeconds, &out.CancelGracePeriodSeconds
 		*out = new(int64)
