@@ -442,7 +442,9 @@ func (r *JobRunReconciler) deleteRun(ctx context.Context, run *jobsv1alpha1.JobR
 // pruneHistory deletes the finished runs of run's (project, job type) beyond
 // the newest historyLimit. Every finished run's pass prunes the whole group,
 // so the runs that fell out of the history when a newer one finished go too,
-// without waiting for their own TTL. It reports whether run itself went.
+// without waiting for their own TTL. A run whose email is still owed stays:
+// its own pass prunes it once the email is done. It reports whether run
+// itself went.
 func (r *JobRunReconciler) pruneHistory(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType) (bool, error) {
 	limit := int(ptr.Deref(jt.Spec.HistoryLimit, 100))
 	list := &jobsv1alpha1.JobRunList{}
@@ -462,6 +464,15 @@ func (r *JobRunReconciler) pruneHistory(ctx context.Context, run *jobsv1alpha1.J
 	deletedSelf := false
 	for i := range finished[limit:] {
 		old := &finished[limit+i]
+		// The cache may show an earlier notification state, never a later
+		// one: an email shown as done is done, and one shown as owed waits
+		// for its run's own pass, which knows it is done.
+		if old.UID == run.UID {
+			old = run
+		}
+		if notificationOwed(old) {
+			continue
+		}
 		logf.FromContext(ctx).Info("deleting finished run beyond the history limit", "deleted", old.Name, "limit", limit)
 		if err := r.deleteRun(ctx, old); err != nil {
 			return false, err

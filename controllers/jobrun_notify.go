@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -11,15 +12,22 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/notify"
 )
 
 const (
-	// maxNotifyAttempts bounds the sends tried for one run's email.
-	maxNotifyAttempts = 6
 	// JobRunConditionNotified is True once the completion email was sent,
 	// False while it cannot be (its reason says why).
 	JobRunConditionNotified = "Notified"
 )
+
+// RetryWindowNotifier is a Notifier that says how long a run's email is
+// retried while sends fail, counted from the run's end (its first attempt).
+// Other Notifiers get notify.DefaultRetryWindow.
+type RetryWindowNotifier interface {
+	Notifier
+	RetryFor() time.Duration
+}
 
 // notifyBackoff is the wait after the n-th failed send: 5 s, 10 s, 20 s, …
 // up to 5 minutes.
@@ -33,19 +41,17 @@ func notifyBackoff(n int32) time.Duration {
 // a conflict or a retry never sends it silently twice (a restart during a
 // send sends again with the same Message-ID), and a failing mail server is
 // retried with backoff, shown in the Notified condition and Events, never
-// forgotten. Cancelled runs get no email: the user stopped them. It returns
-// how long to wait before the next attempt.
+// forgotten: until the retry window since the run ended has passed, so an
+// outage of an hour loses nothing; the first failure after it is final.
+// Cancelled runs get no email: the user stopped them. It returns how long to
+// wait before the next attempt.
 func (r *JobRunReconciler) notify(ctx context.Context, run *jobsv1alpha1.JobRun) (time.Duration, error) {
-	if !run.Spec.Notify || run.Status.Phase == jobsv1alpha1.JobRunCancelled {
+	if !notificationOwed(run) {
 		return 0, nil
 	}
 	n := run.Status.Notification
 	if n == nil {
 		n = &jobsv1alpha1.JobRunNotification{}
-	}
-	switch n.State {
-	case jobsv1alpha1.NotificationSent, jobsv1alpha1.NotificationFailed, jobsv1alpha1.NotificationSkipped:
-		return 0, nil
 	}
 	now := r.clock.Now()
 	switch {
@@ -72,16 +78,45 @@ func (r *JobRunReconciler) notify(ctx context.Context, run *jobsv1alpha1.JobRun)
 		return 0, r.recordNotification(ctx, run, jobsv1alpha1.NotificationSent, attempt, "", r.clock.Now())
 	}
 	logf.FromContext(ctx).Error(sendErr, "sending the completion email", "attempt", attempt)
-	state, wait := jobsv1alpha1.NotificationRetrying, notifyBackoff(attempt)
-	if attempt >= maxNotifyAttempts {
-		state, wait = jobsv1alpha1.NotificationFailed, 0
-	}
-	r.recorder.Eventf(run, nil, corev1.EventTypeWarning, "NotificationFailed", "Notify", "Email to %s failed (attempt %d of %d): %v", run.Spec.NotifyEmail, attempt, maxNotifyAttempts, sendErr)
 	msg := sendErr.Error()
-	if len(msg) > 1000 {
-		msg = msg[:1000]
+	if len(msg) > 900 {
+		msg = msg[:900]
 	}
-	return wait, r.recordNotification(ctx, run, state, attempt, msg, r.clock.Now())
+	window := r.notifyRetryWindow()
+	now = r.clock.Now()
+	if giveUp := finishTime(run).Add(window); !now.Before(giveUp) {
+		r.recorder.Eventf(run, nil, corev1.EventTypeWarning, "NotificationFailed", "Notify", "Email to %s failed (attempt %d); gave up, the retry window of %s since the run ended has passed: %v", run.Spec.NotifyEmail, attempt, window, sendErr)
+		msg = fmt.Sprintf("gave up after %d attempts over the retry window of %s: %s", attempt, window, msg)
+		return 0, r.recordNotification(ctx, run, jobsv1alpha1.NotificationFailed, attempt, msg, now)
+	}
+	r.recorder.Eventf(run, nil, corev1.EventTypeWarning, "NotificationFailed", "Notify", "Email to %s failed (attempt %d; retrying until %s): %v", run.Spec.NotifyEmail, attempt, finishTime(run).Add(window).UTC().Format(time.RFC3339), sendErr)
+	return notifyBackoff(attempt), r.recordNotification(ctx, run, jobsv1alpha1.NotificationRetrying, attempt, msg, now)
+}
+
+// notifyRetryWindow is how long after its end a run's failing email is
+// retried.
+func (r *JobRunReconciler) notifyRetryWindow() time.Duration {
+	if n, ok := r.notifier.(RetryWindowNotifier); ok && n.RetryFor() > 0 {
+		return n.RetryFor()
+	}
+	return notify.DefaultRetryWindow
+}
+
+// notificationOwed reports whether run's completion email is still to be
+// sent or retried: retention must not delete the run before it is.
+func notificationOwed(run *jobsv1alpha1.JobRun) bool {
+	if !run.Spec.Notify || run.Status.Phase == jobsv1alpha1.JobRunCancelled {
+		return false
+	}
+	n := run.Status.Notification
+	if n == nil {
+		return true
+	}
+	switch n.State {
+	case jobsv1alpha1.NotificationSent, jobsv1alpha1.NotificationFailed, jobsv1alpha1.NotificationSkipped:
+		return false
+	}
+	return true
 }
 
 // recordNotification writes the notification state and the Notified

@@ -83,6 +83,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.StringVar(&f.smtp.Username, "smtp-username", "", "Mail server user (PLAIN auth); empty: no auth.")
 	fs.StringVar(&f.smtpPasswordFile, "smtp-password-file", "", "File holding the mail server password (mounted from a Secret).")
 	fs.StringVar(&f.smtp.TLS, "smtp-tls", "starttls", "starttls (required), tls (implicit) or none (loopback only).")
+	fs.DurationVar(&f.smtp.RetryWindow, "smtp-retry-window", notify.DefaultRetryWindow, "How long after a run ends its email is retried while the mail server fails (backoff 5s doubling to 5m); the first failure after it is final.")
 	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
@@ -94,6 +95,9 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	}
 	if f.leaderElect && !(f.leaseDuration > f.renewDeadline && f.renewDeadline > f.retryPeriod && f.retryPeriod > 0) {
 		return nil, fmt.Errorf("leader election needs --leader-elect-lease-duration (%s) > --leader-elect-renew-deadline (%s) > --leader-elect-retry-period (%s) > 0", f.leaseDuration, f.renewDeadline, f.retryPeriod)
+	}
+	if f.smtp.RetryWindow <= 0 {
+		return nil, fmt.Errorf("--smtp-retry-window (%s) must be positive", f.smtp.RetryWindow)
 	}
 	if !f.runControllers && f.apiAddr == "" {
 		return nil, fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")

@@ -192,6 +192,7 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 		{"--leader-elect-lease-duration=5s"}, // not longer than the 10s renew deadline
 		{"--leader-elect-renew-deadline=1s", "--leader-elect-retry-period=1s"}, // not longer than the retry period
 		{"--leader-elect-retry-period=0s"},
+		{"--smtp-retry-window=0s"},
 	} {
 		if _, err := parseManagerFlags(args); err == nil {
 			t.Errorf("parseManagerFlags(%q) accepted", args)
@@ -200,6 +201,17 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 	f, err := parseManagerFlags([]string{"--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s", "--leader-elect-retry-period=500ms"})
 	if err != nil || f.leaseDuration != 4*time.Second || f.renewDeadline != 3*time.Second || f.retryPeriod != 500*time.Millisecond {
 		t.Errorf("short lease timings: %+v, %v", f, err)
+	}
+	for _, c := range []struct {
+		args []string
+		want time.Duration
+	}{{nil, 3 * time.Hour}, {[]string{"--smtp-retry-window=90m"}, 90 * time.Minute}} {
+		f, err := parseManagerFlags(c.args)
+		if err != nil {
+			t.Errorf("parseManagerFlags(%q): %v", c.args, err)
+		} else if got := f.smtp.RetryFor(); got != c.want {
+			t.Errorf("parseManagerFlags(%q): SMTP retry window %s, want %s", c.args, got, c.want)
+		}
 	}
 	if _, err := parseManagerFlags([]string{"--leader-elect=false", "--leader-elect-lease-duration=1s"}); err != nil {
 		t.Errorf("lease timings are not checked without leader election: %v", err)

@@ -33,7 +33,17 @@ type SMTP struct {
 	RootCAs *x509.CertPool
 	// Timeout bounds one send (default 30 s).
 	Timeout time.Duration
+	// RetryWindow is how long a run's email is retried while the mail server
+	// fails, from the run's end (default DefaultRetryWindow).
+	RetryWindow time.Duration
 }
+
+// DefaultRetryWindow outlasts an hour-long mail server outage.
+const DefaultRetryWindow = 3 * time.Hour
+
+// RetryFor returns how long a failing email is retried: RetryWindow, or
+// DefaultRetryWindow when unset.
+func (s SMTP) RetryFor() time.Duration { return orDefault(s.RetryWindow, DefaultRetryWindow) }
 
 // Send mails the notification of a finished run. The Message-ID is derived
 // from the run, so a resend after a crash is recognisable as the same
