@@ -300,6 +300,7 @@ func buildPod(run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, attempt int32,
 		// The kubelet enforces it too, should the controller be down.
 		pod.Spec.ActiveDeadlineSeconds = ptr.To(*jt.Spec.ActiveDeadlineSeconds + ptr.Deref(jt.Spec.CancelGracePeriodSeconds, 30))
 	}
+	pod.Spec = restrictedPodSpec(pod.Spec)
 	env := []corev1.EnvVar{
 		{Name: jobsv1alpha1.EnvRunName, Value: run.Name},
 		{Name: jobsv1alpha1.EnvRunNamespace, Value: run.Namespace},

@@ -379,12 +379,18 @@ func TestBuildPod(t *testing.T) {
 		Spec: corev1.PodSpec{
 			RestartPolicy: corev1.RestartPolicyNever, ServiceAccountName: "jobrun-runner",
 			ActiveDeadlineSeconds: ptr.To[int64](610),
+			// The restricted Pod Security Standard, which the template leaves unset.
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsNonRoot: ptr.To(true), SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
 			Containers: []corev1.Container{{Name: "handler", Image: "jobrun:dev", Env: []corev1.EnvVar{
 				{Name: "LOG", Value: "debug"},
 				{Name: jobsv1alpha1.EnvRunName, Value: "r1"},
 				{Name: jobsv1alpha1.EnvRunNamespace, Value: "ns"},
 				{Name: jobsv1alpha1.EnvJobType, Value: "demo_sync"},
 				{Name: jobsv1alpha1.EnvAttempt, Value: "2"},
+			}, SecurityContext: &corev1.SecurityContext{
+				AllowPrivilegeEscalation: ptr.To(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 			}}},
 		},
 	}
