@@ -95,21 +95,12 @@ func startAPIVia(t testing.TB, ns string, cfg, cacheCfg *rest.Config) *api {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	index := NewRunIndex()
-	if err := index.Register(ctx, mgr.GetCache()); err != nil {
-		cancel()
+	if err := index.Register(context.Background(), mgr.GetCache()); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
-	syncCtx, syncCancel := context.WithTimeout(ctx, time.Minute)
+	testenv.StartManager(t, mgr)
+	syncCtx, syncCancel := context.WithTimeout(context.Background(), time.Minute)
 	defer syncCancel()
 	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
 		t.Fatal("the run cache did not sync within a minute")

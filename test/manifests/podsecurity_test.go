@@ -14,12 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/controllers"
@@ -150,33 +146,9 @@ func admittedPod(t *testing.T, run *jobsv1alpha1.JobRun) *corev1.Pod {
 // until the test ends.
 func startJobRunController(t *testing.T, ns string) {
 	t.Helper()
-	skipNameValidation := true
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		// -count=2 starts a second manager in this process.
-		Controller: config.Controller{SkipNameValidation: &skipNameValidation},
-	})
-	if err != nil {
+	mgr := env.NewManager(t, ns)
+	if err := controllers.NewJobRunReconciler(mgr).SetupWithManager(context.Background(), mgr); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := controllers.NewJobRunReconciler(mgr).SetupWithManager(ctx, mgr); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("manager: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("manager did not stop within 30s")
-		}
-	})
+	testenv.StartManager(t, mgr)
 }

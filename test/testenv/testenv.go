@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +27,12 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"jobrun.dev/jobrun/internal/controlplane"
 )
@@ -210,4 +216,51 @@ func Eventually(t testing.TB, timeout time.Duration, cond func(ctx context.Conte
 	if err != nil {
 		t.Fatalf("condition not met within %s: %v", timeout, last)
 	}
+}
+
+// NewManager returns a controller-runtime manager for one test: it caches
+// only namespace ns (no namespace controller runs in these suites, so other
+// tests' objects stay, and must not be reconciled by this test's
+// controllers), serves no metrics or probes, and may share the process
+// with other managers of the same controllers (one after another, or
+// go test -count=N).
+func (e *Env) NewManager(t testing.TB, ns string) manager.Manager {
+	t.Helper()
+	skipNameValidation := true
+	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{
+		Scheme:                 e.Scheme,
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: &skipNameValidation},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mgr
+}
+
+// StartManager runs mgr until the test ends or stop is called; stop waits
+// (up to 30 s) for it to return and fails the test with any error it gave.
+func StartManager(t testing.TB, mgr manager.Manager) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("manager: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("manager did not stop within 30s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
