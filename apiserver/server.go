@@ -18,6 +18,8 @@ import (
 	"github.com/go-logr/logr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"jobrun.dev/jobrun/internal/guard"
 )
 
 // openAPIDocument describes the API; it is kept in the repository and tests
@@ -63,6 +65,7 @@ type Server struct {
 	lister    RunLister
 	log       logr.Logger
 	now       func() time.Time
+	guards    *guard.Guards
 	handler   http.Handler
 }
 
@@ -80,7 +83,8 @@ func New(o Options) (*Server, error) {
 	if o.Cache == nil {
 		o.Cache = o.Reader
 	}
-	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: o.Lister, log: o.Log, now: o.Now}
+	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: o.Lister, log: o.Log, now: o.Now,
+		guards: guard.New(o.Reader, o.Writer)}
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, s.logRequests, instrument, middleware.Recoverer)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {

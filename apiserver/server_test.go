@@ -76,6 +76,21 @@ func startAPI(t testing.TB, ns string) *api {
 // and know it is stale.
 func startAPIVia(t testing.TB, ns string, cfg, cacheCfg *rest.Config) *api {
 	t.Helper()
+	return startAPIWith(t, ns, cfg, cacheCfg, apiOptions{})
+}
+
+// apiOptions change how startAPIWith wires its server.
+type apiOptions struct {
+	// wrapReader, if set, wraps the manager's API reader, through which the
+	// server reads runs and guards, so a test can fail or delay a read.
+	wrapReader func(client.Reader) client.Reader
+	// now, if set, is the server's clock.
+	now func() time.Time
+}
+
+// startAPIWith is startAPIVia wired as o says.
+func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOptions) *api {
+	t.Helper()
 	cfg = rest.CopyConfig(cfg)
 	cfg.QPS = -1 // no client-side limit, as the manager's restConfig
 	opts := ctrl.Options{
@@ -105,7 +120,11 @@ func startAPIVia(t testing.TB, ns string, cfg, cacheCfg *rest.Config) *api {
 	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
 		t.Fatal("the run cache did not sync within a minute")
 	}
-	s, err := New(Options{Namespace: ns, Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced,
+	reader := mgr.GetAPIReader()
+	if o.wrapReader != nil {
+		reader = o.wrapReader(reader)
+	}
+	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced, Now: o.now,
 		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: ns}}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -20,20 +19,18 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/guard"
 	"jobrun.dev/jobrun/internal/paramschema"
 )
 
 // The REST API creates runs and their guards and reads job types and projects.
 // +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=create
 // +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=projects,verbs=get;list;watch
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update;delete,namespace=system
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;delete,namespace=system
 
 const (
 	// maxTriggerBody bounds a trigger request, params included.
 	maxTriggerBody = 64 << 10
-	// guardGrace is how long a guard whose run does not exist yet is taken
-	// to belong to a trigger still creating it; after that it is stale.
-	guardGrace = 30 * time.Second
 )
 
 // teamsResource serves /v1/teams/{teamId}/jobs.
@@ -178,90 +175,24 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 			CreatedAt: ptr.To(metav1.NewMicroTime(now.UTC().Truncate(time.Millisecond))),
 		},
 	}
-	guard, err := s.takeGuard(ctx, run)
+	// The guard protocol (internal/guard): take the pair's guard for the
+	// run, then create the run; the JobRun controller releases it when the
+	// run ends.
+	lease, err := s.guards.Take(ctx, run)
+	var held *guard.HeldError
+	if errors.As(err, &held) {
+		return nil, conflict(held.Holder)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if err := s.writer.Create(ctx, run); err != nil {
-		// Without its run the guard would block the pair until it is stale.
-		if derr := s.writer.Delete(context.WithoutCancel(ctx), guard, client.Preconditions{UID: &guard.UID}); client.IgnoreNotFound(derr) != nil {
-			logf.FromContext(ctx).Error(derr, "releasing the guard of a run that was not created", "guard", guard.Name)
+		if derr := s.guards.Abandon(context.WithoutCancel(ctx), lease); derr != nil {
+			logf.FromContext(ctx).Error(derr, "releasing the guard of a run that was not created", "guard", lease.Name)
 		}
 		return nil, err
 	}
-	// The guard is not owned by its run: setting an owner would cost a third
-	// write per trigger. The controller releases it when the run ends; a run
-	// deleted before it ends leaves a guard that the next trigger of the
-	// pair takes over (its holder is gone: guardStale).
 	return run, nil
-}
-
-// takeGuard creates the (job type, project) guard Lease for run, or takes
-// over a stale one. Another live run's guard is a 409 naming that run.
-func (s *Server) takeGuard(ctx context.Context, run *jobsv1alpha1.JobRun) (*coordinationv1.Lease, error) {
-	now := metav1.NewMicroTime(s.now())
-	guard := &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Namespace: run.Namespace, Name: jobsv1alpha1.GuardName(run.Spec.JobType, run.Spec.ProjectID),
-			Labels: map[string]string{jobsv1alpha1.LabelJobType: run.Spec.JobType, jobsv1alpha1.LabelProject: run.Spec.ProjectID}},
-		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(run.Name), AcquireTime: &now},
-	}
-	existing := &coordinationv1.Lease{}
-	for attempt := 0; ; attempt++ {
-		err := s.writer.Create(ctx, guard)
-		if err == nil {
-			return guard, nil
-		}
-		if !apierrors.IsAlreadyExists(err) {
-			return nil, err
-		}
-		err = s.reader.Get(ctx, client.ObjectKeyFromObject(guard), existing)
-		if err == nil {
-			break
-		}
-		// Released between our create and our read (its run just ended):
-		// try to take it again.
-		if !apierrors.IsNotFound(err) || attempt == 2 {
-			return nil, err
-		}
-	}
-	holder := ptr.Deref(existing.Spec.HolderIdentity, "")
-	if !s.guardStale(ctx, existing, holder) {
-		return nil, conflict(holder)
-	}
-	// Stale: its run ended (and the release was missed) or never came to be.
-	// Take it over; an update from a stale read fails, so only one trigger
-	// can win the takeover.
-	existing.Spec.HolderIdentity, existing.Spec.AcquireTime = ptr.To(run.Name), &now
-	existing.OwnerReferences = nil
-	if err := s.writer.Update(ctx, existing); err != nil {
-		if apierrors.IsConflict(err) {
-			latest := &coordinationv1.Lease{}
-			if gerr := s.reader.Get(ctx, client.ObjectKeyFromObject(guard), latest); gerr == nil {
-				return nil, conflict(ptr.Deref(latest.Spec.HolderIdentity, ""))
-			}
-		}
-		return nil, err
-	}
-	return existing, nil
-}
-
-// guardStale reports whether a guard no longer protects a live run.
-func (s *Server) guardStale(ctx context.Context, guard *coordinationv1.Lease, holder string) bool {
-	other := &jobsv1alpha1.JobRun{}
-	err := s.reader.Get(ctx, client.ObjectKey{Namespace: guard.Namespace, Name: holder}, other)
-	switch {
-	case err == nil:
-		return other.CurrentPhase().IsTerminal()
-	case apierrors.IsNotFound(err):
-		// Its trigger may still be creating the run.
-		acquired := guard.CreationTimestamp.Time
-		if guard.Spec.AcquireTime != nil {
-			acquired = guard.Spec.AcquireTime.Time
-		}
-		return s.now().Sub(acquired) > guardGrace
-	default:
-		return false
-	}
 }
 
 func conflict(existingRunID string) *apiError {

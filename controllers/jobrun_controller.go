@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/guard"
 	"jobrun.dev/jobrun/internal/paramschema"
 )
 
@@ -409,30 +409,15 @@ func (r *JobRunReconciler) deletePod(ctx context.Context, pod *corev1.Pod) error
 	return nil
 }
 
-// releaseGuard deletes the (job type, project) guard Lease the REST API took
-// for run, so the next trigger for the pair may start. A guard held by
-// another run is left alone.
+// releaseGuard releases the (job type, project) guard run holds, if any
+// (internal/guard), so the next run of the pair may start.
 func (r *JobRunReconciler) releaseGuard(ctx context.Context, run *jobsv1alpha1.JobRun) error {
-	if run.Spec.ProjectID == "" {
-		return nil // only the REST trigger takes guards, and it needs a project
-	}
-	guard := &coordinationv1.Lease{}
-	key := client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.GuardName(run.Spec.JobType, run.Spec.ProjectID)}
 	// Read live: leases are not worth a cluster-wide informer.
-	if err := r.apiReader.Get(ctx, key, guard); err != nil {
-		return client.IgnoreNotFound(err)
+	released, err := guard.New(r.apiReader, r.client).Release(ctx, run)
+	if released {
+		logf.FromContext(ctx).Info("released the guard", "guard", guard.Key(run).Name)
 	}
-	if ptr.Deref(guard.Spec.HolderIdentity, "") != run.Name {
-		return nil
-	}
-	err := r.client.Delete(ctx, guard, client.Preconditions{UID: &guard.UID, ResourceVersion: &guard.ResourceVersion})
-	if apierrors.IsConflict(err) {
-		return nil // taken over by a newer run meanwhile
-	}
-	if err == nil {
-		logf.FromContext(ctx).Info("released the trigger guard", "guard", guard.Name)
-	}
-	return client.IgnoreNotFound(err)
+	return err
 }
 
 func (r *JobRunReconciler) deleteRun(ctx context.Context, run *jobsv1alpha1.JobRun) error {

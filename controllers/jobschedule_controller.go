@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -23,11 +24,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/guard"
 )
 
 // +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobschedules,verbs=get;list;watch
 // +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobschedules/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=create;delete
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;delete,namespace=system
 
 // JobSchedule condition reasons.
 const (
@@ -39,9 +42,12 @@ const (
 // JobScheduleReconciler starts runs on a JobSchedule's cron schedule. It
 // never writes the schedule's spec, so GitOps tools see no drift.
 type JobScheduleReconciler struct {
-	client   client.Client
-	recorder events.EventRecorder
-	clock    clock.PassiveClock
+	client client.Client
+	// apiReader reads around the cache: guards, and the run holding one.
+	apiReader client.Reader
+	guards    *guard.Guards
+	recorder  events.EventRecorder
+	clock     clock.PassiveClock
 }
 
 // NewJobScheduleReconciler returns a reconciler using mgr's client and
@@ -50,7 +56,8 @@ func NewJobScheduleReconciler(mgr ctrl.Manager, clk clock.PassiveClock) *JobSche
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	return &JobScheduleReconciler{client: mgr.GetClient(), recorder: mgr.GetEventRecorder("jobschedule-controller"), clock: clk}
+	return &JobScheduleReconciler{client: mgr.GetClient(), apiReader: mgr.GetAPIReader(), guards: guard.New(mgr.GetAPIReader(), mgr.GetClient()),
+		recorder: mgr.GetEventRecorder("jobschedule-controller"), clock: clk}
 }
 
 // SetupWithManager watches schedules and the runs they own.
@@ -155,7 +162,6 @@ func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 // the starting deadline passed or the concurrency policy forbids it; runs
 // are the schedule's runs, active those of them that have not finished.
 func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.JobSchedule, due, now time.Time, runs []jobsv1alpha1.JobRun, active []*jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
-	log := logf.FromContext(ctx)
 	name := scheduledRunName(s, due)
 	for i := range runs {
 		if runs[i].Name == name {
@@ -169,6 +175,10 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 		s.Status.MissedRuns++
 		r.recorder.Eventf(s, nil, corev1.EventTypeWarning, "MissedSchedule", "Start", "Run for %s not started: %s late, past the starting deadline of %ds", due.UTC().Format(time.RFC3339), now.Sub(due).Round(time.Second), *d)
 		return nil, nil
+	}
+	run := newScheduledRun(s, name, due, now)
+	if s.Spec.ProjectID != "" {
+		return r.startGuarded(ctx, s, due, now, run, active)
 	}
 	if len(active) > 0 {
 		switch s.Spec.ConcurrencyPolicy {
@@ -186,6 +196,11 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 			return nil, nil
 		}
 	}
+	return r.create(ctx, s, due, now, run)
+}
+
+// newScheduledRun is the run named name that schedule s starts for due.
+func newScheduledRun(s *jobsv1alpha1.JobSchedule, name string, due, now time.Time) *jobsv1alpha1.JobRun {
 	run := &jobsv1alpha1.JobRun{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: s.Namespace, Name: name,
@@ -202,6 +217,73 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 	if s.Spec.TeamID != "" {
 		run.Labels[jobsv1alpha1.LabelTeam], run.Labels[jobsv1alpha1.LabelProject] = s.Spec.TeamID, s.Spec.ProjectID
 	}
+	return run
+}
+
+// startGuarded starts run, of a project-scoped schedule, only if it can take
+// the (job type, project) guard (internal/guard), as a REST trigger does:
+// the pair has at most one active run whichever door started it, and the
+// run started holds the guard, so the JobRun controller releases it when the
+// run ends. A pair already busy — with one of the schedule's own runs or
+// any other, an API-triggered one included — is active for the concurrency
+// policy, and no policy can start a second run beside it: Forbid and Allow
+// skip the time; Replace asks the pair's active run to stop and skips the
+// time too, so the next scheduled time starts once that run has stopped.
+// Each skip is counted in missedRuns, with an Event saying why.
+func (r *JobScheduleReconciler) startGuarded(ctx context.Context, s *jobsv1alpha1.JobSchedule, due, now time.Time, run *jobsv1alpha1.JobRun, active []*jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
+	if len(active) > 0 {
+		// Its own run holds the guard (or, started before schedules took
+		// guards, should): no need to ask.
+		return nil, r.skipBusy(ctx, s, due, now, active[0].Name)
+	}
+	lease, err := r.guards.Take(ctx, run)
+	var held *guard.HeldError
+	if errors.As(err, &held) {
+		return nil, r.skipBusy(ctx, s, due, now, held.Holder)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("taking the guard for the run for %s: %w", due.UTC().Format(time.RFC3339), err)
+	}
+	// A run that exists already (started before a restart) holds the guard
+	// under its own name, so Take returned it as ours and create finds it.
+	started, err := r.create(ctx, s, due, now, run)
+	if err != nil {
+		if aerr := r.guards.Abandon(context.WithoutCancel(ctx), lease); aerr != nil {
+			logf.FromContext(ctx).Error(aerr, "releasing the guard of a run that was not created", "guard", lease.Name)
+		}
+	}
+	return started, err
+}
+
+// skipBusy handles a due time of a project-scoped schedule whose (job type,
+// project) has the active run holder, by s's concurrency policy.
+func (r *JobScheduleReconciler) skipBusy(ctx context.Context, s *jobsv1alpha1.JobSchedule, due, now time.Time, holder string) error {
+	s.Status.MissedRuns++
+	when := due.UTC().Format(time.RFC3339)
+	switch s.Spec.ConcurrencyPolicy {
+	case jobsv1alpha1.ConcurrencyReplace:
+		run := &jobsv1alpha1.JobRun{}
+		err := r.apiReader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: holder}, run)
+		if client.IgnoreNotFound(err) != nil {
+			return err
+		}
+		if err == nil && !run.CurrentPhase().IsTerminal() {
+			if err := annotateCancel(ctx, r.client, run, now); err != nil {
+				return err
+			}
+		}
+		r.recorder.Eventf(s, nil, corev1.EventTypeNormal, "Replaced", "Cancel", "Cancelling run %s; the run for %s is not started: one run of job type %s may be active for project %s, and the next scheduled time starts once %s has stopped", holder, when, s.Spec.JobType, s.Spec.ProjectID, holder)
+	case jobsv1alpha1.ConcurrencyAllow:
+		r.recorder.Eventf(s, nil, corev1.EventTypeNormal, "SkippedConcurrent", "Start", "Run for %s skipped: run %s is active, and even with concurrencyPolicy Allow one run of job type %s may be active for project %s", when, holder, s.Spec.JobType, s.Spec.ProjectID)
+	default: // Forbid
+		r.recorder.Eventf(s, nil, corev1.EventTypeNormal, "SkippedConcurrent", "Start", "Run for %s skipped: run %s is active for job type %s and project %s, and concurrencyPolicy is Forbid", when, holder, s.Spec.JobType, s.Spec.ProjectID)
+	}
+	return nil
+}
+
+// create creates run, owned by s, for due.
+func (r *JobScheduleReconciler) create(ctx context.Context, s *jobsv1alpha1.JobSchedule, due, now time.Time, run *jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
+	log := logf.FromContext(ctx)
 	if err := controllerutil.SetControllerReference(s, run, r.client.Scheme()); err != nil {
 		return nil, err
 	}

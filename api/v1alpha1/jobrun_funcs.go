@@ -66,11 +66,11 @@ func NewProgress(processed, total int64, message string) *JobRunProgress {
 }
 
 // GuardName is the name of the Lease that allows one pending or running run
-// per (job type, project): the REST API creates it with create-if-absent
-// semantics before it creates a run, so concurrent triggers on any number of
-// replicas yield exactly one run; the controller deletes it when the run
-// ends. Job types hold underscores and ids may be long, so the name is a
-// hash.
+// per (job type, project): a REST trigger or a project JobSchedule creates
+// it with create-if-absent semantics before it creates a run, so concurrent
+// starters on any number of replicas yield exactly one run; the controller
+// deletes it when the run ends. internal/guard holds the protocol. Job types
+// hold underscores and ids may be long, so the name is a hash.
 func GuardName(jobType, projectID string) string {
 	sum := sha256.Sum256([]byte(jobType + "\x00" + projectID))
 	return "jobrun-guard-" + hex.EncodeToString(sum[:12])
