@@ -4,9 +4,13 @@
 package controlplane
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -38,6 +42,9 @@ type ControlPlane struct {
 	AssetsDir string
 
 	env *envtest.Environment
+	// dir holds etcd's data and kube-apiserver's certificates and
+	// service-account keys, kept across StopAPIServer/StartAPIServer.
+	dir string
 }
 
 // NewScheme returns a scheme with the core Kubernetes kinds and jobrun's.
@@ -79,18 +86,36 @@ func Start(opts Options) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
+	// etcd's data and the API server's certificates and service-account
+	// keys live in a folder of ours, not envtest's temporary ones, so that
+	// a restart (StopAPIServer, StartAPIServer) keeps them: every client
+	// certificate and service-account token stays valid.
+	dir, err := os.MkdirTemp("", "jobrun-controlplane-")
+	if err != nil {
+		return nil, err
+	}
+	for _, sub := range []string{"etcd", "apiserver"} {
+		if err := os.Mkdir(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, errors.Join(err, os.RemoveAll(dir))
+		}
+	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory:    assets,
 		CRDDirectoryPaths:        []string{filepath.Join(opts.Root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing:    true,
 		Scheme:                   scheme,
 		AttachControlPlaneOutput: opts.AttachOutput,
+		// kube-apiserver drains open watches on SIGTERM, which can take
+		// minutes; after this it is SIGKILLed, as a crashed one would be.
+		ControlPlaneStopTimeout: stopTimeout,
 	}
+	env.ControlPlane.Etcd = &envtest.Etcd{DataDir: filepath.Join(dir, "etcd")}
+	env.ControlPlane.GetAPIServer().CertDir = filepath.Join(dir, "apiserver")
 	for name, value := range opts.APIServerArgs {
 		env.ControlPlane.GetAPIServer().Configure().Set(name, value)
 	}
 	cfg, err := env.Start()
-	cp := &ControlPlane{Config: cfg, Scheme: scheme, AssetsDir: assets, env: env}
+	cp := &ControlPlane{Config: cfg, Scheme: scheme, AssetsDir: assets, env: env, dir: dir}
 	if err != nil {
 		return cp, fmt.Errorf("starting etcd and kube-apiserver from %s: %w", assets, err)
 	}
@@ -102,7 +127,47 @@ func (cp *ControlPlane) Stop() error {
 	if cp == nil || cp.env == nil {
 		return nil
 	}
-	return cp.env.Stop()
+	return errors.Join(cp.StopAPIServer(), os.RemoveAll(cp.dir))
+}
+
+// stopTimeout is how long kube-apiserver and etcd get to stop after
+// SIGTERM before they are SIGKILLed.
+const stopTimeout = 5 * time.Second
+
+// StopAPIServer stops kube-apiserver and etcd, as a control-plane restart
+// does (SIGTERM; SIGKILL after 5 s, which kube-apiserver often needs while
+// clients hold watches open); StartAPIServer starts them again.
+func (cp *ControlPlane) StopAPIServer() error {
+	api := cp.env.ControlPlane.GetAPIServer()
+	err := api.Stop()
+	if err != nil && strings.Contains(err.Error(), "timeout waiting for process") {
+		// SIGKILLed: wait until its port is free for the restart.
+		addr := api.SecureServing.ListenAddr.HostPort()
+		deadline := time.Now().Add(30 * time.Second)
+		for err != nil && time.Now().Before(deadline) {
+			conn, derr := net.DialTimeout("tcp", addr, time.Second)
+			if derr != nil {
+				err = nil
+				break
+			}
+			conn.Close()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return errors.Join(err, cp.env.ControlPlane.Etcd.Stop())
+}
+
+// StartAPIServer starts etcd and kube-apiserver again after StopAPIServer,
+// on the same addresses with the same data, certificates and
+// service-account keys, and returns once the API server is healthy.
+func (cp *ControlPlane) StartAPIServer() error {
+	if err := cp.env.ControlPlane.Etcd.Start(); err != nil {
+		return fmt.Errorf("restarting etcd: %w", err)
+	}
+	if err := cp.env.ControlPlane.GetAPIServer().Start(); err != nil {
+		return fmt.Errorf("restarting kube-apiserver: %w", err)
+	}
+	return nil
 }
 
 // WriteAdminKubeconfig writes a kubeconfig for a system:masters user to path,

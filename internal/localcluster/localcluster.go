@@ -47,6 +47,9 @@ type Options struct {
 	ProbeAddr, MetricsAddr string
 	// APIAddr is where the manager serves the REST API; empty: not served.
 	APIAddr string
+	// ManagerArgs are extra flags of every manager the cluster starts
+	// (before those given to StartManager, which win).
+	ManagerArgs []string
 	// Samples applies config/samples.
 	Samples bool
 	// CuttableAPI puts a proxy between the API server and the manager and
@@ -374,7 +377,7 @@ func (c *Cluster) startManager(name, probeAddr, metricsAddr, apiAddr string, ext
 	if apiAddr != "" {
 		args = append(args, "--api-bind-address="+apiAddr)
 	}
-	args = append(args, extra...)
+	args = append(append(args, c.opts.ManagerArgs...), extra...)
 	log := "manager"
 	if name != managerName {
 		log = "manager-standby"
@@ -383,7 +386,7 @@ func (c *Cluster) startManager(name, probeAddr, metricsAddr, apiAddr string, ext
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{ProbeAddr: probeAddr, MetricsAddr: metricsAddr, APIAddr: apiAddr, LeaderElection: leaderElection(extra), proc: p}
+	m := &Manager{ProbeAddr: probeAddr, MetricsAddr: metricsAddr, APIAddr: apiAddr, LeaderElection: leaderElection(args), proc: p}
 	c.mu.Lock()
 	if c.managers == nil {
 		c.managers = map[string]*Manager{}

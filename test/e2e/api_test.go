@@ -70,8 +70,23 @@ func (tn tenant) mustTrigger(t *testing.T, params map[string]any) string {
 	return body["job_run"].(map[string]any)["id"].(string)
 }
 
+// rawCall is call that also returns the Retry-After header.
+func (tn tenant) rawCall(t *testing.T, method, path string, body any) (code int, retryAfter string, out map[string]any) {
+	t.Helper()
+	resp, out := send(t, tn.team, method, path, body)
+	return resp.StatusCode, resp.Header.Get("Retry-After"), out
+}
+
 // apiCall sends a request to the Jobs API as an admin of team.
 func apiCall(t *testing.T, team, method, path string, body any) (int, map[string]any) {
+	t.Helper()
+	resp, out := send(t, team, method, path, body)
+	return resp.StatusCode, out
+}
+
+// send sends a request to the Jobs API as an admin of team and decodes the
+// JSON answer.
+func send(t *testing.T, team, method, path string, body any) (*http.Response, map[string]any) {
 	t.Helper()
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"sub": "e2e-user", "email": "e2e@example.com", "teams": []string{team}, "role": "admin",
@@ -95,7 +110,7 @@ func apiCall(t *testing.T, team, method, path string, body any) (int, map[string
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
-	return resp.StatusCode, out
+	return resp, out
 }
 
 // pollRun GETs the run until cond accepts its job_run.

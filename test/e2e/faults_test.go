@@ -466,3 +466,86 @@ func TestPodDeletedMidRun(t *testing.T) {
 		t.Errorf("after the pod was deleted: attempts %d, %d pods, progress %+v", done.Status.Attempts, pods.count(jr.Name), done.Status.Progress)
 	}
 }
+
+// TestAPIServerRestart stops the real kube-apiserver and etcd processes in
+// the middle of runs and REST traffic, and starts them again with the same
+// data, certificates and keys (as a control-plane restart keeps them).
+// While they are down the REST API answers 503 JSON with Retry-After;
+// afterwards the manager (which lived through it), the node agent and the
+// runners carry on: every run completes with one attempt and one pod, and
+// new triggers work.
+func TestAPIServerRestart(t *testing.T) {
+	tn := newTenant(t)
+	ns := namespace(t)
+	manager := cluster.Manager()
+	var runs []*jobsv1alpha1.JobRun
+	for range 4 {
+		runs = append(runs, trigger(t, ns, `{"items": 40, "item_ms": 100}`))
+	}
+	viaREST := tn.mustTrigger(t, map[string]any{"items": 40, "item_ms": 100})
+	for _, jr := range runs {
+		waitFor(t, jr, 120*time.Second, "progress", progressed)
+	}
+	tn.pollRun(t, viaREST, "progress", hasProgressed)
+
+	stopped := time.Now()
+	if err := cluster.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = cluster.StartAPIServer()
+		}
+	})
+	// The REST API says the Kubernetes API is unavailable, in its JSON error
+	// shape, with Retry-After, for a read and for a trigger.
+	for _, req := range []struct{ method, path string }{
+		{http.MethodGet, "/v1/jobs/" + viaREST},
+		{http.MethodPost, "/v1/teams/" + tn.team + "/jobs/trigger"},
+	} {
+		var body map[string]any
+		code, retryAfter := 0, ""
+		testenv.Eventually(t, 60*time.Second, func(context.Context) error {
+			code, retryAfter, body = tn.rawCall(t, req.method, req.path, map[string]any{"job_type": "demo_sync", "project_id": tn.project, "params": map[string]any{}})
+			if code != http.StatusServiceUnavailable {
+				return fmt.Errorf("%s %s with the API server down: %d %v", req.method, req.path, code, body)
+			}
+			return nil
+		})
+		if e, _ := body["error"].(map[string]any); e["code"] != "unavailable" || retryAfter == "" {
+			t.Errorf("%s %s with the API server down: %d Retry-After %q %v; want a JSON unavailable error with Retry-After", req.method, req.path, code, retryAfter, body)
+		}
+	}
+	// Down long enough for every handler to finish meanwhile.
+	time.Sleep(5 * time.Second) // the outage itself: a duration, not an ordering
+	if err := cluster.StartAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	t.Logf("kube-apiserver and etcd were down for %s", time.Since(stopped).Round(time.Millisecond))
+
+	for _, jr := range runs {
+		done := waitFor(t, jr, 180*time.Second, "completed", phase(jobsv1alpha1.JobRunCompleted))
+		if done.Status.Attempts != 1 || done.Status.Progress == nil || done.Status.Progress.Processed != 40 || done.Status.Result == nil {
+			t.Errorf("%s after the restart: attempts %d, progress %+v, result %v", jr.Name, done.Status.Attempts, done.Status.Progress, done.Status.Result)
+		}
+	}
+	pods := &corev1.PodList{}
+	if err := cluster.Client.List(context.Background(), pods, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(pods.Items) != len(runs) {
+		t.Errorf("%d pods for %d runs, want one each", len(pods.Items), len(runs))
+	}
+	if end := tn.pollRun(t, viaREST, "completed", hasStatus("completed", "failed", "cancelled")); end["status"] != "completed" {
+		t.Errorf("the REST-triggered run after the restart: %v", end)
+	}
+	next := tn.mustTrigger(t, map[string]any{"items": 2, "item_ms": 10})
+	if end := tn.pollRun(t, next, "completed", hasStatus("completed", "failed", "cancelled")); end["status"] != "completed" {
+		t.Errorf("a run triggered after the restart: %v", end)
+	}
+	if m := cluster.Manager(); m == nil || m.PID() != manager.PID() {
+		t.Errorf("the manager did not live through the restart")
+	}
+}

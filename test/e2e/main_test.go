@@ -53,7 +53,12 @@ func run(m *testing.M) int {
 	cluster, err = localcluster.Start(context.Background(), localcluster.Options{
 		Root: root, Dir: filepath.Join(dir, "cluster"), Namespace: "jobrun-system", Binary: bin,
 		ProbeAddr: probe, MetricsAddr: metrics, APIAddr: apiAddr, CuttableAPI: true,
-		Log: func(format string, args ...any) { fmt.Fprintf(os.Stderr, "[e2e] "+format+"\n", args...) },
+		// The manager lives through the API-server outage and restart tests
+		// (a shorter renew deadline makes it stop leading and exit, for its
+		// Deployment to restart it); tests that kill it stop it gracefully
+		// first and use short leases of their own.
+		ManagerArgs: []string{"--leader-elect-lease-duration=60s", "--leader-elect-renew-deadline=45s"},
+		Log:         func(format string, args ...any) { fmt.Fprintf(os.Stderr, "[e2e] "+format+"\n", args...) },
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "starting the local cluster: %v\n", err)
