@@ -3,8 +3,11 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -151,4 +154,55 @@ func TestTriggerGuardStalenessIgnoresReplicaClocks(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// dropCreateAnswers forwards requests to the API server, but drops the
+// answer of the first create of a JobRun: the run is created, the caller
+// sees its connection reset.
+type dropCreateAnswers struct {
+	next    http.RoundTripper
+	dropped atomic.Bool
+}
+
+func (d *dropCreateAnswers) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := d.next.RoundTrip(req)
+	if err != nil || req.Method != http.MethodPost || !strings.HasSuffix(req.URL.Path, "/jobruns") || d.dropped.Swap(true) {
+		return resp, err
+	}
+	resp.Body.Close()
+	return nil, &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
+}
+
+// A trigger whose run create reached the API server but whose answer was
+// lost finds the run and answers 201 with it, keeping its guard: the
+// client's retry is a 409 naming that run, never a second active run.
+func TestTriggerCreateAnswerLost(t *testing.T) {
+	ns := env.Namespace(t)
+	drop := &dropCreateAnswers{}
+	a := startAPIWith(t, ns, env.Config, nil, apiOptions{wrapTransport: func(rt http.RoundTripper) http.RoundTripper {
+		drop.next = rt
+		return drop
+	}})
+	a.seed()
+	trigger := map[string]any{"job_type": "revenuecat_sync", "project_id": "project-1"}
+
+	status, body := a.do(http.MethodPost, "/v1/teams/team-1/jobs/trigger", userToken(t), trigger)
+	if !drop.dropped.Load() {
+		t.Fatal("no create answer was dropped: the test did not test anything")
+	}
+	if status != http.StatusCreated {
+		t.Fatalf("trigger whose create answer was lost: %d %v, want 201 with the run it created", status, body)
+	}
+	id, _ := jobRunOf(body)["id"].(string)
+	status, body = a.do(http.MethodPost, "/v1/teams/team-1/jobs/trigger", userToken(t), trigger)
+	if e, _ := body["error"].(map[string]any); status != http.StatusConflict || e["existing_run_id"] != id {
+		t.Errorf("the client's retry: %d %v, want 409 naming %s", status, body, id)
+	}
+	runs := &jobsv1alpha1.JobRunList{}
+	if err := env.Client.List(context.Background(), runs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(runs.Items) != 1 || runs.Items[0].Name != id {
+		t.Errorf("%d runs, want exactly the one the lost answer created (%s)", len(runs.Items), id)
+	}
 }

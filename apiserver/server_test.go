@@ -86,6 +86,9 @@ type apiOptions struct {
 	wrapReader func(client.Reader) client.Reader
 	// now, if set, is the server's clock.
 	now func() time.Time
+	// wrapTransport, if set, wraps the manager's HTTP transport to the
+	// Kubernetes API server (reads, writes and, without cacheCfg, its cache).
+	wrapTransport func(http.RoundTripper) http.RoundTripper
 }
 
 // startAPIWith is startAPIVia wired as o says.
@@ -93,6 +96,9 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	t.Helper()
 	cfg = rest.CopyConfig(cfg)
 	cfg.QPS = -1 // no client-side limit, as the manager's restConfig
+	if o.wrapTransport != nil {
+		cfg.Wrap(o.wrapTransport)
+	}
 	opts := ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},

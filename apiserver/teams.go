@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"regexp"
 	"time"
@@ -187,12 +188,66 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 		return nil, err
 	}
 	if err := s.writer.Create(ctx, run); err != nil {
+		if ambiguous(err) {
+			// The create may have reached the API server with only its
+			// answer lost: releasing the guard now could let the client's
+			// retry start a second run. Ask the API server first.
+			created, exists, rerr := s.createdAnyway(ctx, run)
+			switch {
+			case exists:
+				return created, nil
+			case rerr != nil:
+				// Cannot tell: keep the guard. If the run does not exist,
+				// the guard goes stale (internal/guard) and the pair is free.
+				logf.FromContext(ctx).Error(rerr, "cannot tell whether a run whose create failed exists; keeping its guard", "run", run.Name, "guard", lease.Name)
+				return nil, err
+			}
+		}
 		if derr := s.guards.Abandon(context.WithoutCancel(ctx), lease); derr != nil {
 			logf.FromContext(ctx).Error(derr, "releasing the guard of a run that was not created", "guard", lease.Name)
 		}
 		return nil, err
 	}
 	return run, nil
+}
+
+// ambiguous says whether a failed create may have been carried out: the
+// request was sent, but its answer was lost (a connection reset or closed
+// after sending, a timeout). A connection that was never made is not.
+func ambiguous(err error) bool {
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return false
+	}
+	return unreachable(err) || apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err)
+}
+
+// createdAnyway looks for run, whose create failed ambiguously, on the API
+// server for a short while (a create whose connection dropped may still be
+// landing). It reports the run when it exists, and an error when the API
+// server could not be asked.
+func (s *Server) createdAnyway(ctx context.Context, run *jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	var lastErr error
+	for _, wait := range []time.Duration{0, 250 * time.Millisecond, 500 * time.Millisecond, time.Second} {
+		select {
+		case <-ctx.Done():
+			return nil, false, errors.Join(ctx.Err(), lastErr)
+		case <-time.After(wait):
+		}
+		got := &jobsv1alpha1.JobRun{}
+		err := s.reader.Get(ctx, client.ObjectKeyFromObject(run), got)
+		switch {
+		case err == nil:
+			return got, true, nil
+		case apierrors.IsNotFound(err):
+			lastErr = nil
+		default:
+			lastErr = err
+		}
+	}
+	return nil, false, lastErr
 }
 
 func conflict(existingRunID string) *apiError {
