@@ -11,7 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"jobrun.dev/jobrun/apiserver"
-	"jobrun.dev/jobrun/internal/controlplane"
+	jobscheme "jobrun.dev/jobrun/internal/scheme"
 )
 
 // runAPIKey creates an API key for the REST API: the key is stored hashed in
@@ -52,7 +52,7 @@ func runAPIKey(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("loading the Kubernetes client config: %w", err)
 	}
-	scheme, err := controlplane.NewScheme()
+	scheme, err := jobscheme.New()
 	if err != nil {
 		return err
 	}

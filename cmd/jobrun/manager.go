@@ -22,9 +22,9 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/apiserver"
 	"jobrun.dev/jobrun/controllers"
-	"jobrun.dev/jobrun/internal/controlplane"
 	"jobrun.dev/jobrun/internal/notify"
 	"jobrun.dev/jobrun/internal/probes"
+	jobscheme "jobrun.dev/jobrun/internal/scheme"
 )
 
 // leaderElectionID names the Lease that manager replicas compete for. It is a
@@ -142,7 +142,7 @@ func runManager(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("loading the Kubernetes client config: %w", err)
 	}
-	scheme, err := controlplane.NewScheme()
+	scheme, err := jobscheme.New()
 	if err != nil {
 		return err
 	}

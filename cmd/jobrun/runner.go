@@ -14,7 +14,7 @@ import (
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/handlers"
-	"jobrun.dev/jobrun/internal/controlplane"
+	jobscheme "jobrun.dev/jobrun/internal/scheme"
 	"jobrun.dev/jobrun/sdk"
 )
 
@@ -43,7 +43,7 @@ func runRunner(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return jobsv1alpha1.ExitCodeRunnerError, fmt.Errorf("loading the Kubernetes client config: %w", err)
 	}
-	scheme, err := controlplane.NewScheme()
+	scheme, err := jobscheme.New()
 	if err != nil {
 		return jobsv1alpha1.ExitCodeRunnerError, err
 	}

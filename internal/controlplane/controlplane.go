@@ -13,11 +13,10 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	jobscheme "jobrun.dev/jobrun/internal/scheme"
 )
 
 // Options say where the project lives and how to start.
@@ -47,18 +46,6 @@ type ControlPlane struct {
 	dir string
 }
 
-// NewScheme returns a scheme with the core Kubernetes kinds and jobrun's.
-func NewScheme() (*runtime.Scheme, error) {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	if err := jobsv1alpha1.AddToScheme(s); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
 // AssetsDir is where the control-plane binaries are: KUBEBUILDER_ASSETS when
 // set, else root/bin/k8s. It fails with the command to run when they are
 // missing, rather than letting envtest try to download them.
@@ -82,7 +69,7 @@ func Start(opts Options) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	scheme, err := NewScheme()
+	scheme, err := jobscheme.New()
 	if err != nil {
 		return nil, err
 	}
