@@ -307,7 +307,7 @@ func (c *Cluster) StartManager(extra ...string) error {
 // own and waits until it is ready (not leading: with leader election it
 // stands by until the first is gone).
 func (c *Cluster) StartStandbyManager(extra ...string) (*Manager, error) {
-	addrs, err := freeAddrs(3)
+	addrs, err := FreeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -322,9 +322,9 @@ func (c *Cluster) StartStandbyManager(extra ...string) (*Manager, error) {
 	return m, c.waitManager(m, false)
 }
 
-// freeAddrs returns n loopback addresses whose ports were free a moment
-// ago (all held at once, so they differ).
-func freeAddrs(n int) ([]string, error) {
+// FreeAddrs returns n loopback addresses whose ports were free a moment
+// ago (all held at once, so they differ), for the cluster's servers.
+func FreeAddrs(n int) ([]string, error) {
 	var addrs []string
 	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")

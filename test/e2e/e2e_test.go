@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -31,19 +30,6 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/test/testenv"
 )
-
-func freeAddrs() (string, string, error) {
-	var addrs []string
-	for range 2 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", "", err
-		}
-		addrs = append(addrs, l.Addr().String())
-		defer l.Close()
-	}
-	return addrs[0], addrs[1], nil
-}
 
 // namespace makes a namespace for one test with the runner's service account
 // and the demo_sync JobType of createJobType.

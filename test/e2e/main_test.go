@@ -41,18 +41,16 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "building jobrun: %v\n%s", err, out)
 		return 1
 	}
-	probe, metrics, err := freeAddrs()
-	metricsAddr = metrics
-	if err == nil {
-		apiAddr, _, err = freeAddrs()
-	}
+	addrs, err := localcluster.FreeAddrs(3)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	probe := addrs[0]
+	metricsAddr, apiAddr = addrs[1], addrs[2]
 	cluster, err = localcluster.Start(context.Background(), localcluster.Options{
 		Root: root, Dir: filepath.Join(dir, "cluster"), Namespace: "jobrun-system", Binary: bin,
-		ProbeAddr: probe, MetricsAddr: metrics, APIAddr: apiAddr, CuttableAPI: true,
+		ProbeAddr: probe, MetricsAddr: metricsAddr, APIAddr: apiAddr, CuttableAPI: true,
 		// The manager lives through the API-server outage and restart tests
 		// (a shorter renew deadline makes it stop leading and exit, for its
 		// Deployment to restart it); tests that kill it stop it gracefully
