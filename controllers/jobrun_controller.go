@@ -123,7 +123,7 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(predicate.Or(
+		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(notConsistencyMarker, predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{},
 			predicate.LabelChangedPredicate{}, statusPhaseChanged{}))).
 		Owns(&corev1.Pod{}).
@@ -131,6 +131,12 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		Named("jobrun").
 		Complete(r)
 }
+
+// notConsistencyMarker leaves out the REST API's consistency marker, a
+// JobRun that is not a run and changes on every consistent read.
+var notConsistencyMarker = predicate.NewPredicateFuncs(func(o client.Object) bool {
+	return !jobsv1alpha1.IsConsistencyMarker(o)
+})
 
 // statusPhaseChanged lets through updates that change what the controller
 // decides from (phase, attempts), not the runner's frequent progress writes.
@@ -150,6 +156,9 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	run := &jobsv1alpha1.JobRun{}
 	if err := r.client.Get(ctx, req.NamespacedName, run); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if jobsv1alpha1.IsConsistencyMarker(run) {
+		return ctrl.Result{}, nil // not a run
 	}
 	if run.CurrentPhase().IsTerminal() {
 		return r.reconcileFinished(ctx, run)

@@ -448,6 +448,30 @@ func TestMissingJobTypeFailsClearly(t *testing.T) {
 	}
 }
 
+// TestConsistencyMarkerIsNotARun: the REST API's consistency marker (a
+// JobRun whose job type does not exist, changed on every consistent read)
+// is left alone; a run like it, created after it, is failed as usual.
+func TestConsistencyMarkerIsNotARun(t *testing.T) {
+	ns := env.Namespace(t)
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()))
+	createRunWith(t, ns, jobsv1alpha1.ConsistencyMarkerName, func(jr *jobsv1alpha1.JobRun) {
+		jr.Spec = jobsv1alpha1.JobRunSpec{JobType: jobsv1alpha1.ConsistencyMarkerJobType, TriggeredBy: "jobrun:consistency-marker"}
+	})
+	env.Annotate(t, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: jobsv1alpha1.ConsistencyMarkerName}}, jobsv1alpha1.AnnotationMarkerNonce, "2")
+	createRunWith(t, ns, "run-orphan", func(jr *jobsv1alpha1.JobRun) { jr.Spec.JobType = jobsv1alpha1.ConsistencyMarkerJobType })
+	waitPhase(t, ns, "run-orphan", jobsv1alpha1.JobRunFailed)
+	marker, err := getRun(context.Background(), ns, jobsv1alpha1.ConsistencyMarkerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if marker.Status.Phase != "" || len(marker.Status.Conditions) != 0 || marker.Labels[jobsv1alpha1.LabelStatus] != "" {
+		t.Errorf("the controller treated the consistency marker as a run: status %+v, labels %v", marker.Status, marker.Labels)
+	}
+	if pods := podsOf(t, ns, jobsv1alpha1.ConsistencyMarkerName); len(pods) != 0 {
+		t.Errorf("%d pods for the consistency marker", len(pods))
+	}
+}
+
 // TestTerminalRunStaysTerminal: a pod that reports something else after the
 // run finished cannot move it. The JobType allows a retry, so a controller
 // that looked at a finished run's pod would start a second attempt (a new

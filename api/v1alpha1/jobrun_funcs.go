@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"strconv"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // IsTerminal reports whether a run in phase p has ended; a terminal phase
@@ -74,4 +76,10 @@ func NewProgress(processed, total int64, message string) *JobRunProgress {
 func GuardName(jobType, projectID string) string {
 	sum := sha256.Sum256([]byte(jobType + "\x00" + projectID))
 	return "jobrun-guard-" + hex.EncodeToString(sum[:12])
+}
+
+// IsConsistencyMarker says whether o is the REST API's consistency marker
+// (ConsistencyMarkerName), which is not a run.
+func IsConsistencyMarker(o metav1.Object) bool {
+	return o.GetName() == ConsistencyMarkerName
 }

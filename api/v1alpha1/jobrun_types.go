@@ -44,6 +44,20 @@ const (
 	AnnotationScheduledTime = "jobs.jobrun.dev/scheduled-time"
 )
 
+// The consistency marker: one JobRun per namespace, named
+// ConsistencyMarkerName, that the REST API writes to learn that its run
+// cache has caught up with the API server (apiserver/consistency.go). It is
+// not a run: the controllers leave it alone and the API never shows it.
+const (
+	// ConsistencyMarkerName is the marker's name.
+	ConsistencyMarkerName = "jobrun-consistency-marker"
+	// ConsistencyMarkerJobType is the marker's spec.jobType (no JobType
+	// has it).
+	ConsistencyMarkerJobType = "jobrun_consistency_marker"
+	// AnnotationMarkerNonce is what each write of the marker changes.
+	AnnotationMarkerNonce = "jobs.jobrun.dev/marker-nonce"
+)
+
 // The contract between the controller, which starts a run's pod, and the
 // runner inside it.
 const (
