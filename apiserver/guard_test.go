@@ -198,11 +198,11 @@ func TestTriggerCreateAnswerLost(t *testing.T) {
 	if e, _ := body["error"].(map[string]any); status != http.StatusConflict || e["existing_run_id"] != id {
 		t.Errorf("the client's retry: %d %v, want 409 naming %s", status, body, id)
 	}
-	runs := &jobsv1alpha1.JobRunList{}
-	if err := env.Client.List(context.Background(), runs, client.InNamespace(ns)); err != nil {
+	runs, err := testenv.Runs(context.Background(), env.Client, ns)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if len(runs.Items) != 1 || runs.Items[0].Name != id {
-		t.Errorf("%d runs, want exactly the one the lost answer created (%s)", len(runs.Items), id)
+	if len(runs) != 1 || runs[0].Name != id {
+		t.Errorf("%d runs, want exactly the one the lost answer created (%s)", len(runs), id)
 	}
 }

@@ -12,7 +12,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/test/testenv"
 )
 
 // TestHostileRequests: every hostile request gets a 4xx JSON error — never a
@@ -86,10 +86,9 @@ func TestHostileRequests(t *testing.T) {
 		})
 	}
 
-	runs := &jobsv1alpha1.JobRunList{}
 	leases := &coordinationv1.LeaseList{}
-	if err := env.Client.List(context.Background(), runs, client.InNamespace(a.ns)); err != nil || len(runs.Items) != 1 {
-		t.Errorf("hostile requests left %d runs, want only run-1 (%v)", len(runs.Items), err)
+	if runs, err := testenv.Runs(context.Background(), env.Client, a.ns); err != nil || len(runs) != 1 {
+		t.Errorf("hostile requests left %d runs, want only run-1 (%v)", len(runs), err)
 	}
 	if err := env.Client.List(context.Background(), leases, client.InNamespace(a.ns)); err != nil || len(leases.Items) != 0 {
 		t.Errorf("hostile requests left %d trigger guards (%v)", len(leases.Items), err)

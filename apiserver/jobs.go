@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -19,24 +20,39 @@ func (j jobsResource) routes(r chi.Router) {
 	r.Post("/{runId}/cancel", j.cancel)
 }
 
-// visibleRun reads the run straight from the API server (a run is visible
-// the moment its trigger returned, whatever the cache has seen) and returns
-// it only if the caller may see it; otherwise 404, never 403, so run ids of
-// other teams cannot be probed. A JWT user sees the runs of their teams;
-// an API key needs perm.
-func (j jobsResource) visibleRun(r *http.Request, perm string) (*jobsv1alpha1.JobRun, error) {
+// visibleRun reads the run and returns it only if the caller may see it;
+// otherwise 404, never 403, so run ids of other teams cannot be probed. A
+// JWT user sees the runs of their teams; an API key needs perm. A read
+// (live false) comes from the run index, consistently (a run is visible the
+// moment its trigger returned, on every replica) and is shared; a cancel
+// (live true) reads the API server, since it writes what it read.
+func (j jobsResource) visibleRun(r *http.Request, perm string, live bool) (*jobsv1alpha1.JobRun, error) {
 	p := principalFrom(r.Context())
 	notFound := errorf(http.StatusNotFound, codeNotFound, "job run not found")
 	id := chi.URLParam(r, "runId")
 	if !validObjectName(id) {
 		return nil, notFound // no run can have that name (e.g. "../x")
 	}
-	run := &jobsv1alpha1.JobRun{}
-	err := j.s.reader.Get(r.Context(), client.ObjectKey{Namespace: j.s.namespace, Name: id}, run)
-	if client.IgnoreNotFound(err) != nil {
-		return nil, err
+	var run *jobsv1alpha1.JobRun
+	if live {
+		run = &jobsv1alpha1.JobRun{}
+		err := j.s.reader.Get(r.Context(), client.ObjectKey{Namespace: j.s.namespace, Name: id}, run)
+		if apierrors.IsNotFound(err) {
+			return nil, notFound
+		}
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		var err error
+		if run, err = j.s.lister.GetRun(r.Context(), j.s.namespace, id); err != nil {
+			return nil, err
+		}
+		if run == nil {
+			return nil, notFound
+		}
 	}
-	if err != nil || !p.InTeam(run.Spec.TeamID) {
+	if !p.InTeam(run.Spec.TeamID) {
 		return nil, notFound
 	}
 	if p.Kind != "user" && !p.Can(run.Spec.TeamID, perm) {
@@ -47,7 +63,7 @@ func (j jobsResource) visibleRun(r *http.Request, perm string) (*jobsv1alpha1.Jo
 
 // get serves GET /v1/jobs/{runId}.
 func (j jobsResource) get(w http.ResponseWriter, r *http.Request) {
-	run, err := j.visibleRun(r, PermJobsRead)
+	run, err := j.visibleRun(r, PermJobsRead, false)
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -58,7 +74,7 @@ func (j jobsResource) get(w http.ResponseWriter, r *http.Request) {
 // cancel serves POST /v1/jobs/{runId}/cancel: it asks a running run to stop
 // by annotating it; the runner and the controller do the rest.
 func (j jobsResource) cancel(w http.ResponseWriter, r *http.Request) {
-	run, err := j.visibleRun(r, PermJobsWrite)
+	run, err := j.visibleRun(r, PermJobsWrite, true)
 	if err != nil {
 		writeError(w, r, err)
 		return

@@ -27,11 +27,15 @@ type RunQuery struct {
 	Limit int
 }
 
-// RunLister lists runs for the API. The cache-backed lister serves live
-// runs; an archive of old runs can join behind the same interface without
-// touching the handlers.
+// RunLister lists and reads runs for the API, consistently: a run whose
+// create (or change) completed before the call is in the answer as it is
+// now. The cache-backed lister (RunIndex) serves live runs; an archive of
+// old runs can join behind the same interface without touching the
+// handlers. The runs returned are shared: callers must not change them.
 type RunLister interface {
 	ListRuns(ctx context.Context, q RunQuery) (runs []*jobsv1alpha1.JobRun, hasMore bool, err error)
+	// GetRun returns the team run namespace/name, or nil if there is none.
+	GetRun(ctx context.Context, namespace, name string) (*jobsv1alpha1.JobRun, error)
 }
 
 // Cursor is a position in a newest-first list: <created_at>|<id>.

@@ -13,8 +13,9 @@ import (
 // TestAPIServerOutage cuts the REST server off the Kubernetes API server
 // (every connection dropped, new ones refused, as in a restart) in the
 // middle of traffic: calls that need it answer 503 with a JSON error and
-// Retry-After, fast; the list keeps answering from the cache; nothing is
-// half-written; after the cut everything works again.
+// Retry-After, fast — the list and the get too: the cache cannot show that
+// it is current, and a stale page is never served; nothing is half-written;
+// after the cut everything works again.
 func TestAPIServerOutage(t *testing.T) {
 	proxy, cfg := testenv.NewProxy(t, env.Config)
 	a := startAPIVia(t, env.Namespace(t), cfg, nil)
@@ -41,6 +42,7 @@ func TestAPIServerOutage(t *testing.T) {
 		do   func() (int, map[string]any)
 	}{
 		{"get", func() (int, map[string]any) { return a.get("/v1/jobs/"+id, tok) }},
+		{"list", func() (int, map[string]any) { return a.get("/v1/teams/team-1/jobs", tok) }},
 		{"trigger", func() (int, map[string]any) { return trigger("project-2") }},
 		{"cancel", func() (int, map[string]any) { return a.do(http.MethodPost, "/v1/jobs/"+id+"/cancel", tok, nil) }},
 	} {
@@ -52,9 +54,6 @@ func TestAPIServerOutage(t *testing.T) {
 		if took := time.Since(start); took > 25*time.Second {
 			t.Errorf("%s during the cut took %s: past the 20 s request timeout", call.name, took)
 		}
-	}
-	if status, body := a.get("/v1/teams/team-1/jobs", tok); status != http.StatusOK || len(body["job_runs"].([]any)) != 1 {
-		t.Errorf("list during the cut: %d %v, want the cached run", status, body)
 	}
 
 	proxy.Restore()

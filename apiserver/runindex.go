@@ -2,7 +2,10 @@ package apiserver
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,6 +13,7 @@ import (
 	"github.com/google/btree"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
@@ -21,6 +25,10 @@ import (
 // selection and a sort of the whole team per request; the runs are the
 // informer's own objects, never copied. System runs (no team) are not
 // indexed: they are never listed.
+//
+// Its reads are consistent (consistency.go): ListRuns and GetRun first wait
+// until the index has seen every JobRun write that completed before they
+// were called.
 type RunIndex struct {
 	mu    sync.RWMutex
 	trees map[string]*btree.BTreeG[indexEntry]
@@ -28,6 +36,16 @@ type RunIndex struct {
 	// the trees follows from it (indexKeys, sortTime).
 	runs   map[string]*jobsv1alpha1.JobRun
 	synced atomic.Pointer[func() bool]
+
+	// seen is the greatest resourceVersion of the JobRun events handled;
+	// progress is closed, and replaced, whenever it grows.
+	progressMu sync.Mutex
+	seen       uint64
+	progress   chan struct{}
+
+	marker  *marker
+	rounds  rounds
+	timeout time.Duration
 }
 
 type indexEntry struct {
@@ -47,11 +65,15 @@ func newerFirst(a, b indexEntry) bool {
 
 // NewRunIndex returns an empty index; Register feeds it.
 func NewRunIndex() *RunIndex {
-	return &RunIndex{trees: map[string]*btree.BTreeG[indexEntry]{}, runs: map[string]*jobsv1alpha1.JobRun{}}
+	return &RunIndex{trees: map[string]*btree.BTreeG[indexEntry]{}, runs: map[string]*jobsv1alpha1.JobRun{},
+		progress: make(chan struct{}), timeout: defaultConsistencyTimeout}
 }
 
-// Register subscribes the index to the JobRun informer of c.
-func (x *RunIndex) Register(ctx context.Context, c cache.Informers) error {
+// Register subscribes the index to the JobRun informer of c; its reads
+// write the consistency marker of namespace (the namespace the API serves)
+// through w.
+func (x *RunIndex) Register(ctx context.Context, c cache.Informers, w client.Client, namespace string) error {
+	x.marker = &marker{client: w, namespace: namespace}
 	inf, err := c.GetInformer(ctx, &jobsv1alpha1.JobRun{})
 	if err != nil {
 		return err
@@ -65,6 +87,7 @@ func (x *RunIndex) Register(ctx context.Context, c cache.Informers) error {
 			}
 			if run, ok := obj.(*jobsv1alpha1.JobRun); ok {
 				x.remove(run.Namespace + "/" + run.Name)
+				x.observe(run)
 			}
 		},
 	})
@@ -113,6 +136,94 @@ func (x *RunIndex) set(obj any) {
 	if !ok {
 		return
 	}
+	x.put(run)
+	x.observe(run)
+}
+
+// observe records that the index has handled run's event.
+func (x *RunIndex) observe(run *jobsv1alpha1.JobRun) {
+	rv, err := strconv.ParseUint(run.ResourceVersion, 10, 64)
+	if err != nil {
+		return // no progress to record; a round then waits in vain (503)
+	}
+	x.progressMu.Lock()
+	defer x.progressMu.Unlock()
+	if rv > x.seen {
+		x.seen = rv
+		close(x.progress)
+		x.progress = make(chan struct{})
+	}
+}
+
+// waitSeen waits until the index has handled an event at or past rv (and
+// holds every run the informer listed at its start).
+func (x *RunIndex) waitSeen(ctx context.Context, rv uint64) error {
+	for {
+		x.progressMu.Lock()
+		seen, progress := x.seen, x.progress
+		x.progressMu.Unlock()
+		synced := x.Synced(ctx)
+		if seen >= rv && synced {
+			return nil
+		}
+		var poll <-chan time.Time
+		if !synced {
+			poll = time.After(50 * time.Millisecond)
+		}
+		select {
+		case <-progress:
+		case <-poll:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// fresh returns once the index has seen every JobRun write that completed
+// before it was called: it joins the next consistency round.
+func (x *RunIndex) fresh(ctx context.Context) error {
+	if x.marker == nil {
+		return errors.New("the run index is not registered with an informer")
+	}
+	if err := x.rounds.wait(ctx, x.round); err != nil {
+		return err
+	}
+	consistencyReads.Inc()
+	return nil
+}
+
+// round writes the marker and waits for its event, within x.timeout.
+func (x *RunIndex) round() error {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), x.timeout)
+	defer cancel()
+	rv, err := x.marker.touch(ctx)
+	if err != nil {
+		consistencyRounds.WithLabelValues("unavailable").Inc()
+		return fmt.Errorf("writing the consistency marker: %w", err)
+	}
+	if err := x.waitSeen(ctx, rv); err != nil {
+		consistencyRounds.WithLabelValues("behind").Inc()
+		return errCacheBehind
+	}
+	consistencyRounds.WithLabelValues("ok").Inc()
+	consistencyWait.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// GetRun returns the team run namespace/name (nil if the index has no such
+// run), consistently.
+func (x *RunIndex) GetRun(ctx context.Context, namespace, name string) (*jobsv1alpha1.JobRun, error) {
+	if err := x.fresh(ctx); err != nil {
+		return nil, err
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.runs[namespace+"/"+name], nil
+}
+
+// put indexes run (or, for a run without a team, drops it).
+func (x *RunIndex) put(run *jobsv1alpha1.JobRun) {
 	id := run.Namespace + "/" + run.Name
 	keys, e := indexKeys(run), entryOf(run)
 	x.mu.Lock()
@@ -159,14 +270,23 @@ func (x *RunIndex) removeLocked(id string) {
 	delete(x.runs, id)
 }
 
-// ListRuns walks the most specific tree from the cursor (or until), checks
-// the other filters, and stops at since or after limit+1 runs.
-func (x *RunIndex) ListRuns(_ context.Context, q RunQuery) ([]*jobsv1alpha1.JobRun, bool, error) {
+// ListRuns lists a page consistently (fresh, then list).
+func (x *RunIndex) ListRuns(ctx context.Context, q RunQuery) ([]*jobsv1alpha1.JobRun, bool, error) {
+	if err := x.fresh(ctx); err != nil {
+		return nil, false, err
+	}
+	runs, hasMore := x.list(q)
+	return runs, hasMore, nil
+}
+
+// list walks the most specific tree from the cursor (or until), checks the
+// other filters, and stops at since or after limit+1 runs.
+func (x *RunIndex) list(q RunQuery) ([]*jobsv1alpha1.JobRun, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	t := x.trees[queryKey(q)]
 	if t == nil {
-		return nil, false, nil
+		return nil, false
 	}
 	// Where the page starts: after the cursor, and before until (an entry
 	// at until with the empty id comes after every run created at until).
@@ -203,7 +323,7 @@ func (x *RunIndex) ListRuns(_ context.Context, q RunQuery) ([]*jobsv1alpha1.JobR
 		t.Ascend(visit)
 	}
 	if len(runs) > q.Limit {
-		return runs[:q.Limit], true, nil
+		return runs[:q.Limit], true
 	}
-	return runs, false, nil
+	return runs, false
 }

@@ -89,6 +89,8 @@ type apiOptions struct {
 	// wrapTransport, if set, wraps the manager's HTTP transport to the
 	// Kubernetes API server (reads, writes and, without cacheCfg, its cache).
 	wrapTransport func(http.RoundTripper) http.RoundTripper
+	// consistencyTimeout, if set, bounds the run index's consistency rounds.
+	consistencyTimeout time.Duration
 }
 
 // startAPIWith is startAPIVia wired as o says.
@@ -117,7 +119,10 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 		t.Fatal(err)
 	}
 	index := NewRunIndex()
-	if err := index.Register(context.Background(), mgr.GetCache()); err != nil {
+	if o.consistencyTimeout != 0 {
+		index.timeout = o.consistencyTimeout
+	}
+	if err := index.Register(context.Background(), mgr.GetCache(), mgr.GetClient(), ns); err != nil {
 		t.Fatal(err)
 	}
 	testenv.StartManager(t, mgr)

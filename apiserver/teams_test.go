@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/test/testenv"
 )
 
 // seed creates the JobTypes and Projects a trigger is checked against.
@@ -153,9 +154,8 @@ func TestTriggerRejectsBadRequests(t *testing.T) {
 	if status, resp := a.do(http.MethodPost, "/v1/teams/team-1/jobs/trigger", userToken(t), rawJSON(big)); status != http.StatusRequestEntityTooLarge {
 		t.Errorf("oversized body: %d %v, want 413", status, resp)
 	}
-	list := &jobsv1alpha1.JobRunList{}
-	if err := env.Client.List(context.Background(), list, client.InNamespace(a.ns)); err != nil || len(list.Items) != 0 {
-		t.Errorf("refused triggers left %d runs (%v)", len(list.Items), err)
+	if runs, err := testenv.Runs(context.Background(), env.Client, a.ns); err != nil || len(runs) != 0 {
+		t.Errorf("refused triggers left %d runs (%v)", len(runs), err)
 	}
 }
 
@@ -220,8 +220,7 @@ func TestConcurrentTriggersAcrossReplicas(t *testing.T) {
 			t.Errorf("trigger %d: %d %v, want 409 with existing_run_id %s", i, statuses[i], bodies[i], created)
 		}
 	}
-	list := &jobsv1alpha1.JobRunList{}
-	if err := env.Client.List(context.Background(), list, client.InNamespace(a.ns)); err != nil || len(list.Items) != 1 {
-		t.Errorf("%d runs exist (%v), want exactly 1", len(list.Items), err)
+	if runs, err := testenv.Runs(context.Background(), env.Client, a.ns); err != nil || len(runs) != 1 {
+		t.Errorf("%d runs exist (%v), want exactly 1", len(runs), err)
 	}
 }

@@ -220,7 +220,7 @@ func runManager(ctx context.Context, args []string) error {
 			jwtAuth = apiserver.HS256([]byte(secret))
 		}
 		runIndex := apiserver.NewRunIndex()
-		if err := runIndex.Register(ctx, mgr.GetCache()); err != nil {
+		if err := runIndex.Register(ctx, mgr.GetCache(), mgr.GetClient(), f.namespace); err != nil {
 			return err
 		}
 		api, err := apiserver.New(apiserver.Options{

@@ -351,12 +351,12 @@ func TestRetentionDeletesOldRuns(t *testing.T) {
 		runs = append(runs, jr)
 	}
 	testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
-		list := &jobsv1alpha1.JobRunList{}
-		if err := cluster.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
+		runs, err := testenv.Runs(ctx, cluster.Client, ns)
+		if err != nil {
 			return err
 		}
-		if len(list.Items) != 2 {
-			return fmt.Errorf("%d runs kept, want the history limit of 2", len(list.Items))
+		if len(runs) != 2 {
+			return fmt.Errorf("%d runs kept, want the history limit of 2", len(runs))
 		}
 		return nil
 	})

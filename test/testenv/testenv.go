@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -34,6 +35,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/controlplane"
 )
 
@@ -263,4 +265,14 @@ func StartManager(t testing.TB, mgr manager.Manager) (stop func()) {
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// Runs lists the JobRuns of ns through c, without the REST API's
+// consistency marker (a JobRun that is not a run).
+func Runs(ctx context.Context, c client.Reader, ns string) ([]jobsv1alpha1.JobRun, error) {
+	list := &jobsv1alpha1.JobRunList{}
+	if err := c.List(ctx, list, client.InNamespace(ns)); err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(list.Items, func(r jobsv1alpha1.JobRun) bool { return jobsv1alpha1.IsConsistencyMarker(&r) }), nil
 }
