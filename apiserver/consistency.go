@@ -12,8 +12,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -49,10 +53,8 @@ import (
 // arrive while a round is under way wait for the next one, which starts when
 // it ends. Under load, one marker write serves many reads.
 //
-// Known gap: after a watch breaks for long enough that the informer lists
-// again (410 Gone), the listed changes reach the index one by one; a round
-// that completes in the middle of that replay can answer before the rest of
-// it is indexed.
+// A list replayed by the informer (at its start, or after a watch ended with
+// 410 Gone) needs care: see Relists below.
 
 // defaultConsistencyTimeout bounds a round: a cache that has not caught up
 // by then gets the read a 503.
@@ -182,4 +184,99 @@ func (rs *rounds) loop(do func() error) {
 		r.err = do()
 		close(r.done)
 	}
+}
+
+// Relists. An informer that lists again (its start; a watch that ended with
+// 410 Gone) replaces its store with the list and then hands the listed
+// changes to the index one by one, in list order — the marker's among them,
+// perhaps before the others. So the index notes the list's resourceVersion
+// when the list arrives (before the informer replays it); events up to it
+// may be replayed, and only an event past it (which the informer hands over
+// after the whole replay) shows that the replay is done. A round that sees
+// its marker while a replay is pending writes the marker again.
+
+// NewInformer is the manager cache's cache.Options.NewInformer: informers
+// as client-go builds them, whose JobRun lists and watch-lists tell the index
+// their resourceVersion. Register refuses a cache built without it.
+func (x *RunIndex) NewInformer(lw toolscache.ListerWatcher, obj runtime.Object, resync time.Duration, indexers toolscache.Indexers) toolscache.SharedIndexInformer {
+	if orig, ok := lw.(*toolscache.ListWatch); ok {
+		if _, isRun := obj.(*jobsv1alpha1.JobRun); isRun {
+			lw = x.noteLists(orig)
+			x.listsNoted.Store(true)
+		}
+	}
+	return toolscache.NewSharedIndexInformer(lw, obj, resync, indexers)
+}
+
+// noteLists wraps a JobRun ListWatch: a list's resourceVersion, and a
+// watch-list's (from its initial-events-end bookmark), go to x.listed.
+func (x *RunIndex) noteLists(orig *toolscache.ListWatch) *toolscache.ListWatch {
+	lw := *orig
+	lw.ListFunc, lw.WatchFunc = nil, nil // the context versions below serve both
+	lw.ListWithContextFunc = func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+		list, err := toolscache.ToListerWithContext(orig).ListWithContext(ctx, opts)
+		if err == nil {
+			if m, merr := meta.ListAccessor(list); merr == nil {
+				x.listed(m.GetResourceVersion())
+			}
+		}
+		return list, err
+	}
+	lw.WatchFuncWithContext = func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+		w, err := toolscache.ToWatcherWithContext(orig).WatchWithContext(ctx, opts)
+		if err != nil || opts.SendInitialEvents == nil || !*opts.SendInitialEvents {
+			return w, err
+		}
+		return newInitialEventsWatch(w, x.listed), nil
+	}
+	return &lw
+}
+
+// listed records that the informer is about to replay a list taken at rv.
+func (x *RunIndex) listed(rv string) {
+	n, err := strconv.ParseUint(rv, 10, 64)
+	if err != nil {
+		return
+	}
+	x.progressMu.Lock()
+	defer x.progressMu.Unlock()
+	if n > x.replaying {
+		x.replaying = n
+	}
+}
+
+// initialEventsWatch passes a watch-list's events through, telling end the
+// resourceVersion of the bookmark that ends its initial events.
+type initialEventsWatch struct {
+	watch.Interface
+	out  chan watch.Event
+	done chan struct{}
+	once sync.Once
+}
+
+func newInitialEventsWatch(w watch.Interface, end func(rv string)) *initialEventsWatch {
+	iw := &initialEventsWatch{Interface: w, out: make(chan watch.Event), done: make(chan struct{})}
+	go func() {
+		defer close(iw.out)
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Bookmark {
+				if m, err := meta.Accessor(ev.Object); err == nil && m.GetAnnotations()[metav1.InitialEventsAnnotationKey] == "true" {
+					end(m.GetResourceVersion())
+				}
+			}
+			select {
+			case iw.out <- ev:
+			case <-iw.done:
+				return
+			}
+		}
+	}()
+	return iw
+}
+
+func (iw *initialEventsWatch) ResultChan() <-chan watch.Event { return iw.out }
+
+func (iw *initialEventsWatch) Stop() {
+	iw.once.Do(func() { close(iw.done) })
+	iw.Interface.Stop()
 }

@@ -14,6 +14,9 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -260,4 +263,82 @@ func (a *api) raw(method, path, tok string) response {
 		a.t.Errorf("%s %s: %d, body not JSON: %v", method, path, resp.StatusCode, err)
 	}
 	return out
+}
+
+// TestReplayedMarkerIsNotEnough: the informer replays a list (taken at
+// resourceVersion 100) and hands the marker (written at 90) to the index
+// before run-a (95). Seeing the marker then proves nothing: the round must
+// not end until an event past the list (the marker written again, 101),
+// by which time run-a is indexed.
+func TestReplayedMarkerIsNotEnough(t *testing.T) {
+	x := NewRunIndex()
+	synced := func() bool { return true }
+	x.synced.Store(&synced)
+	obj := func(name, rv, team string) *jobsv1alpha1.JobRun {
+		return &jobsv1alpha1.JobRun{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, ResourceVersion: rv},
+			Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: team, ProjectID: "p", CreatedAt: ptr.To(metav1.NewMicroTime(time.Now()))},
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	x.listed("100")
+	x.set(obj(jobsv1alpha1.ConsistencyMarkerName, "90", ""))
+	if err := x.waitSeen(ctx, 90); !errors.Is(err, errReplaying) {
+		t.Fatalf("the marker seen in the replay of a list: %v, want errReplaying (run-a is not indexed yet)", err)
+	}
+	x.set(obj("run-a", "95", "t1"))
+	if err := x.waitSeen(ctx, 90); !errors.Is(err, errReplaying) {
+		t.Fatalf("within the replay: %v, want errReplaying", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- x.waitSeen(ctx, 101) }()
+	x.set(obj(jobsv1alpha1.ConsistencyMarkerName, "101", ""))
+	if err := <-done; err != nil {
+		t.Fatalf("the marker written after the list: %v", err)
+	}
+	if runs, _ := x.list(RunQuery{Namespace: "ns", TeamID: "t1", Limit: 10}); len(runs) != 1 {
+		t.Errorf("%d runs indexed, want run-a", len(runs))
+	}
+}
+
+// TestListsAreNoted: the JobRun ListWatch the index wraps tells it the
+// resourceVersion of a list, and of a watch-list's initial-events-end
+// bookmark, before the informer gets them.
+func TestListsAreNoted(t *testing.T) {
+	x := NewRunIndex()
+	fw := watch.NewFake()
+	lw := x.noteLists(&toolscache.ListWatch{
+		ListWithContextFunc: func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+			return &jobsv1alpha1.JobRunList{ListMeta: metav1.ListMeta{ResourceVersion: "100"}}, nil
+		},
+		WatchFuncWithContext: func(context.Context, metav1.ListOptions) (watch.Interface, error) { return fw, nil },
+	})
+	replaying := func() uint64 {
+		x.progressMu.Lock()
+		defer x.progressMu.Unlock()
+		return x.replaying
+	}
+	if _, err := lw.ListWithContext(context.Background(), metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := replaying(); got != 100 {
+		t.Errorf("after a list at 100: replaying %d", got)
+	}
+	w, err := lw.WatchWithContext(context.Background(), metav1.ListOptions{SendInitialEvents: ptr.To(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go fw.Action(watch.Bookmark, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{ResourceVersion: "200",
+		Annotations: map[string]string{metav1.InitialEventsAnnotationKey: "true"}}})
+	ev := <-w.ResultChan()
+	if ev.Type != watch.Bookmark || replaying() != 200 {
+		t.Errorf("after a watch-list's end bookmark at 200: event %s, replaying %d", ev.Type, replaying())
+	}
+	w.Stop()
+	x.set(&jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "r", ResourceVersion: "201"}})
+	if got := replaying(); got != 0 {
+		t.Errorf("after an event past the list: replaying %d, want 0", got)
+	}
 }

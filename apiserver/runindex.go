@@ -38,10 +38,14 @@ type RunIndex struct {
 	synced atomic.Pointer[func() bool]
 
 	// seen is the greatest resourceVersion of the JobRun events handled;
-	// progress is closed, and replaced, whenever it grows.
+	// progress is closed, and replaced, whenever it grows. replaying, if
+	// not 0, is the resourceVersion of a list the informer replays: done
+	// once an event past it is handled (consistency.go, Relists).
 	progressMu sync.Mutex
 	seen       uint64
 	progress   chan struct{}
+	replaying  uint64
+	listsNoted atomic.Bool
 
 	marker  *marker
 	rounds  rounds
@@ -77,6 +81,9 @@ func (x *RunIndex) Register(ctx context.Context, c cache.Informers, w client.Cli
 	inf, err := c.GetInformer(ctx, &jobsv1alpha1.JobRun{})
 	if err != nil {
 		return err
+	}
+	if !x.listsNoted.Load() {
+		return errors.New("the run index needs the cache built with its NewInformer (cache.Options.NewInformer), to know when the informer replays a list")
 	}
 	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { x.set(obj) },
@@ -148,6 +155,9 @@ func (x *RunIndex) observe(run *jobsv1alpha1.JobRun) {
 	}
 	x.progressMu.Lock()
 	defer x.progressMu.Unlock()
+	if x.replaying != 0 && rv > x.replaying {
+		x.replaying = 0 // past the list: its replay is done
+	}
 	if rv > x.seen {
 		x.seen = rv
 		close(x.progress)
@@ -155,15 +165,23 @@ func (x *RunIndex) observe(run *jobsv1alpha1.JobRun) {
 	}
 }
 
+// errReplaying: the index saw the marker's write, but as part of a list it
+// is still replaying.
+var errReplaying = errors.New("the index is replaying a list")
+
 // waitSeen waits until the index has handled an event at or past rv (and
-// holds every run the informer listed at its start).
+// holds every run the informer listed at its start). If it has, but within
+// a list still being replayed, it returns errReplaying.
 func (x *RunIndex) waitSeen(ctx context.Context, rv uint64) error {
 	for {
 		x.progressMu.Lock()
-		seen, progress := x.seen, x.progress
+		seen, progress, replaying := x.seen, x.progress, x.replaying
 		x.progressMu.Unlock()
 		synced := x.Synced(ctx)
 		if seen >= rv && synced {
+			if replaying != 0 {
+				return errReplaying
+			}
 			return nil
 		}
 		var poll <-chan time.Time
@@ -197,14 +215,21 @@ func (x *RunIndex) round() error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), x.timeout)
 	defer cancel()
-	rv, err := x.marker.touch(ctx)
-	if err != nil {
-		consistencyRounds.WithLabelValues("unavailable").Inc()
-		return fmt.Errorf("writing the consistency marker: %w", err)
-	}
-	if err := x.waitSeen(ctx, rv); err != nil {
-		consistencyRounds.WithLabelValues("behind").Inc()
-		return errCacheBehind
+	for {
+		rv, err := x.marker.touch(ctx)
+		if err != nil {
+			consistencyRounds.WithLabelValues("unavailable").Inc()
+			return fmt.Errorf("writing the consistency marker: %w", err)
+		}
+		err = x.waitSeen(ctx, rv)
+		if errors.Is(err, errReplaying) {
+			continue // a write after the list: its event comes after the replay
+		}
+		if err != nil {
+			consistencyRounds.WithLabelValues("behind").Inc()
+			return errCacheBehind
+		}
+		break
 	}
 	consistencyRounds.WithLabelValues("ok").Inc()
 	consistencyWait.Observe(time.Since(start).Seconds())

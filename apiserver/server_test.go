@@ -101,12 +101,17 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if o.wrapTransport != nil {
 		cfg.Wrap(o.wrapTransport)
 	}
+	index := NewRunIndex()
+	if o.consistencyTimeout != 0 {
+		index.timeout = o.consistencyTimeout
+	}
 	opts := ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		// The cache as the manager has it (managedFields dropped), over the
 		// test's namespace only.
-		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}, DefaultTransform: cache.TransformStripManagedFields()},
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}, DefaultTransform: cache.TransformStripManagedFields(),
+			NewInformer: index.NewInformer},
 	}
 	if cacheCfg != nil {
 		opts.NewCache = func(_ *rest.Config, o cache.Options) (cache.Cache, error) {
@@ -117,10 +122,6 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	mgr, err := ctrl.NewManager(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
-	}
-	index := NewRunIndex()
-	if o.consistencyTimeout != 0 {
-		index.timeout = o.consistencyTimeout
 	}
 	if err := index.Register(context.Background(), mgr.GetCache(), mgr.GetClient(), ns); err != nil {
 		t.Fatal(err)

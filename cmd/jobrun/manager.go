@@ -151,6 +151,14 @@ func runManager(ctx context.Context, args []string) error {
 	if f.metricsSecure {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
+	// Nothing reads managedFields; dropping them keeps the cache of many
+	// runs smaller. The REST API's run index watches the cache's JobRun
+	// lists (for consistent reads).
+	cacheOpts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	runIndex := apiserver.NewRunIndex()
+	if f.apiAddr != "" {
+		cacheOpts.NewInformer = runIndex.NewInformer
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
@@ -162,9 +170,7 @@ func runManager(ctx context.Context, args []string) error {
 		LeaseDuration:                 &f.leaseDuration,
 		RenewDeadline:                 &f.renewDeadline,
 		RetryPeriod:                   &f.retryPeriod,
-		// Nothing reads managedFields; dropping them keeps the cache of many
-		// runs smaller.
-		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Cache:                         cacheOpts,
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
@@ -219,7 +225,6 @@ func runManager(ctx context.Context, args []string) error {
 			}
 			jwtAuth = apiserver.HS256([]byte(secret))
 		}
-		runIndex := apiserver.NewRunIndex()
 		if err := runIndex.Register(ctx, mgr.GetCache(), mgr.GetClient(), f.namespace); err != nil {
 			return err
 		}
