@@ -91,6 +91,8 @@ type apiOptions struct {
 	wrapTransport func(http.RoundTripper) http.RoundTripper
 	// consistencyTimeout, if set, bounds the run index's consistency rounds.
 	consistencyTimeout time.Duration
+	// corsOrigins are the server's CORS allowed origins.
+	corsOrigins []string
 }
 
 // startAPIWith is startAPIVia wired as o says.
@@ -135,7 +137,7 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if o.wrapReader != nil {
 		reader = o.wrapReader(reader)
 	}
-	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced, Now: o.now,
+	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
 		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: ns}}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

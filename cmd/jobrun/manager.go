@@ -52,6 +52,7 @@ type managerFlags struct {
 	apiAddr                 string
 	namespace               string
 	jwksURL                 string
+	corsAllowedOrigins      string
 	runControllers          bool
 	jwtSecretFile           string
 	smtp                    notify.SMTP
@@ -76,6 +77,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
+	fs.StringVar(&f.corsAllowedOrigins, "api-cors-allowed-origins", "", "Comma-separated origins whose browser pages may call the REST API (CORS), such as https://app.example.com; * for any. Empty: no CORS headers.")
 	fs.StringVar(&f.jwtSecretFile, "jwt-secret-file", "", "File holding the HS256 secret (e.g. mounted from a Secret); default: $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.smtp.Host, "smtp-host", "", "Mail server for run notifications (notify: true); empty: none are sent, and runs record why.")
 	fs.IntVar(&f.smtp.Port, "smtp-port", 587, "Mail server port.")
@@ -99,10 +101,26 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	if f.smtp.RetryWindow <= 0 {
 		return nil, fmt.Errorf("--smtp-retry-window (%s) must be positive", f.smtp.RetryWindow)
 	}
+	for _, o := range f.corsOrigins() {
+		if o != "*" && !strings.HasPrefix(o, "https://") && !strings.HasPrefix(o, "http://") {
+			return nil, fmt.Errorf("--api-cors-allowed-origins: %q is not an origin (scheme://host[:port], or *)", o)
+		}
+	}
 	if !f.runControllers && f.apiAddr == "" {
 		return nil, fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")
 	}
 	return f, nil
+}
+
+// corsOrigins is --api-cors-allowed-origins as a list.
+func (f *managerFlags) corsOrigins() []string {
+	var out []string
+	for o := range strings.SplitSeq(f.corsAllowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // restConfig loads the client config of every role: from --kubeconfig, else
@@ -230,7 +248,8 @@ func runManager(ctx context.Context, args []string) error {
 				JWT:    jwtAuth,
 				APIKey: apiserver.APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: f.namespace},
 			},
-			Log: ctrl.Log.WithName("apiserver"),
+			CORSAllowedOrigins: f.corsOrigins(),
+			Log:                ctrl.Log.WithName("apiserver"),
 		})
 		if err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -193,6 +194,7 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 		{"--leader-elect-renew-deadline=1s", "--leader-elect-retry-period=1s"}, // not longer than the retry period
 		{"--leader-elect-retry-period=0s"},
 		{"--smtp-retry-window=0s"},
+		{"--api-cors-allowed-origins=app.example.com"},
 	} {
 		if _, err := parseManagerFlags(args); err == nil {
 			t.Errorf("parseManagerFlags(%q) accepted", args)
@@ -212,6 +214,9 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 		} else if got := f.smtp.RetryFor(); got != c.want {
 			t.Errorf("parseManagerFlags(%q): SMTP retry window %s, want %s", c.args, got, c.want)
 		}
+	}
+	if f, err := parseManagerFlags([]string{"--api-cors-allowed-origins= https://a.example.com, http://localhost:3000 ,"}); err != nil || !slices.Equal(f.corsOrigins(), []string{"https://a.example.com", "http://localhost:3000"}) {
+		t.Errorf("CORS origins: %v (%v)", f, err)
 	}
 	if _, err := parseManagerFlags([]string{"--leader-elect=false", "--leader-elect-lease-duration=1s"}); err != nil {
 		t.Errorf("lease timings are not checked without leader election: %v", err)

@@ -95,6 +95,9 @@ capabilities:
 {{- else }}
 - --jwt-secret-file=/etc/jobrun/jwt/{{ .Values.auth.jwt.secretKey }}
 {{- end }}
+{{- with .Values.api.cors.allowedOrigins }}
+- --api-cors-allowed-origins={{ join "," . }}
+{{- end }}
 {{- end }}
 
 {{- define "jobrun.apiVolumeMounts" -}}
