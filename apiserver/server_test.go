@@ -16,6 +16,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -106,9 +107,10 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	opts := ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
-		// The cache as the manager has it (managedFields dropped), over the
-		// test's namespace only.
-		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}, DefaultTransform: cache.TransformStripManagedFields()},
+		// The cache as the manager has it (managedFields dropped; Secrets:
+		// API keys only), over the test's namespace only.
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}, DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: APIKeySecretsCache(ns)}},
 	}
 	if cacheCfg != nil {
 		opts.NewCache = func(_ *rest.Config, o cache.Options) (cache.Cache, error) {
@@ -127,6 +129,10 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if err := index.Register(context.Background(), mgr.GetCache(), mgr.GetClient(), ns); err != nil {
 		t.Fatal(err)
 	}
+	keys, err := NewAPIKeyAuthenticator(context.Background(), mgr.GetCache(), ns)
+	if err != nil {
+		t.Fatal(err)
+	}
 	testenv.StartManager(t, mgr)
 	syncCtx, syncCancel := context.WithTimeout(context.Background(), time.Minute)
 	defer syncCancel()
@@ -138,7 +144,7 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 		reader = o.wrapReader(reader)
 	}
 	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
-		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: ns}}, Log: testLogger(t)})
+		Auth: Authenticators{JWT: HS256(secret), APIKey: keys}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

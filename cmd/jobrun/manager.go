@@ -10,10 +10,12 @@ import (
 	"time"
 	_ "time/tzdata" // JobSchedule time zones, also in images without a zoneinfo database
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -169,6 +171,11 @@ func runManager(ctx context.Context, args []string) error {
 	if f.metricsSecure {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
+	cacheOpts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	if f.apiAddr != "" {
+		// The REST API's API keys, from an informer: the only Secrets cached.
+		cacheOpts.ByObject = map[client.Object]cache.ByObject{&corev1.Secret{}: apiserver.APIKeySecretsCache(f.namespace)}
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
@@ -182,7 +189,7 @@ func runManager(ctx context.Context, args []string) error {
 		RetryPeriod:                   &f.retryPeriod,
 		// Nothing reads managedFields; dropping them keeps the cache of many
 		// runs smaller.
-		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Cache: cacheOpts,
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
@@ -241,12 +248,16 @@ func runManager(ctx context.Context, args []string) error {
 		if err := runIndex.Register(ctx, mgr.GetCache(), mgr.GetClient(), f.namespace); err != nil {
 			return err
 		}
+		apiKeys, err := apiserver.NewAPIKeyAuthenticator(ctx, mgr.GetCache(), f.namespace)
+		if err != nil {
+			return err
+		}
 		api, err := apiserver.New(apiserver.Options{
 			Addr: f.apiAddr, Namespace: f.namespace,
 			Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex, Ready: runIndex.Synced,
 			Auth: apiserver.Authenticators{
 				JWT:    jwtAuth,
-				APIKey: apiserver.APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: f.namespace},
+				APIKey: apiKeys,
 			},
 			CORSAllowedOrigins: f.corsOrigins(),
 			Log:                ctrl.Log.WithName("apiserver"),
