@@ -51,6 +51,9 @@ func NewAPIKey(namespace, team string, permissions []string, email string) (stri
 	if team == "" {
 		return "", nil, errors.New("an API key is bound to one team: team is required")
 	}
+	if email != "" && (len(email) > maxEmail || !emailPattern.MatchString(email)) {
+		return "", nil, fmt.Errorf("email %q is not an email address (name@domain, at most %d bytes)", email, maxEmail)
+	}
 	for _, p := range permissions {
 		if p != PermJobsRead && p != PermJobsWrite {
 			return "", nil, fmt.Errorf("unknown permission %q (known: %s, %s)", p, PermJobsRead, PermJobsWrite)

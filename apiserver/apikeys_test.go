@@ -104,6 +104,9 @@ func TestAPIKeys(t *testing.T) {
 	if _, err := CreateAPIKey(ctx, env.Client, a.ns, "team-1", []string{"jobs:admin"}, ""); err == nil {
 		t.Error("a key with an unknown permission was created")
 	}
+	if _, err := CreateAPIKey(ctx, env.Client, a.ns, "team-1", []string{PermJobsRead}, "not an address"); err == nil {
+		t.Error("a key with an email no run can store was created")
+	}
 }
 
 // waitForKey waits until the server accepts key: its Secret has reached the

@@ -63,6 +63,14 @@ func TestHostileRequests(t *testing.T) {
 		{"other team's trigger", http.MethodPost, trigger, otherTeam, `{"job_type":"revenuecat_sync","project_id":"project-1"}`, 404},
 		{"expired token", http.MethodPost, trigger, expired, `{"job_type":"revenuecat_sync","project_id":"project-1"}`, 401},
 		{"alg none", http.MethodPost, trigger, none, `{"job_type":"revenuecat_sync","project_id":"project-1"}`, 401},
+		{"sub of 10 KiB", http.MethodPost, trigger, token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { c["sub"] = strings.Repeat("s", 10<<10) }), `{"job_type":"revenuecat_sync","project_id":"project-1"}`, 401},
+		{"email that is no address", http.MethodPost, trigger, token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { c["email"] = "<script>@" }), `{"job_type":"revenuecat_sync","project_id":"project-1"}`, 401},
+		{"team id no run can have", http.MethodPost, "/v1/teams/" + strings.Repeat("t", 64) + "/jobs/trigger", token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { c["teams"] = []string{strings.Repeat("t", 64)} }), `{"job_type":"revenuecat_sync","project_id":"project-1"}`, 400},
+		{"not valid before tomorrow", http.MethodGet, "/v1/teams/team-1/jobs", token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { c["nbf"] = time.Now().Add(24 * time.Hour).Unix() }), "", 401},
+		{"issued tomorrow", http.MethodGet, "/v1/teams/team-1/jobs", token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { c["iat"] = time.Now().Add(24 * time.Hour).Unix() }), "", 401},
+		{"a token for a year", http.MethodGet, "/v1/teams/team-1/jobs", token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { c["exp"] = time.Now().Add(365 * 24 * time.Hour).Unix() }), "", 401},
+		{"made-up API key", http.MethodGet, "/v1/teams/team-1/jobs", "jrk_0123456789abcdef_" + strings.Repeat("A", 43), "", 401},
+		{"API key with a huge secret", http.MethodGet, "/v1/teams/team-1/jobs", "jrk_0123456789abcdef_" + strings.Repeat("A", 100<<10), "", 401},
 		{"token with a newline", http.MethodGet, "/v1/teams/team-1/jobs", user + "%0a", "", 401},
 	}
 	for _, tt := range tests {

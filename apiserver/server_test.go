@@ -94,6 +94,8 @@ type apiOptions struct {
 	consistencyTimeout time.Duration
 	// corsOrigins are the server's CORS allowed origins.
 	corsOrigins []string
+	// jwt, if set, authenticates JWTs instead of HS256(secret).
+	jwt Authenticator
 }
 
 // startAPIWith is startAPIVia wired as o says.
@@ -143,8 +145,12 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if o.wrapReader != nil {
 		reader = o.wrapReader(reader)
 	}
+	var jwtAuth Authenticator = HS256(secret)
+	if o.jwt != nil {
+		jwtAuth = o.jwt
+	}
 	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
-		Auth: Authenticators{JWT: HS256(secret), APIKey: keys}, Log: testLogger(t)})
+		Auth: Authenticators{JWT: jwtAuth, APIKey: keys}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

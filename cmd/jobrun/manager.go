@@ -55,6 +55,9 @@ type managerFlags struct {
 	namespace               string
 	jwksURL                 string
 	corsAllowedOrigins      string
+	jwtIssuer               string
+	jwtAudience             string
+	jwtMaxLifetime          time.Duration
 	runControllers          bool
 	jwtSecretFile           string
 	smtp                    notify.SMTP
@@ -79,6 +82,9 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
+	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "The iss every JWT must carry (the identity provider's issuer URL). Required with --jwks-url; optional with HS256.")
+	fs.StringVar(&f.jwtAudience, "jwt-audience", "", "The aud every JWT must include (this API's identifier at the identity provider). Required with --jwks-url; optional with HS256.")
+	fs.DurationVar(&f.jwtMaxLifetime, "jwt-max-token-lifetime", apiserver.DefaultMaxTokenLifetime, "Longest JWT lifetime accepted: a token whose exp-iat, or exp-now, is longer is refused.")
 	fs.StringVar(&f.corsAllowedOrigins, "api-cors-allowed-origins", "", "Comma-separated origins whose browser pages may call the REST API (CORS), such as https://app.example.com; * for any. Empty: no CORS headers.")
 	fs.StringVar(&f.jwtSecretFile, "jwt-secret-file", "", "File holding the HS256 secret (e.g. mounted from a Secret); default: $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.smtp.Host, "smtp-host", "", "Mail server for run notifications (notify: true); empty: none are sent, and runs record why.")
@@ -102,6 +108,17 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	}
 	if f.smtp.RetryWindow <= 0 {
 		return nil, fmt.Errorf("--smtp-retry-window (%s) must be positive", f.smtp.RetryWindow)
+	}
+	if f.jwksURL != "" {
+		if err := apiserver.CheckJWKSURL(f.jwksURL); err != nil {
+			return nil, err
+		}
+		if f.jwtIssuer == "" || f.jwtAudience == "" {
+			return nil, fmt.Errorf("--jwks-url needs --jwt-issuer and --jwt-audience: the identity provider signs tokens for other applications too")
+		}
+	}
+	if f.jwtMaxLifetime <= 0 {
+		return nil, fmt.Errorf("--jwt-max-token-lifetime (%s) must be positive", f.jwtMaxLifetime)
 	}
 	for _, o := range f.corsOrigins() {
 		if o != "*" && !strings.HasPrefix(o, "https://") && !strings.HasPrefix(o, "http://") {
@@ -226,8 +243,11 @@ func runManager(ctx context.Context, args []string) error {
 
 	if f.apiAddr != "" {
 		var jwtAuth apiserver.JWTAuthenticator
+		checks := apiserver.JWTChecks{Issuer: f.jwtIssuer, Audience: f.jwtAudience, MaxLifetime: f.jwtMaxLifetime}
 		if f.jwksURL != "" {
-			if jwtAuth, err = apiserver.JWKS(ctx, f.jwksURL); err != nil {
+			// A key set that cannot be fetched now stops the start: the
+			// API could accept no JWT.
+			if jwtAuth, err = apiserver.JWKS(ctx, f.jwksURL, checks); err != nil {
 				return err
 			}
 		} else {
@@ -242,7 +262,7 @@ func runManager(ctx context.Context, args []string) error {
 			if len(secret) < 32 {
 				return fmt.Errorf("--api-bind-address is set but neither --jwks-url nor an HS256 secret of at least 32 bytes (--jwt-secret-file or $JOBRUN_JWT_SECRET) is: the REST API cannot check JWTs")
 			}
-			jwtAuth = apiserver.HS256([]byte(secret))
+			jwtAuth = apiserver.HS256([]byte(secret), checks)
 		}
 		runIndex := apiserver.NewRunIndex()
 		if err := runIndex.Register(ctx, mgr.GetCache(), mgr.GetClient(), f.namespace); err != nil {
