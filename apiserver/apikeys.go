@@ -114,7 +114,13 @@ func APIKeySecretsCache(namespace string) cache.ByObject {
 type APIKeyAuthenticator struct {
 	Reader    client.Reader
 	Namespace string
+	// synced reports whether the informer has listed (nil: always).
+	synced func() bool
 }
+
+// Synced reports whether the API-key cache has listed the Secrets, for
+// readiness: before, a key lookup waits for it.
+func (a APIKeyAuthenticator) Synced(context.Context) bool { return a.synced == nil || a.synced() }
 
 // NewAPIKeyAuthenticator starts (with c) the informer of the API-key Secrets
 // in namespace and returns an authenticator that reads them from c. c must
@@ -122,10 +128,11 @@ type APIKeyAuthenticator struct {
 func NewAPIKeyAuthenticator(ctx context.Context, c cache.Cache, namespace string) (APIKeyAuthenticator, error) {
 	// Ask for the informer now, so that it lists while the manager starts
 	// rather than on the first request.
-	if _, err := c.GetInformer(ctx, &corev1.Secret{}, cache.BlockUntilSynced(false)); err != nil {
+	inf, err := c.GetInformer(ctx, &corev1.Secret{}, cache.BlockUntilSynced(false))
+	if err != nil {
 		return APIKeyAuthenticator{}, fmt.Errorf("watching API-key Secrets: %w", err)
 	}
-	return APIKeyAuthenticator{Reader: c, Namespace: namespace}, nil
+	return APIKeyAuthenticator{Reader: c, Namespace: namespace, synced: inf.HasSynced}, nil
 }
 
 // Authenticate looks the key's Secret up and compares hashes in constant

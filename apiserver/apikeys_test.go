@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -192,4 +195,38 @@ func TestMadeUpAPIKeysCostNoAPIServerRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("a new API key was accepted %v after its Secret was created", a.waitForKey(fresh))
+}
+
+// TestAPIKeyCacheReadiness: the authenticator is not Synced until its cache
+// has listed the API-key Secrets, then is; other Secrets are not cached.
+func TestAPIKeyCacheReadiness(t *testing.T) {
+	ns := env.Namespace(t)
+	c, err := cache.New(env.Config, cache.Options{Scheme: env.Scheme, ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: APIKeySecretsCache(ns)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := NewAPIKeyAuthenticator(context.Background(), c, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth.Synced(context.Background()) {
+		t.Error("Synced before the cache started")
+	}
+	other := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "not-a-key"}, StringData: map[string]string{"x": "y"}}
+	if err := env.Client.Create(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = c.Start(ctx) }()
+	testenv.Eventually(t, time.Minute, func(ctx context.Context) error {
+		if !auth.Synced(ctx) {
+			return errors.New("not synced")
+		}
+		return nil
+	})
+	list := &corev1.SecretList{}
+	if err := c.List(ctx, list); err != nil || len(list.Items) != 0 {
+		t.Errorf("the API-key cache holds %d Secrets (%v), want none: no key was made", len(list.Items), err)
+	}
 }

@@ -149,7 +149,7 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if o.jwt != nil {
 		jwtAuth = o.jwt
 	}
-	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
+	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: func(ctx context.Context) bool { return index.Synced(ctx) && keys.Synced(ctx) }, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
 		Auth: Authenticators{JWT: jwtAuth, APIKey: keys}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

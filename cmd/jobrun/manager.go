@@ -274,7 +274,8 @@ func runManager(ctx context.Context, args []string) error {
 		}
 		api, err := apiserver.New(apiserver.Options{
 			Addr: f.apiAddr, Namespace: f.namespace,
-			Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex, Ready: runIndex.Synced,
+			Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex,
+			Ready: func(ctx context.Context) bool { return runIndex.Synced(ctx) && apiKeys.Synced(ctx) },
 			Auth: apiserver.Authenticators{
 				JWT:    jwtAuth,
 				APIKey: apiKeys,
