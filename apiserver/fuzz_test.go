@@ -293,3 +293,61 @@ func FuzzAPIKey(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRouting sends any method, path and Origin to the router (without a
+// credential, with and without CORS): never a 5xx or a panic, every error
+// JSON, method labels from the fixed set only, and CORS headers only for
+// the allowed origin (case-insensitively, as go-chi/cors compares) of the
+// server that has one.
+func FuzzRouting(f *testing.F) {
+	for _, seed := range [][3]string{
+		{"GET", "/v1/jobs/x", ""}, {"OPTIONS", "/v1/jobs/x", "https://app.example.com"}, {"BREW", "/v1/teams/t/jobs", "null"},
+		{"HEAD", "/healthz", ""}, {"DELETE", "/v1/jobs/x/cancel", "https://evil.example"}, {"POST", "/v1/teams/t/jobs/trigger", "*"},
+		{"GET", "/v1/../../etc/passwd", ""}, {"X" + strings.Repeat("Y", 300), "/" + strings.Repeat("a/", 300), ""},
+	} {
+		f.Add(seed[0], seed[1], seed[2])
+	}
+	const allowed = "https://app.example.com"
+	plain, err := New(Options{Auth: HS256([]byte("fuzz-secret-of-enough-length-for-hs256")), Lister: NewRunIndex()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	withCORS, err := New(Options{Auth: HS256([]byte("fuzz-secret-of-enough-length-for-hs256")), Lister: NewRunIndex(), CORSAllowedOrigins: []string{allowed}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, method, path, origin string) {
+		if method == "" || strings.ContainsAny(method, " \t\r\n") || !strings.HasPrefix(path, "/") {
+			return // net/http never hands such a request line to a handler
+		}
+		switch l := methodLabel(method); l {
+		case "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "other":
+		default:
+			t.Fatalf("method %q labelled %q", method, l)
+		}
+		for _, s := range []*Server{plain, withCORS} {
+			for _, preflight := range []bool{false, true} {
+				r := &http.Request{Method: method, URL: &url.URL{Path: path}, RequestURI: path, Header: http.Header{}, Body: http.NoBody, Host: "jobrun"}
+				r = r.WithContext(context.Background())
+				if origin != "" {
+					r.Header.Set("Origin", origin)
+				}
+				if preflight {
+					r.Header.Set("Access-Control-Request-Method", http.MethodGet)
+				}
+				rec := httptest.NewRecorder()
+				s.Handler().ServeHTTP(rec, r)
+				if rec.Code >= 500 || rec.Code < 200 {
+					t.Fatalf("%q %q: %d %s", method, path, rec.Code, rec.Body)
+				}
+				if rec.Code >= 400 && method != http.MethodHead && (rec.Header().Get("Content-Type") != "application/json" || !strings.Contains(rec.Body.String(), `"error"`)) {
+					t.Fatalf("%q %q: %d not a JSON error: %q", method, path, rec.Code, rec.Body)
+				}
+				acao := rec.Header().Get("Access-Control-Allow-Origin")
+				if (s == plain && acao != "") || (s == withCORS && acao != "" && (acao != origin || !strings.EqualFold(origin, allowed))) {
+					t.Fatalf("origin %q on %q %q got Access-Control-Allow-Origin %q", origin, method, path, acao)
+				}
+			}
+		}
+	})
+}
