@@ -70,8 +70,8 @@ test: tools vet verify ## Run all tests (builds the tools if missing, vets, veri
 
 FUZZTIME ?= 8s
 .PHONY: fuzz
-fuzz: ## Fuzz the REST API's input parsers (trigger body, list query and cursor, JWTs) for FUZZTIME each.
-	for target in FuzzDecodeTrigger FuzzParseListQuery FuzzJWT; do \
+fuzz: ## Fuzz the REST API's inputs (trigger body, list query and cursor, JWTs, API keys, methods/paths/origins) for FUZZTIME each.
+	for target in FuzzDecodeTrigger FuzzParseListQuery FuzzJWT FuzzAPIKey FuzzRouting; do \
 		go test -run='^$$' -fuzz="^$$target\$$" -fuzztime=$(FUZZTIME) ./apiserver || exit 1; \
 	done
 

@@ -15,13 +15,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
-// The REST API reads API-key Secrets in its own namespace.
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get,namespace=system
+// The REST API watches the API-key Secrets of its own namespace (a label
+// selected cache: RBAC cannot narrow list and watch to a label, the cache
+// does).
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch,namespace=system
 
 // API keys look like jrk_<id>_<secret>. The Secret jobrun-apikey-<id> holds
 // only the SHA-256 of the secret part, the team the key is bound to, its
@@ -46,6 +50,9 @@ func hashSecret(secret string) string {
 func NewAPIKey(namespace, team string, permissions []string, email string) (string, *corev1.Secret, error) {
 	if team == "" {
 		return "", nil, errors.New("an API key is bound to one team: team is required")
+	}
+	if email != "" && (len(email) > maxEmail || !emailPattern.MatchString(email)) {
+		return "", nil, fmt.Errorf("email %q is not an email address (name@domain, at most %d bytes)", email, maxEmail)
 	}
 	for _, p := range permissions {
 		if p != PermJobsRead && p != PermJobsWrite {
@@ -88,10 +95,44 @@ func CreateAPIKey(ctx context.Context, c client.Client, namespace, team string, 
 	return key, nil
 }
 
-// APIKeyAuthenticator accepts API keys stored by CreateAPIKey.
+// APIKeySecretsCache is how the manager's cache holds Secrets when the REST
+// API is served: only those of namespace labelled as API keys
+// (cache.Options.ByObject for &corev1.Secret{}). No other Secret is cached,
+// and nothing else in the manager reads Secrets.
+func APIKeySecretsCache(namespace string) cache.ByObject {
+	return cache.ByObject{
+		Namespaces: map[string]cache.Config{namespace: {}},
+		Label:      labels.SelectorFromSet(labels.Set{LabelAPIKey: "true"}),
+	}
+}
+
+// APIKeyAuthenticator accepts API keys stored by CreateAPIKey. It reads
+// their Secrets from a cache set up with APIKeySecretsCache (an informer), so
+// that no key, known or made up, costs a request to the Kubernetes API
+// server. A key becomes valid once the informer has its Secret: as soon as
+// the watch event arrives, normally well under a second after the create.
 type APIKeyAuthenticator struct {
 	Reader    client.Reader
 	Namespace string
+	// synced reports whether the informer has listed (nil: always).
+	synced func() bool
+}
+
+// Synced reports whether the API-key cache has listed the Secrets, for
+// readiness: before, a key lookup waits for it.
+func (a APIKeyAuthenticator) Synced(context.Context) bool { return a.synced == nil || a.synced() }
+
+// NewAPIKeyAuthenticator starts (with c) the informer of the API-key Secrets
+// in namespace and returns an authenticator that reads them from c. c must
+// hold Secrets as APIKeySecretsCache says.
+func NewAPIKeyAuthenticator(ctx context.Context, c cache.Cache, namespace string) (APIKeyAuthenticator, error) {
+	// Ask for the informer now, so that it lists while the manager starts
+	// rather than on the first request.
+	inf, err := c.GetInformer(ctx, &corev1.Secret{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return APIKeyAuthenticator{}, fmt.Errorf("watching API-key Secrets: %w", err)
+	}
+	return APIKeyAuthenticator{Reader: c, Namespace: namespace, synced: inf.HasSynced}, nil
 }
 
 // Authenticate looks the key's Secret up and compares hashes in constant

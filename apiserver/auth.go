@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
+	"time"
 
-	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -70,50 +71,118 @@ type claims struct {
 	Permissions []string `json:"permissions"`
 }
 
+// Defaults of JWTChecks.
+const (
+	// DefaultMaxTokenLifetime bounds exp-iat (and exp-now) of a JWT.
+	DefaultMaxTokenLifetime = 24 * time.Hour
+	// DefaultJWTLeeway is the clock skew allowed around exp, nbf and iat.
+	DefaultJWTLeeway = 30 * time.Second
+)
+
+// Bounds of the claims the API stores in a run (the JobRun CRD's).
+const (
+	// maxSubject: triggeredBy is "manual:user:<sub>", at most 256 bytes.
+	maxSubject = 256 - len("manual:user:")
+	maxEmail   = 254
+)
+
+// emailPattern is the JobRun CRD's notifyEmail pattern.
+var emailPattern = regexp.MustCompile(`^[^@\s]+@[^@\s]+$`)
+
+// JWTChecks are what a JWT must satisfy beyond its signature and algorithm.
+type JWTChecks struct {
+	// Issuer, if set, must equal the iss claim.
+	Issuer string
+	// Audience, if set, must be in the aud claim.
+	Audience string
+	// MaxLifetime bounds exp-iat and exp-now (default
+	// DefaultMaxTokenLifetime): a token minted to last for months is
+	// refused.
+	MaxLifetime time.Duration
+	// Leeway is the clock skew allowed (default DefaultJWTLeeway).
+	Leeway time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c JWTChecks) withDefaults() JWTChecks {
+	if c.MaxLifetime <= 0 {
+		c.MaxLifetime = DefaultMaxTokenLifetime
+	}
+	if c.Leeway <= 0 {
+		c.Leeway = DefaultJWTLeeway
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
 // JWTAuthenticator accepts JWTs signed with one of its algorithms by one of
-// its keys. exp and sub are required; every other algorithm, alg none
-// included, is refused.
+// its keys. exp and sub are required; nbf and iat, when present, are
+// checked (with a small leeway); iss and aud when configured; every other
+// algorithm, alg none included, is refused.
 type JWTAuthenticator struct {
-	keyfunc jwt.Keyfunc
+	// keyfunc returns the jwt.Keyfunc of a request that arrived at arrived.
+	keyfunc func(ctx context.Context, arrived time.Time) jwt.Keyfunc
 	methods []string
+	checks  JWTChecks
 }
 
 // HS256 accepts JWTs signed with HS256 and a shared secret: for development
-// and tests.
-func HS256(secret []byte) JWTAuthenticator {
+// and tests. Issuer and audience are checked when checks set them.
+func HS256(secret []byte, checks ...JWTChecks) JWTAuthenticator {
+	var c JWTChecks
+	if len(checks) > 0 {
+		c = checks[0]
+	}
 	return JWTAuthenticator{
-		keyfunc: func(*jwt.Token) (any, error) { return secret, nil },
+		keyfunc: func(context.Context, time.Time) jwt.Keyfunc {
+			return func(*jwt.Token) (any, error) { return secret, nil }
+		},
 		methods: []string{jwt.SigningMethodHS256.Alg()},
+		checks:  c.withDefaults(),
 	}
 }
 
-// JWKS accepts JWTs signed with RS256 or ES256 by a key of the JSON Web Key
-// Set at url, the way identity providers publish theirs. The set is fetched
-// now and refreshed in the background (and when a token names an unknown
-// key) until ctx ends.
-func JWKS(ctx context.Context, url string) (JWTAuthenticator, error) {
-	k, err := keyfunc.NewDefaultCtx(ctx, []string{url})
-	if err != nil {
-		return JWTAuthenticator{}, fmt.Errorf("loading the JWKS at %s: %w", url, err)
-	}
-	return JWTAuthenticator{
-		keyfunc: k.Keyfunc,
-		methods: []string{jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg()},
-	}, nil
-}
-
-// Authenticate checks the token's signature, algorithm and expiry.
-func (a JWTAuthenticator) Authenticate(_ context.Context, token string) (*Principal, error) {
+// Authenticate checks the token's signature, algorithm, times, issuer and
+// audience, and that its claims can be stored in a run.
+func (a JWTAuthenticator) Authenticate(ctx context.Context, token string) (*Principal, error) {
+	now := a.checks.Now()
 	c := &claims{}
-	_, err := jwt.ParseWithClaims(token, c, a.keyfunc,
+	opts := []jwt.ParserOption{
 		jwt.WithValidMethods(a.methods),
 		jwt.WithExpirationRequired(),
-	)
-	if err != nil {
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(a.checks.Leeway),
+		jwt.WithTimeFunc(a.checks.Now),
+	}
+	if a.checks.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(a.checks.Issuer))
+	}
+	if a.checks.Audience != "" {
+		opts = append(opts, jwt.WithAudience(a.checks.Audience))
+	}
+	if _, err := jwt.ParseWithClaims(token, c, a.keyfunc(ctx, time.Now()), opts...); err != nil {
 		return nil, errors.Join(errUnauthenticated, err)
+	}
+	exp := c.ExpiresAt.Time
+	if c.IssuedAt != nil && exp.Sub(c.IssuedAt.Time) > a.checks.MaxLifetime {
+		return nil, errors.Join(errUnauthenticated, fmt.Errorf("token lifetime exp-iat %s exceeds %s", exp.Sub(c.IssuedAt.Time), a.checks.MaxLifetime))
+	}
+	if exp.Sub(now) > a.checks.MaxLifetime+a.checks.Leeway {
+		return nil, errors.Join(errUnauthenticated, fmt.Errorf("token expires in %s, more than %s", exp.Sub(now), a.checks.MaxLifetime))
 	}
 	if c.Subject == "" {
 		return nil, errors.Join(errUnauthenticated, errors.New("token has no sub claim"))
+	}
+	// Claims a run must store, refused here with a message rather than by
+	// the API server's validation later (which would be a 500).
+	if len(c.Subject) > maxSubject {
+		return nil, errorf(http.StatusUnauthorized, codeUnauthorized, fmt.Sprintf("the token's sub claim is %d bytes long; at most %d are accepted", len(c.Subject), maxSubject))
+	}
+	if c.Email != "" && (len(c.Email) > maxEmail || !emailPattern.MatchString(c.Email)) {
+		return nil, errorf(http.StatusUnauthorized, codeUnauthorized, "the token's email claim is not an email address (name@domain, at most 254 bytes)")
 	}
 	return &Principal{Kind: "user", ID: c.Subject, Email: c.Email, Teams: c.Teams, Role: c.Role, Permissions: c.Permissions}, nil
 }

@@ -49,6 +49,10 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &ae):
 	case apierrors.IsNotFound(err):
 		ae = errorf(http.StatusNotFound, codeNotFound, "not found")
+	case apierrors.IsInvalid(err):
+		// The API server refused what a request would store (a claim or a
+		// field the CRD does not allow): the request's fault, not ours.
+		ae = errorf(http.StatusBadRequest, codeInvalidRequest, "the request cannot be stored: "+clip(err.Error()))
 	case apierrors.IsConflict(err), apierrors.IsAlreadyExists(err):
 		ae = errorf(http.StatusConflict, codeConflict, "the resource changed or exists; retry")
 	case apierrors.IsTimeout(err), apierrors.IsServerTimeout(err), apierrors.IsTooManyRequests(err), apierrors.IsServiceUnavailable(err):

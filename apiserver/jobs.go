@@ -16,8 +16,8 @@ type jobsResource struct {
 }
 
 func (j jobsResource) routes(r chi.Router) {
-	r.Get("/{runId}", j.get)
-	r.Post("/{runId}/cancel", j.cancel)
+	r.With(j.s.auth).Get("/{runId}", j.get)
+	r.With(j.s.auth).Post("/{runId}/cancel", j.cancel)
 }
 
 // visibleRun reads the run and returns it only if the caller may see it;

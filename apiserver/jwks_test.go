@@ -46,13 +46,13 @@ func TestJWKS(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	auth, err := JWKS(ctx, idp.URL)
+	auth, err := JWKS(ctx, idp.URL, JWTChecks{Issuer: "https://idp.example", Audience: "jobrun-api"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	otherKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	sign := func(method jwt.SigningMethod, kid string, key any) string {
-		tok := jwt.NewWithClaims(method, jwt.MapClaims{"sub": "u1", "teams": []string{"team-1"}, "exp": time.Now().Add(time.Hour).Unix()})
+		tok := jwt.NewWithClaims(method, jwt.MapClaims{"sub": "u1", "teams": []string{"team-1"}, "exp": time.Now().Add(time.Hour).Unix(), "iss": "https://idp.example", "aud": "jobrun-api"})
 		tok.Header["kid"] = kid
 		s, err := tok.SignedString(key)
 		if err != nil {

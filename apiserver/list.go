@@ -3,6 +3,7 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"slices"
@@ -71,6 +72,11 @@ func parseTimeParam(name, v string, now time.Time) (time.Time, error) {
 	if m := relativeTime.FindStringSubmatch(v); m != nil {
 		n, _ := strconv.Atoi(m[1])
 		unit := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour, "d": 24 * time.Hour, "w": 7 * 24 * time.Hour}[m[2]]
+		if time.Duration(n) > math.MaxInt64/unit {
+			// n*unit would overflow time.Duration (~292 years) and wrap
+			// round to a time in the future or far past.
+			return time.Time{}, badRequest("invalid %s %q: at most %d%s", name, v, int64(math.MaxInt64/unit), m[2])
+		}
 		return now.Add(-time.Duration(n) * unit), nil
 	}
 	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {

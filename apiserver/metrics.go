@@ -11,8 +11,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 
-// Request metrics, on the manager's /metrics. The route is chi's pattern
-// (/v1/jobs/{runId}), never the raw path, so run ids do not become labels.
+// Request metrics, on the manager's /metrics. Every label value comes from a
+// fixed set: the route is chi's pattern (/v1/jobs/{runId}) or "unmatched",
+// never the raw path; the method is a standard one or "other"; the code is
+// the status the server chose.
 var (
 	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "jobrun_api_requests_total",
@@ -39,7 +41,21 @@ func instrument(next http.Handler) http.Handler {
 		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
 			route = rc.RoutePattern()
 		}
-		requestsTotal.WithLabelValues(route, r.Method, strconv.Itoa(ww.Status())).Inc()
-		requestDuration.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+		method := methodLabel(r.Method)
+		requestsTotal.WithLabelValues(route, method, strconv.Itoa(ww.Status())).Inc()
+		requestDuration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
 	})
+}
+
+// methodLabel is the method as a label value: one of the standard methods,
+// or "other". A client may send any token as its method (net/http accepts
+// up to the header limit, ~1 MB); each distinct label value is a series
+// kept for the life of the process.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
 }

@@ -11,10 +11,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"net"
 	"net/http"
+	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/go-chi/cors"
 	"github.com/go-logr/logr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -52,6 +55,10 @@ type Options struct {
 	// Ready reports whether the server can answer (its list cache has
 	// synced); nil means always.
 	Ready func(context.Context) bool
+	// CORSAllowedOrigins are the origins whose browser pages may call the
+	// API (such as https://app.example.com; "*" for any). Empty: no CORS
+	// headers at all, and browsers keep cross-origin pages out.
+	CORSAllowedOrigins []string
 }
 
 // Server is the Jobs API. It runs as a controller-runtime Runnable (on
@@ -66,7 +73,12 @@ type Server struct {
 	log       logr.Logger
 	now       func() time.Time
 	guards    *guard.Guards
-	handler   http.Handler
+	// auth is the middleware that requires a credential; each route that
+	// needs one uses it, so that routing (404, 405) and CORS preflights
+	// come first.
+	auth    func(http.Handler) http.Handler
+	router  *chi.Mux
+	handler http.Handler
 }
 
 // New returns a Server; Start serves it.
@@ -84,9 +96,25 @@ func New(o Options) (*Server, error) {
 		o.Cache = o.Reader
 	}
 	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: o.Lister, log: o.Log, now: o.Now,
-		guards: guard.New(o.Reader, o.Writer)}
+		guards: guard.New(o.Reader, o.Writer), auth: authenticate(o.Auth)}
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, s.logRequests, instrument, middleware.Recoverer)
+	s.router = r
+	r.Use(middleware.RequestID, s.logRequests, instrument, recoverJSON)
+	if len(o.CORSAllowedOrigins) > 0 {
+		// Preflights are answered here, before any route or credential: a
+		// browser sends none with them.
+		r.Use(cors.Handler(cors.Options{
+			AllowedOrigins: o.CORSAllowedOrigins,
+			AllowedMethods: []string{http.MethodGet, http.MethodHead, http.MethodPost},
+			AllowedHeaders: []string{"Authorization", "Content-Type"},
+			ExposedHeaders: []string{"Retry-After", "WWW-Authenticate"},
+			// Bearer credentials only: no cookies, so no credentialed CORS.
+			AllowCredentials: false,
+			MaxAge:           600,
+		}))
+	}
+	// HEAD is GET without the body, on every GET route.
+	r.Use(middleware.GetHead)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -103,18 +131,71 @@ func New(o Options) (*Server, error) {
 	})
 	r.Route("/v1", func(r chi.Router) {
 		// A request's work (API server calls included) ends after 20 s.
-		r.Use(middleware.Timeout(20*time.Second), authenticate(o.Auth))
+		r.Use(middleware.Timeout(20 * time.Second))
 		r.Route("/jobs", jobsResource{s}.routes)
 		r.Route("/teams", teamsResource{s}.routes)
 	})
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, errorf(http.StatusNotFound, codeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path))
-	})
+	notFound := func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, errorf(http.StatusNotFound, codeNotFound, "no such endpoint: "+clip(r.Method)+" "+clip(r.URL.Path)))
+	}
+	r.NotFound(notFound)
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, errorf(http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path))
+		allowed := s.allowedMethods(r.URL.Path)
+		if len(allowed) == 0 {
+			// chi calls every method it does not know "not allowed",
+			// whatever the path.
+			notFound(w, r)
+			return
+		}
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeError(w, r, errorf(http.StatusMethodNotAllowed, "method_not_allowed", clip(r.Method)+" is not allowed on "+clip(r.URL.Path)+" (allowed: "+strings.Join(allowed, ", ")+")"))
 	})
 	s.handler = r
 	return s, nil
+}
+
+// clip shortens what a client sent (a method, a path) for a message or a
+// log line: a method may be up to ~1 MB long.
+func clip(s string) string {
+	if len(s) > 200 {
+		return strings.ToValidUTF8(s[:200], "") + "..."
+	}
+	return s
+}
+
+// allowedMethods are the methods that path has routes for, HEAD with GET.
+func (s *Server) allowedMethods(path string) []string {
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := m
+		if m == http.MethodHead {
+			probe = http.MethodGet // middleware.GetHead serves it
+		}
+		if s.router.Match(chi.NewRouteContext(), probe, path) {
+			allowed = append(allowed, m)
+		}
+	}
+	return allowed
+}
+
+// recoverJSON turns a handler's panic into the documented JSON 500 (the
+// details go to the log with the stack), so a bug never answers a bare
+// 500 or drops the connection.
+func recoverJSON(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			rv := recover()
+			if rv == nil {
+				return
+			}
+			if rv == http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked as is
+				panic(rv) // net/http's way to abort a response: keep it
+			}
+			logf.FromContext(r.Context()).Error(fmt.Errorf("panic: %v", rv), "request handler panicked", "method", r.Method, "path", r.URL.Path, "stack", string(debug.Stack()))
+			writeError(w, r, errorf(http.StatusInternalServerError, codeInternal, "internal error"))
+		}()
+		next.ServeHTTP(w, r)
+	})
 }
 
 // Handler is the API's HTTP handler.
@@ -157,7 +238,7 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		log := s.log.WithValues("requestID", middleware.GetReqID(r.Context()))
 		next.ServeHTTP(ww, r.WithContext(logf.IntoContext(r.Context(), log)))
-		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", ww.Status(), "duration", time.Since(start))
+		log.Info("request", "method", clip(r.Method), "path", clip(r.URL.Path), "status", ww.Status(), "duration", time.Since(start))
 	})
 }
 

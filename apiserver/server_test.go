@@ -16,6 +16,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -91,6 +92,10 @@ type apiOptions struct {
 	wrapTransport func(http.RoundTripper) http.RoundTripper
 	// consistencyTimeout, if set, bounds the run index's consistency rounds.
 	consistencyTimeout time.Duration
+	// corsOrigins are the server's CORS allowed origins.
+	corsOrigins []string
+	// jwt, if set, authenticates JWTs instead of HS256(secret).
+	jwt Authenticator
 }
 
 // startAPIWith is startAPIVia wired as o says.
@@ -108,9 +113,11 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	opts := ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
-		// The cache as the manager has it (managedFields dropped), over the
+		// The cache as the manager has it (managedFields dropped; Secrets:
+		// API keys only; JobRun lists noted by the run index), over the
 		// test's namespace only.
 		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}, DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject:    map[client.Object]cache.ByObject{&corev1.Secret{}: APIKeySecretsCache(ns)},
 			NewInformer: index.NewInformer},
 	}
 	if cacheCfg != nil {
@@ -126,6 +133,10 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if err := index.Register(context.Background(), mgr.GetCache(), mgr.GetClient(), ns); err != nil {
 		t.Fatal(err)
 	}
+	keys, err := NewAPIKeyAuthenticator(context.Background(), mgr.GetCache(), ns)
+	if err != nil {
+		t.Fatal(err)
+	}
 	testenv.StartManager(t, mgr)
 	syncCtx, syncCancel := context.WithTimeout(context.Background(), time.Minute)
 	defer syncCancel()
@@ -136,8 +147,12 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if o.wrapReader != nil {
 		reader = o.wrapReader(reader)
 	}
-	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: index.Synced, Now: o.now,
-		Auth: Authenticators{JWT: HS256(secret), APIKey: APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: ns}}, Log: testLogger(t)})
+	var jwtAuth Authenticator = HS256(secret)
+	if o.jwt != nil {
+		jwtAuth = o.jwt
+	}
+	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: func(ctx context.Context) bool { return index.Synced(ctx) && keys.Synced(ctx) }, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
+		Auth: Authenticators{JWT: jwtAuth, APIKey: keys}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

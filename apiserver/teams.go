@@ -40,8 +40,8 @@ type teamsResource struct {
 }
 
 func (tr teamsResource) routes(r chi.Router) {
-	r.Get("/{teamId}/jobs", tr.list)
-	r.Post("/{teamId}/jobs/trigger", tr.trigger)
+	r.With(tr.s.auth).Get("/{teamId}/jobs", tr.list)
+	r.With(tr.s.auth).Post("/{teamId}/jobs/trigger", tr.trigger)
 }
 
 // authorizeTeam checks that the caller may act in the path's team: 404 for a

@@ -10,10 +10,12 @@ import (
 	"time"
 	_ "time/tzdata" // JobSchedule time zones, also in images without a zoneinfo database
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -52,6 +54,10 @@ type managerFlags struct {
 	apiAddr                 string
 	namespace               string
 	jwksURL                 string
+	corsAllowedOrigins      string
+	jwtIssuer               string
+	jwtAudience             string
+	jwtMaxLifetime          time.Duration
 	runControllers          bool
 	jwtSecretFile           string
 	smtp                    notify.SMTP
@@ -76,6 +82,10 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
+	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "The iss every JWT must carry (the identity provider's issuer URL). Required with --jwks-url; optional with HS256.")
+	fs.StringVar(&f.jwtAudience, "jwt-audience", "", "The aud every JWT must include (this API's identifier at the identity provider). Required with --jwks-url; optional with HS256.")
+	fs.DurationVar(&f.jwtMaxLifetime, "jwt-max-token-lifetime", apiserver.DefaultMaxTokenLifetime, "Longest JWT lifetime accepted: a token whose exp-iat, or exp-now, is longer is refused.")
+	fs.StringVar(&f.corsAllowedOrigins, "api-cors-allowed-origins", "", "Comma-separated origins whose browser pages may call the REST API (CORS), such as https://app.example.com; * for any. Empty: no CORS headers.")
 	fs.StringVar(&f.jwtSecretFile, "jwt-secret-file", "", "File holding the HS256 secret (e.g. mounted from a Secret); default: $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.smtp.Host, "smtp-host", "", "Mail server for run notifications (notify: true); empty: none are sent, and runs record why.")
 	fs.IntVar(&f.smtp.Port, "smtp-port", 587, "Mail server port.")
@@ -99,10 +109,37 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	if f.smtp.RetryWindow <= 0 {
 		return nil, fmt.Errorf("--smtp-retry-window (%s) must be positive", f.smtp.RetryWindow)
 	}
+	if f.jwksURL != "" {
+		if err := apiserver.CheckJWKSURL(f.jwksURL); err != nil {
+			return nil, err
+		}
+		if f.jwtIssuer == "" || f.jwtAudience == "" {
+			return nil, fmt.Errorf("--jwks-url needs --jwt-issuer and --jwt-audience: the identity provider signs tokens for other applications too")
+		}
+	}
+	if f.jwtMaxLifetime <= 0 {
+		return nil, fmt.Errorf("--jwt-max-token-lifetime (%s) must be positive", f.jwtMaxLifetime)
+	}
+	for _, o := range f.corsOrigins() {
+		if o != "*" && !strings.HasPrefix(o, "https://") && !strings.HasPrefix(o, "http://") {
+			return nil, fmt.Errorf("--api-cors-allowed-origins: %q is not an origin (scheme://host[:port], or *)", o)
+		}
+	}
 	if !f.runControllers && f.apiAddr == "" {
 		return nil, fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")
 	}
 	return f, nil
+}
+
+// corsOrigins is --api-cors-allowed-origins as a list.
+func (f *managerFlags) corsOrigins() []string {
+	var out []string
+	for o := range strings.SplitSeq(f.corsAllowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // restConfig loads the client config of every role: from --kubeconfig, else
@@ -152,11 +189,14 @@ func runManager(ctx context.Context, args []string) error {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 	// Nothing reads managedFields; dropping them keeps the cache of many
-	// runs smaller. The REST API's run index watches the cache's JobRun
-	// lists (for consistent reads).
+	// runs smaller.
 	cacheOpts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
 	runIndex := apiserver.NewRunIndex()
 	if f.apiAddr != "" {
+		// The REST API's API keys, from an informer: the only Secrets
+		// cached. Its run index notes the cache's JobRun lists (for
+		// consistent reads).
+		cacheOpts.ByObject = map[client.Object]cache.ByObject{&corev1.Secret{}: apiserver.APIKeySecretsCache(f.namespace)}
 		cacheOpts.NewInformer = runIndex.NewInformer
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -207,8 +247,11 @@ func runManager(ctx context.Context, args []string) error {
 
 	if f.apiAddr != "" {
 		var jwtAuth apiserver.JWTAuthenticator
+		checks := apiserver.JWTChecks{Issuer: f.jwtIssuer, Audience: f.jwtAudience, MaxLifetime: f.jwtMaxLifetime}
 		if f.jwksURL != "" {
-			if jwtAuth, err = apiserver.JWKS(ctx, f.jwksURL); err != nil {
+			// A key set that cannot be fetched now stops the start: the
+			// API could accept no JWT.
+			if jwtAuth, err = apiserver.JWKS(ctx, f.jwksURL, checks); err != nil {
 				return err
 			}
 		} else {
@@ -223,19 +266,25 @@ func runManager(ctx context.Context, args []string) error {
 			if len(secret) < 32 {
 				return fmt.Errorf("--api-bind-address is set but neither --jwks-url nor an HS256 secret of at least 32 bytes (--jwt-secret-file or $JOBRUN_JWT_SECRET) is: the REST API cannot check JWTs")
 			}
-			jwtAuth = apiserver.HS256([]byte(secret))
+			jwtAuth = apiserver.HS256([]byte(secret), checks)
 		}
 		if err := runIndex.Register(ctx, mgr.GetCache(), mgr.GetClient(), f.namespace); err != nil {
 			return err
 		}
+		apiKeys, err := apiserver.NewAPIKeyAuthenticator(ctx, mgr.GetCache(), f.namespace)
+		if err != nil {
+			return err
+		}
 		api, err := apiserver.New(apiserver.Options{
 			Addr: f.apiAddr, Namespace: f.namespace,
-			Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex, Ready: runIndex.Synced,
+			Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex,
+			Ready: func(ctx context.Context) bool { return runIndex.Synced(ctx) && apiKeys.Synced(ctx) },
 			Auth: apiserver.Authenticators{
 				JWT:    jwtAuth,
-				APIKey: apiserver.APIKeyAuthenticator{Reader: mgr.GetAPIReader(), Namespace: f.namespace},
+				APIKey: apiKeys,
 			},
-			Log: ctrl.Log.WithName("apiserver"),
+			CORSAllowedOrigins: f.corsOrigins(),
+			Log:                ctrl.Log.WithName("apiserver"),
 		})
 		if err != nil {
 			return err

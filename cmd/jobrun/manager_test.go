@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -193,6 +195,12 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 		{"--leader-elect-renew-deadline=1s", "--leader-elect-retry-period=1s"}, // not longer than the retry period
 		{"--leader-elect-retry-period=0s"},
 		{"--smtp-retry-window=0s"},
+		{"--api-cors-allowed-origins=app.example.com"},
+		{"--jwks-url=https://idp.example/jwks"},                                      // no issuer, no audience
+		{"--jwks-url=https://idp.example/jwks", "--jwt-issuer=https://idp.example"},  // no audience
+		{"--jwks-url=http://idp.example/jwks", "--jwt-issuer=i", "--jwt-audience=a"}, // plain http off loopback
+		{"--jwks-url=idp.example/jwks", "--jwt-issuer=i", "--jwt-audience=a"},        // no scheme
+		{"--jwt-max-token-lifetime=0s"},
 	} {
 		if _, err := parseManagerFlags(args); err == nil {
 			t.Errorf("parseManagerFlags(%q) accepted", args)
@@ -212,6 +220,15 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 		} else if got := f.smtp.RetryFor(); got != c.want {
 			t.Errorf("parseManagerFlags(%q): SMTP retry window %s, want %s", c.args, got, c.want)
 		}
+	}
+	if f, err := parseManagerFlags([]string{"--jwks-url=http://127.0.0.1:9/jwks", "--jwt-issuer=https://idp.example", "--jwt-audience=jobrun", "--jwt-max-token-lifetime=1h"}); err != nil || f.jwtMaxLifetime != time.Hour {
+		t.Errorf("JWKS on loopback with issuer and audience: %+v, %v", f, err)
+	}
+	if f, err := parseManagerFlags(nil); err != nil || f.jwtMaxLifetime != 24*time.Hour {
+		t.Errorf("default token lifetime: %+v, %v", f, err)
+	}
+	if f, err := parseManagerFlags([]string{"--api-cors-allowed-origins= https://a.example.com, http://localhost:3000 ,"}); err != nil || !slices.Equal(f.corsOrigins(), []string{"https://a.example.com", "http://localhost:3000"}) {
+		t.Errorf("CORS origins: %v (%v)", f, err)
 	}
 	if _, err := parseManagerFlags([]string{"--leader-elect=false", "--leader-elect-lease-duration=1s"}); err != nil {
 		t.Errorf("lease timings are not checked without leader election: %v", err)
@@ -274,5 +291,29 @@ func TestAPIOnlyReplica(t *testing.T) {
 	// No leader election: no lease.
 	if _, err := leaseHolder(context.Background(), ns); err == nil {
 		t.Error("an API-only replica took the leader lease")
+	}
+}
+
+// TestManagerStopsWhenJWKSCannotBeFetched: a key set that cannot be fetched
+// at start stops the manager with a message naming it, instead of serving
+// an API that accepts no JWT.
+func TestManagerStopsWhenJWKSCannotBeFetched(t *testing.T) {
+	bin, err := buildJobrun()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "down", http.StatusBadGateway) }))
+	defer idp.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "manager", "--kubeconfig", env.Kubeconfig, "--run-controllers=false", "--leader-elect=false",
+		"--metrics-bind-address=0", "--health-probe-bind-address", testenv.FreeAddr(t), "--api-bind-address", testenv.FreeAddr(t),
+		"--namespace", env.Namespace(t), "--jwks-url", idp.URL+"/jwks", "--jwt-issuer", "https://idp.example", "--jwt-audience", "jobrun")
+	out, err := cmd.CombinedOutput()
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("the manager did not stop (%v, %v):\n%s", err, ctx.Err(), out)
+	}
+	if !strings.Contains(string(out), "loading the JWKS at "+idp.URL+"/jwks") || !strings.Contains(string(out), "502") {
+		t.Errorf("the manager's message does not say which key set failed and how:\n%s", out)
 	}
 }

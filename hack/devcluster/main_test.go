@@ -155,20 +155,26 @@ func TestDevCluster(t *testing.T) {
 		t.Errorf("GET the run through the REST API: %d %+v %v", resp.StatusCode, got, err)
 	}
 
-	// An API key, created with the command and used at once.
+	// An API key, created with the command, is accepted once the watch of
+	// the manager's API-key cache has delivered its Secret (milliseconds).
 	key, err := exec.Command(manager, "apikey", "create", "--kubeconfig", kubeconfig, "--team", "demo-team", "--permissions", "jobs:read").Output()
 	if err != nil {
 		t.Fatalf("jobrun apikey create: %v", err)
 	}
+	created := time.Now()
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("GET with the API key: %d", resp.StatusCode)
-	}
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		resp, err := http.DefaultClient.Do(req.Clone(ctx))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET with the API key: %d", resp.StatusCode)
+		}
+		return nil
+	})
+	t.Logf("the API key was accepted %v after jobrun apikey create returned", time.Since(created))
 	// The every-minute sample schedule: a demo_maintenance run appears in
 	// kubectl get jobruns at the next minute and completes.
 	testenv.Eventually(t, 90*time.Second, func(ctx context.Context) error {

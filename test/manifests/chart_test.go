@@ -107,7 +107,11 @@ func TestChartBadValues(t *testing.T) {
 		{"misspelt key", []string{"-f", hs256, "--set", "manger.replicas=1"}, "manger"},
 		{"job type name", []string{"-f", hs256, "--set", "jobTypes.Demo-Sync.template.spec.restartPolicy=Never"}, "Demo-Sync"},
 		{"API key hash", []string{"-f", hs256, "--set", "auth.apiKeys[0].id=0123456789abcdef,auth.apiKeys[0].team=t,auth.apiKeys[0].sha256=secret"}, "sha256"},
-		{"both JWT modes", []string{"-f", hs256, "--set", "auth.jwt.jwksURL=https://idp.example/jwks"}, "only one of"},
+		{"both JWT modes", []string{"-f", hs256, "--set", "auth.jwt.jwksURL=https://idp.example/jwks,auth.jwt.issuer=i,auth.jwt.audience=a"}, "only one of"},
+		{"JWKS without issuer and audience", []string{"--set", "auth.jwt.jwksURL=https://idp.example/jwks"}, "auth.jwt.issuer"},
+		{"JWKS over plain http", []string{"--set", "auth.jwt.jwksURL=http://idp.example/jwks,auth.jwt.issuer=i,auth.jwt.audience=a"}, "auth/jwt/jwksURL"},
+		{"token lifetime as a number", []string{"-f", hs256, "--set", "auth.jwt.maxTokenLifetime=24"}, "maxTokenLifetime"},
+		{"CORS origin without a scheme", []string{"-f", hs256, "--set", "api.cors.allowedOrigins[0]=app.example.com"}, "api/cors/allowedOrigins"},
 		{"file", []string{"-f", filepath.Join("testdata", "bad-values.yaml")}, "smtp/tls"},
 	}
 	for _, tt := range tests {

@@ -60,10 +60,15 @@ func checkPermissions(t *testing.T, ns, integrations, manager, runner string) {
 		// Least privilege: leases only in its own namespace, no secrets, no
 		// writes to specs it does not own.
 		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", other}, "no"},
-		// API keys: the REST API reads their Secrets, in its namespace only.
+		// API keys: the REST API watches their Secrets, in its namespace
+		// only (RBAC cannot narrow to the label; its cache selects it).
 		{managerSA, []string{"get", "secrets", "-n", ns}, "yes"},
-		{managerSA, []string{"list", "secrets", "-n", ns}, "no"},
+		{managerSA, []string{"list", "secrets", "-n", ns}, "yes"},
+		{managerSA, []string{"watch", "secrets", "-n", ns}, "yes"},
+		{managerSA, []string{"create", "secrets", "-n", ns}, "no"},
 		{managerSA, []string{"get", "secrets", "-n", other}, "no"},
+		{managerSA, []string{"list", "secrets", "-n", other}, "no"},
+		{managerSA, []string{"list", "secrets", "--all-namespaces"}, "no"},
 		{managerSA, []string{"create", "pods", "-n", ns}, "yes"},
 		{managerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", ns}, "yes"},
 		{managerSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", ns}, "no"},

@@ -54,6 +54,9 @@ that says which value to set.
 {{- if and (not .Values.auth.jwt.existingSecret) (not .Values.auth.jwt.jwksURL) }}
 {{- fail "api.enabled is true but the REST API has no way to check JWTs: set auth.jwt.existingSecret (a Secret holding an HS256 secret of at least 32 bytes) or auth.jwt.jwksURL" }}
 {{- end }}
+{{- if and .Values.auth.jwt.jwksURL (or (not .Values.auth.jwt.issuer) (not .Values.auth.jwt.audience)) }}
+{{- fail "auth.jwt.jwksURL needs auth.jwt.issuer and auth.jwt.audience: the identity provider signs tokens for other applications too" }}
+{{- end }}
 {{- if and .Values.auth.jwt.existingSecret .Values.auth.jwt.jwksURL }}
 {{- fail "set only one of auth.jwt.existingSecret (HS256) and auth.jwt.jwksURL (RS256/ES256)" }}
 {{- end }}
@@ -94,6 +97,16 @@ capabilities:
 - --jwks-url={{ .Values.auth.jwt.jwksURL }}
 {{- else }}
 - --jwt-secret-file=/etc/jobrun/jwt/{{ .Values.auth.jwt.secretKey }}
+{{- end }}
+{{- with .Values.auth.jwt.issuer }}
+- {{ printf "--jwt-issuer=%s" . | quote }}
+{{- end }}
+{{- with .Values.auth.jwt.audience }}
+- {{ printf "--jwt-audience=%s" . | quote }}
+{{- end }}
+- --jwt-max-token-lifetime={{ .Values.auth.jwt.maxTokenLifetime }}
+{{- with .Values.api.cors.allowedOrigins }}
+- --api-cors-allowed-origins={{ join "," . }}
 {{- end }}
 {{- end }}
 
