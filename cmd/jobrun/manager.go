@@ -48,6 +48,7 @@ type managerFlags struct {
 	renewDeadline           time.Duration
 	retryPeriod             time.Duration
 	runnerServiceAccount    string
+	allowedServiceAccounts  []string
 	workers                 int
 	apiAddr                 string
 	namespace               string
@@ -72,6 +73,14 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.DurationVar(&f.renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader keeps trying to renew its Lease before it gives up leading (and exits).")
 	fs.DurationVar(&f.retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often candidates try to take the Lease and the leader renews it.")
 	fs.StringVar(&f.runnerServiceAccount, "runner-service-account", controllers.DefaultRunnerServiceAccount, "Service account of run pods whose JobType template names none.")
+	fs.Func("allowed-service-accounts", "Comma-separated service accounts that a JobType's pod template may name besides the runner's; a template naming another gets no pod (default: none).", func(v string) error {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				f.allowedServiceAccounts = append(f.allowedServiceAccounts, name)
+			}
+		}
+		return nil
+	})
 	fs.BoolVar(&f.runControllers, "run-controllers", true, "Run the controllers. false with --leader-elect=false and --api-bind-address makes a stateless REST API replica, scaled on its own.")
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
@@ -180,7 +189,11 @@ func runManager(ctx context.Context, args []string) error {
 	}
 
 	if f.runControllers {
-		opts := []controllers.JobRunOption{controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithWorkers(f.workers)}
+		policy := controllers.PodPolicy{RunnerServiceAccount: f.runnerServiceAccount, AllowedServiceAccounts: f.allowedServiceAccounts}
+		opts := []controllers.JobRunOption{
+			controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithAllowedServiceAccounts(f.allowedServiceAccounts...),
+			controllers.WithWorkers(f.workers),
+		}
 		if f.smtp.Host != "" {
 			if f.smtpPasswordFile != "" {
 				data, err := os.ReadFile(f.smtpPasswordFile)
@@ -193,6 +206,9 @@ func runManager(ctx context.Context, args []string) error {
 		}
 		if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
 			return fmt.Errorf("setting up the JobRun controller: %w", err)
+		}
+		if err := controllers.NewJobTypeReconciler(mgr, policy, nil).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up the JobType controller: %w", err)
 		}
 		if err := controllers.NewJobScheduleReconciler(mgr, nil).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up the JobSchedule controller: %w", err)
