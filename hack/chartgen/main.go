@@ -28,13 +28,18 @@ const (
 	fullname  = "JOBRUNFULLNAME"
 	namespace = "JOBRUNNAMESPACE"
 	labels    = "JOBRUNLABELS"
+	// allowedSAs is the pod policy's allow-list, from manager.allowedServiceAccounts.
+	allowedSAs = "JOBRUNALLOWEDSAS"
+	// matchResources is a policy binding's namespace selector: the release
+	// namespace.
+	matchResources = "JOBRUNMATCHRESOURCES"
 	// kustomizePrefix is config/default's namePrefix: the runner policy
 	// names the runner's service account with it, as the API server sees it.
 	kustomizePrefix = "jobrun-"
 )
 
 // sources are the folders whose kustomization resources become templates.
-var sources = []string{"config/rbac", "config/runner"}
+var sources = []string{"config/rbac", "config/runner", "config/tenancy"}
 
 func main() {
 	root := flag.String("root", ".", "Repository root.")
@@ -162,6 +167,35 @@ func rewrite(obj map[string]any) error {
 			return fmt.Errorf("binding %s: policyName %q lacks the %q prefix config/default gives the policy", name, policy, kustomizePrefix)
 		}
 		spec["policyName"] = prefixed(strings.TrimPrefix(policy, kustomizePrefix))
+		if ref, ok := spec["paramRef"].(map[string]any); ok {
+			param, _ := ref["name"].(string)
+			if !strings.HasPrefix(param, kustomizePrefix) {
+				return fmt.Errorf("binding %s: paramRef.name %q lacks the %q prefix config/default gives the ConfigMap", name, param, kustomizePrefix)
+			}
+			ref["name"] = prefixed(strings.TrimPrefix(param, kustomizePrefix))
+			if _, ok := ref["namespace"]; ok {
+				ref["namespace"] = namespace
+			}
+		}
+		if mr, ok := spec["matchResources"].(map[string]any); ok {
+			// config/default's selector names jobrun-system; the chart's, the
+			// release namespace.
+			sel, _ := mr["namespaceSelector"].(map[string]any)
+			labels, _ := sel["matchLabels"].(map[string]any)
+			if len(mr) != 1 || len(sel) != 1 || len(labels) != 1 || labels["kubernetes.io/metadata.name"] == nil {
+				return fmt.Errorf("binding %s: matchResources must be one namespaceSelector on kubernetes.io/metadata.name", name)
+			}
+			spec["matchResources"] = matchResources
+		}
+	case "ConfigMap":
+		// The pod policy's parameters: the runner's name as the release
+		// spells it, the allow-list from values.
+		data, _ := obj["data"].(map[string]any)
+		if _, ok := data["allowedServiceAccounts"]; !ok || data["runnerServiceAccount"] != kustomizePrefix+"runner" {
+			return fmt.Errorf("ConfigMap %s: want data.runnerServiceAccount %q and data.allowedServiceAccounts", name, kustomizePrefix+"runner")
+		}
+		data["runnerServiceAccount"] = prefixed("runner")
+		data["allowedServiceAccounts"] = allowedSAs
 	case "ValidatingAdmissionPolicy":
 		// The policy recognises the runner by its service account's name,
 		// which config/default spells with its prefix.
@@ -175,7 +209,7 @@ func rewrite(obj map[string]any) error {
 				found = true
 			}
 		}
-		if !found {
+		if !found && name == "runner-own-run-only" {
 			return fmt.Errorf("policy %s: no match condition names the service account ':%srunner'", name, kustomizePrefix)
 		}
 	}
@@ -184,13 +218,21 @@ func rewrite(obj map[string]any) error {
 
 func prefixed(name string) string { return fullname + "-" + name }
 
-var labelsLine = regexp.MustCompile(`(?m)^( *)` + labels + `: ""$`)
+var (
+	labelsLine         = regexp.MustCompile(`(?m)^( *)` + labels + `: ""$`)
+	matchResourcesLine = regexp.MustCompile(`(?m)^( *)matchResources: ` + matchResources + `$`)
+)
 
 func placeholders(y []byte) []byte {
 	y = labelsLine.ReplaceAllFunc(y, func(line []byte) []byte {
 		indent := len(line) - len(bytes.TrimLeft(line, " "))
 		return fmt.Appendf(nil, "%s{{- include \"jobrun.labels\" . | nindent %d }}", line[:indent], indent)
 	})
+	y = matchResourcesLine.ReplaceAllFunc(y, func(line []byte) []byte {
+		in := string(line[:len(line)-len(bytes.TrimLeft(line, " "))])
+		return []byte(in + "matchResources:\n" + in + "  namespaceSelector:\n" + in + "    matchLabels:\n" + in + "      kubernetes.io/metadata.name: " + namespace)
+	})
+	y = bytes.ReplaceAll(y, []byte(allowedSAs), []byte(`{{ join "," .Values.manager.allowedServiceAccounts | quote }}`))
 	y = bytes.ReplaceAll(y, []byte(fullname), []byte(`{{ include "jobrun.fullname" . }}`))
 	return bytes.ReplaceAll(y, []byte(namespace), []byte(`{{ .Release.Namespace }}`))
 }

@@ -177,7 +177,7 @@ func TestChartInstall(t *testing.T) {
 		t.Errorf("manager replicas = %v, want 3", got)
 	}
 	args := strings.Join(manager.Spec.Template.Spec.Containers[0].Args, " ")
-	for _, want := range []string{"--leader-elect=true", "--runner-service-account=jr-runner", "--smtp-host=smtp.example.com", "--smtp-password-file=/etc/jobrun/smtp/password", "--jobrun-workers=8"} {
+	for _, want := range []string{"--leader-elect=true", "--runner-service-account=jr-runner", "--smtp-host=smtp.example.com", "--smtp-password-file=/etc/jobrun/smtp/password", "--jobrun-workers=8", "--allowed-service-accounts=reporting"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("manager args lack %s: %s", want, args)
 		}
@@ -213,6 +213,25 @@ func TestChartInstall(t *testing.T) {
 	}
 	if out := env.Kubectl(t, "get", "servicemonitors", "-n", ns, "-o", "name"); !strings.Contains(out, "jr-manager") {
 		t.Errorf("no ServiceMonitor: %q", out)
+	}
+
+	// The chart's JobType pod policy, with the release's names and
+	// manager.allowedServiceAccounts.
+	testenv.Eventually(t, time.Minute, func(ctx context.Context) error {
+		err := env.Client.Create(ctx, jobTypeWith(ns, func(s *corev1.PodSpec) { s.ServiceAccountName = "jr-manager" }), client.DryRunAll)
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "jr-jobtype-pod-policy") ||
+			!strings.Contains(err.Error(), `service account "jr-manager" is not allowed (allowed: jr-runner, reporting)`) {
+			return fmt.Errorf("a JobType naming the manager's service account: err = %v, want Forbidden by jr-jobtype-pod-policy", err)
+		}
+		return nil
+	})
+	for _, sa := range []string{"", "jr-runner", "reporting"} {
+		if err := env.Client.Create(ctx, jobTypeWith(ns, func(s *corev1.PodSpec) { s.ServiceAccountName = sa }), client.DryRunAll); err != nil {
+			t.Errorf("a JobType with serviceAccountName %q: %v", sa, err)
+		}
+	}
+	if err := env.Client.Create(ctx, jobTypeWith(ns, func(s *corev1.PodSpec) { s.HostPID = true }), client.DryRunAll); !apierrors.IsForbidden(err) {
+		t.Errorf("a hostPID JobType: err = %v, want Forbidden", err)
 	}
 
 	// The chart's RBAC is config/default's, with the release's names.
