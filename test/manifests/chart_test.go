@@ -234,6 +234,9 @@ func TestChartInstall(t *testing.T) {
 		t.Errorf("a hostPID JobType: err = %v, want Forbidden", err)
 	}
 
+	// The chart's runner policy, for the release's runner.
+	checkRunnerWrites(t, ns, "jr-runner")
+
 	// The chart's RBAC is config/default's, with the release's names.
 	checkPermissions(t, ns, ns+"-integrations", "jr-manager", "jr-runner")
 

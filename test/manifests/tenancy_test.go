@@ -9,9 +9,13 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -174,4 +178,148 @@ func TestJobTypePodPolicyAdmission(t *testing.T) {
 			t.Errorf("a namespace jobrun does not serve: %v", err)
 		}
 	})
+}
+
+// runnerClient is a client with a token of the runner's service account in
+// ns, bound to pod as the kubelet's projected token is (TokenRequest): the
+// API server puts the pod's name in the request's user info, which the
+// runner policy relies on.
+func runnerClient(t *testing.T, pod *corev1.Pod) client.Client {
+	t.Helper()
+	ctx := testenv.Context(t)
+	tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		ExpirationSeconds: ptr.To[int64](3600),
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Spec.ServiceAccountName}}
+	if err := env.Client.SubResource("token").Create(ctx, sa, tr); err != nil {
+		t.Fatalf("requesting a token for %s/%s: %v", sa.Namespace, sa.Name, err)
+	}
+	cfg := &rest.Config{
+		Host:            env.Config.Host,
+		TLSClientConfig: rest.TLSClientConfig{CAData: env.Config.CAData, Insecure: env.Config.Insecure},
+		BearerToken:     tr.Status.Token,
+	}
+	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// restrictedRunnerPod is the pod of attempt 1 of run, as the controller
+// would make it (restricted, the runner's service account).
+func restrictedRunnerPod(run *jobsv1alpha1.JobRun, sa string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: run.Namespace, Name: run.Name + "-1", Labels: map[string]string{jobsv1alpha1.LabelRun: run.Name}},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: sa,
+			RestartPolicy:      corev1.RestartPolicyNever,
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsNonRoot: ptr.To(true), SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			Containers: []corev1.Container{{
+				Name: "handler", Image: "jobrun:dev", Args: []string{"runner"},
+				SecurityContext: &corev1.SecurityContext{
+					AllowPrivilegeEscalation: ptr.To(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				},
+			}},
+		},
+	}
+}
+
+// TestRunnerWritesOnlyItsFields installs config/default and acts as the
+// runner of a running run, with a pod-bound token of jobrun-runner: it may
+// write its run's progress, result and error, and nothing else of its
+// status (phase, attempts, times, pod name, conditions, notification), nor
+// another run's status.
+func TestRunnerWritesOnlyItsFields(t *testing.T) {
+	applyDefault(t)
+	checkRunnerWrites(t, "jobrun-system", "jobrun-runner")
+}
+
+// checkRunnerWrites acts as the runner (service account sa) of a running run
+// in ns: see TestRunnerWritesOnlyItsFields.
+func checkRunnerWrites(t *testing.T, ns, sa string) {
+	t.Helper()
+	ctx := testenv.Context(t)
+
+	newRun := func(name string) *jobsv1alpha1.JobRun {
+		run := &jobsv1alpha1.JobRun{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: "demo-team", ProjectID: "demo-project", TriggeredBy: "manual:user:demo-user"},
+		}
+		if err := env.Client.Create(ctx, run); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), run) })
+		// What the controller writes when the run's pod starts.
+		orig := run.DeepCopy()
+		now := metav1.NowMicro()
+		run.Status = jobsv1alpha1.JobRunStatus{
+			Phase: jobsv1alpha1.JobRunRunning, Attempts: 1, PodName: name + "-1", StartedAt: &now,
+			Conditions: []metav1.Condition{{Type: jobsv1alpha1.JobRunConditionRunning, Status: metav1.ConditionTrue, Reason: jobsv1alpha1.ReasonHandlerRunning, Message: "running", LastTransitionTime: metav1.Now()}},
+		}
+		if err := env.Client.Status().Patch(ctx, run, client.MergeFrom(orig)); err != nil {
+			t.Fatal(err)
+		}
+		return run
+	}
+	suffix := strings.ToLower(rand.String(6))
+	own, other := newRun("runner-own-"+suffix), newRun("runner-other-"+suffix)
+	pod := restrictedRunnerPod(own, sa)
+	if err := env.Client.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), pod) })
+	runner := runnerClient(t, pod)
+
+	patch := func(run *jobsv1alpha1.JobRun, status string) error {
+		return runner.Status().Patch(ctx, run.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(`{"status":`+status+`}`)))
+	}
+	// A policy takes effect a moment after it is created: wait until the
+	// runner may not write another run's progress.
+	testenv.Eventually(t, time.Minute, func(ctx context.Context) error {
+		err := patch(other, `{"progress":{"processed":1,"total":2,"summary":"1/2"}}`)
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "a runner may only write the status of its own run") {
+			return fmt.Errorf("runner writing another run's progress: err = %v, want Forbidden", err)
+		}
+		return nil
+	})
+	// The runner's own writes (sdk/serve.go), each admitted.
+	for _, status := range []string{
+		`{"progress":{"processed":1,"total":10,"summary":"1/10"}}`,
+		`{"result":{"synced":10}}`,
+		`{"error":"it broke"}`,
+		`{"progress":{"processed":10,"total":10,"summary":"10/10"},"result":{"synced":10},"error":""}`,
+	} {
+		if err := patch(own, status); err != nil {
+			t.Errorf("runner writing %s: %v", status, err)
+		}
+	}
+	// Everything else of its run's status is the controller's.
+	for field, status := range map[string]string{
+		"phase":             `{"phase":"completed"}`,
+		"attempts":          `{"attempts":5}`,
+		"podName":           `{"podName":"x"}`,
+		"completedAt":       `{"completedAt":"2030-01-01T00:00:00.000000Z"}`,
+		"startedAt":         `{"startedAt":null}`,
+		"cancelRequestedAt": `{"cancelRequestedAt":"2030-01-01T00:00:00.000000Z"}`,
+		"notification":      `{"notification":{"state":"Sent"}}`,
+		"conditions":        `{"conditions":[]}`,
+	} {
+		t.Run(field, func(t *testing.T) {
+			err := patch(own, `{"progress":{"processed":2,"total":10,"summary":"2/10"},`+strings.TrimPrefix(status, "{"))
+			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "a runner may only write status.progress, status.result and status.error; this request changes status."+field) {
+				t.Errorf("runner writing status.%s: err = %v, want Forbidden naming it", field, err)
+			}
+		})
+	}
+	got := &jobsv1alpha1.JobRun{}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(own), got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Phase != jobsv1alpha1.JobRunRunning || got.Status.Attempts != 1 || got.Status.Progress == nil || got.Status.Progress.Processed != 10 {
+		t.Errorf("run status after the runner's writes: %+v", got.Status)
+	}
 }
