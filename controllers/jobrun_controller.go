@@ -35,12 +35,13 @@ import (
 // least-privilege Role.
 const DefaultRunnerServiceAccount = "jobrun-runner"
 
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=get;list;watch;update;patch;delete
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes,verbs=get;list;watch
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// The manager serves its own namespace: every rule is namespaced (a Role);
+// the chart's manager.clusterWide grants them in every namespace instead.
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=get;list;watch;update;patch;delete,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns/status,verbs=get;update;patch,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes,verbs=get;list;watch,namespace=system
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete,namespace=system
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch,namespace=system
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;delete,namespace=system
 
 // JobRunReconciler turns pending runs into pods and pods' outcomes into run

@@ -17,6 +17,9 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes,verbs=get;list;watch,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes/status,verbs=get;update;patch,namespace=system
+
 // JobTypeReconciler tells in each JobType's Ready condition whether its pod
 // template is within the manager's PodPolicy, naming the fields that are
 // not, so that the author of a JobType admitted before the admission policy

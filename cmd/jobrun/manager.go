@@ -49,6 +49,7 @@ type managerFlags struct {
 	retryPeriod             time.Duration
 	runnerServiceAccount    string
 	allowedServiceAccounts  []string
+	allNamespaces           bool
 	workers                 int
 	apiAddr                 string
 	namespace               string
@@ -81,6 +82,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 		}
 		return nil
 	})
+	fs.BoolVar(&f.allNamespaces, "all-namespaces", false, "Reconcile runs, job types and schedules in every namespace (needs cluster-wide RBAC: the chart's manager.clusterWide); default: only in --namespace.")
 	fs.BoolVar(&f.runControllers, "run-controllers", true, "Run the controllers. false with --leader-elect=false and --api-bind-address makes a stateless REST API replica, scaled on its own.")
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
@@ -93,7 +95,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.StringVar(&f.smtpPasswordFile, "smtp-password-file", "", "File holding the mail server password (mounted from a Secret).")
 	fs.StringVar(&f.smtp.TLS, "smtp-tls", "starttls", "starttls (required), tls (implicit) or none (loopback only).")
 	fs.DurationVar(&f.smtp.RetryWindow, "smtp-retry-window", notify.DefaultRetryWindow, "How long after a run ends its email is retried while the mail server fails (backoff 5s doubling to 5m); the first failure after it is final.")
-	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the REST API serves.")
+	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the manager reconciles (unless --all-namespaces) and the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -135,6 +137,19 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
+// cacheOptions watches only --namespace unless --all-namespaces: by default
+// the manager serves its own namespace, and its RBAC (a Role there) allows
+// no more. A standalone REST API replica watches only its namespace either way.
+func cacheOptions(f *managerFlags) cache.Options {
+	// Nothing reads managedFields; dropping them keeps the cache of many runs
+	// smaller.
+	opts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	if !f.allNamespaces || !f.runControllers {
+		opts.DefaultNamespaces = map[string]cache.Config{f.namespace: {}}
+	}
+	return opts
+}
+
 // runManager starts the operator and blocks until ctx is cancelled.
 func runManager(ctx context.Context, args []string) error {
 	f, err := parseManagerFlags(args)
@@ -171,9 +186,7 @@ func runManager(ctx context.Context, args []string) error {
 		LeaseDuration:                 &f.leaseDuration,
 		RenewDeadline:                 &f.renewDeadline,
 		RetryPeriod:                   &f.retryPeriod,
-		// Nothing reads managedFields; dropping them keeps the cache of many
-		// runs smaller.
-		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Cache:                         cacheOptions(f),
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)

@@ -24,14 +24,15 @@ import (
 )
 
 // applyDefault installs config/default as a user would (server-side apply,
-// so other tests of the package may have installed it already).
+// so other tests of the package may have installed it already; forced, as a
+// test may have changed the pod policy's ConfigMap since).
 func applyDefault(t *testing.T) {
 	t.Helper()
 	manifests := filepath.Join(t.TempDir(), "jobrun.yaml")
 	if err := os.WriteFile(manifests, []byte(env.Kubectl(t, "kustomize", filepath.Join(env.Root, "config", "default"))), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	env.Kubectl(t, "apply", "--server-side", "-f", manifests)
+	env.Kubectl(t, "apply", "--server-side", "--force-conflicts", "-f", manifests)
 }
 
 // jobTypeWith is a JobType in ns whose template is a plain handler changed
