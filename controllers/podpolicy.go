@@ -11,8 +11,9 @@ import (
 
 // PodPolicy is what a JobType's pod template may ask for. Whoever may write a
 // JobType chooses the pods jobrun creates, so a template gets no more than a
-// restricted pod running as the runner: no host namespaces, ports or paths, no
-// privileges, no Secrets of jobrun's namespace (the REST API's JWT secret and
+// restricted pod running as the runner: no host namespaces, ports, paths or
+// processes, no privileges, root, unconfined seccomp, unmasked /proc or
+// capabilities kept, no Secrets of jobrun's namespace (the REST API's JWT secret and
 // API keys live there; handlers read integration Secrets through the API), and
 // no service account but the runner's or one the operator allowed.
 //
@@ -46,6 +47,9 @@ func (p PodPolicy) Violations(spec *corev1.PodSpec) []string {
 	}
 	if spec.HostIPC {
 		add("hostIPC", "host namespaces are not allowed")
+	}
+	if psc := spec.SecurityContext; psc != nil {
+		identity(add, "securityContext", psc.RunAsNonRoot, psc.RunAsUser, psc.SeccompProfile, psc.WindowsOptions)
 	}
 	for _, sa := range []struct{ field, name string }{{"serviceAccountName", spec.ServiceAccountName}, {"serviceAccount", spec.DeprecatedServiceAccount}} {
 		if sa.name != "" && sa.name != p.RunnerServiceAccount && !slices.Contains(p.AllowedServiceAccounts, sa.name) {
@@ -87,6 +91,10 @@ func (p PodPolicy) Violations(spec *corev1.PodSpec) []string {
 		if sc == nil {
 			return
 		}
+		identity(add, field+".securityContext", sc.RunAsNonRoot, sc.RunAsUser, sc.SeccompProfile, sc.WindowsOptions)
+		if sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount {
+			add(field+".securityContext.procMount", "an unmasked /proc is not allowed")
+		}
 		if ptr.Deref(sc.Privileged, false) {
 			add(field+".securityContext.privileged", "privileged containers are not allowed")
 		}
@@ -94,6 +102,9 @@ func (p PodPolicy) Violations(spec *corev1.PodSpec) []string {
 			add(field+".securityContext.allowPrivilegeEscalation", "privilege escalation is not allowed")
 		}
 		if sc.Capabilities != nil {
+			if len(sc.Capabilities.Drop) > 0 && !slices.Contains(sc.Capabilities.Drop, "ALL") {
+				add(field+".securityContext.capabilities.drop", "must include ALL (or be left unset: jobrun then drops ALL)")
+			}
 			for i, c := range sc.Capabilities.Add {
 				if c != netBindService {
 					add(fmt.Sprintf("%s.securityContext.capabilities.add[%d]", field, i), "capability %s is not allowed (only %s may be added)", c, netBindService)
@@ -112,6 +123,23 @@ func (p PodPolicy) Violations(spec *corev1.PodSpec) []string {
 		check(fmt.Sprintf("ephemeralContainers[%d]", i), &c)
 	}
 	return v
+}
+
+// identity checks the settings a pod and a container share: no root, no
+// unconfined seccomp, no Windows host process.
+func identity(add func(field, format string, args ...any), field string, nonRoot *bool, uid *int64, seccomp *corev1.SeccompProfile, windows *corev1.WindowsSecurityContextOptions) {
+	if nonRoot != nil && !*nonRoot {
+		add(field+".runAsNonRoot", "running as root is not allowed")
+	}
+	if uid != nil && *uid == 0 {
+		add(field+".runAsUser", "UID 0 is not allowed")
+	}
+	if seccomp != nil && seccomp.Type == corev1.SeccompProfileTypeUnconfined {
+		add(field+".seccompProfile.type", "Unconfined is not allowed")
+	}
+	if windows != nil && ptr.Deref(windows.HostProcess, false) {
+		add(field+".windowsOptions.hostProcess", "host processes are not allowed")
+	}
 }
 
 func allowedList(names []string) string {

@@ -87,6 +87,30 @@ func TestPodPolicyViolations(t *testing.T) {
 			"spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation: privilege escalation is not allowed",
 			"spec.template.spec.containers[0].securityContext.capabilities.add[1]: capability SYS_ADMIN is not allowed (only NET_BIND_SERVICE may be added)",
 		}},
+		{"root and confinement", with(func(s *corev1.PodSpec) {
+			unmasked := corev1.UnmaskedProcMount
+			s.SecurityContext = &corev1.PodSecurityContext{
+				RunAsNonRoot: ptr.To(false), RunAsUser: ptr.To[int64](0),
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined},
+				WindowsOptions: &corev1.WindowsSecurityContextOptions{HostProcess: ptr.To(true)},
+			}
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{
+				RunAsUser: ptr.To[int64](0), ProcMount: &unmasked,
+				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"NET_RAW"}},
+			}
+		}), []string{
+			"spec.template.spec.securityContext.runAsNonRoot: running as root is not allowed",
+			"spec.template.spec.securityContext.runAsUser: UID 0 is not allowed",
+			"spec.template.spec.securityContext.seccompProfile.type: Unconfined is not allowed",
+			"spec.template.spec.securityContext.windowsOptions.hostProcess: host processes are not allowed",
+			"spec.template.spec.containers[0].securityContext.runAsUser: UID 0 is not allowed",
+			"spec.template.spec.containers[0].securityContext.procMount: an unmasked /proc is not allowed",
+			"spec.template.spec.containers[0].securityContext.capabilities.drop: must include ALL (or be left unset: jobrun then drops ALL)",
+		}},
+		{"a non-root user and drop ALL", with(func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532)}
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+		}), nil},
 		{"init and ephemeral containers", with(func(s *corev1.PodSpec) {
 			s.InitContainers = []corev1.Container{{Name: "init", SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)}}}
 			s.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debug", SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)}}}}

@@ -118,6 +118,22 @@ func TestJobTypePodPolicyAdmission(t *testing.T) {
 		{"SYS_ADMIN", func(s *corev1.PodSpec) {
 			s.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_BIND_SERVICE", "SYS_ADMIN"}}}
 		}, "spec.template.spec.containers[].securityContext.capabilities.add: only NET_BIND_SERVICE may be added (handler)"},
+		{"root pod", func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](0)}
+		}, "spec.template.spec.securityContext.runAsNonRoot, runAsUser: running as root is not allowed"},
+		{"root container", func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsNonRoot: ptr.To(false)}
+		}, "running as root is not allowed (handler)"},
+		{"unconfined seccomp", func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}
+		}, "seccompProfile.type: Unconfined is not allowed"},
+		{"host process", func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: &corev1.WindowsSecurityContextOptions{HostProcess: ptr.To(true)}}
+			s.HostNetwork = false
+		}, "windowsOptions.hostProcess: host processes are not allowed"},
+		{"capabilities kept", func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"NET_RAW"}}}
+		}, "capabilities.drop: must include ALL (or be left unset: jobrun then drops ALL) (handler)"},
 	}
 	for _, tt := range refused {
 		t.Run("refused "+tt.name, func(t *testing.T) {
@@ -133,6 +149,10 @@ func TestJobTypePodPolicyAdmission(t *testing.T) {
 		mutate func(*corev1.PodSpec)
 	}{
 		{"plain", nil},
+		{"a non-root user", func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532),
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+		}},
 		{"runner named", func(s *corev1.PodSpec) { s.ServiceAccountName = "jobrun-runner" }},
 		{"NET_BIND_SERVICE and no escalation", func(s *corev1.PodSpec) {
 			s.Containers[0].SecurityContext = &corev1.SecurityContext{
