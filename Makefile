@@ -37,9 +37,10 @@ generate: tools-gen ## Generate the API types' DeepCopy methods.
 	$(CONTROLLER_GEN) object paths=./api/...
 
 .PHONY: manifests
-manifests: tools-gen ## Generate CRDs and RBAC into config/, and the Helm chart's CRDs and RBAC templates from config/.
+manifests: tools-gen ## Generate CRDs and RBAC (the manager's, the standalone REST API's) into config/, and the Helm chart's CRDs and RBAC templates from config/.
 	$(CONTROLLER_GEN) crd rbac:roleName=manager-role paths=./... \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=api-role paths=./apiserver/... output:rbac:artifacts:config=config/api
 	rm -f charts/jobrun/crds/*.yaml
 	cp config/crd/bases/*.yaml charts/jobrun/crds/
 	go run ./hack/chartgen --root $(CURDIR) --out charts/jobrun/templates/generated

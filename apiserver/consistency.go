@@ -25,7 +25,7 @@ import (
 )
 
 // The REST API writes its consistency marker (and creates it if missing).
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=patch,resourceNames=jobrun-consistency-marker
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=patch,resourceNames=jobrun-consistency-marker,namespace=system
 
 // Consistent reads from the run cache.
 //

@@ -71,6 +71,9 @@ func (j jobsResource) get(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"job_run": toJobRun(run)})
 }
 
+// The cancel route patches the run's annotations.
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=patch,namespace=system
+
 // cancel serves POST /v1/jobs/{runId}/cancel: it asks a running run to stop
 // by annotating it; the runner and the controller do the rest.
 func (j jobsResource) cancel(w http.ResponseWriter, r *http.Request) {

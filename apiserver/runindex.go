@@ -18,6 +18,9 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
+// The index is an informer of the namespace's runs; a run is also read live.
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=get;list;watch,namespace=system
+
 // RunIndex is the RunLister of live runs: it keeps every team's runs sorted
 // newest first (created_at to the millisecond, then id), per team and per
 // team with one filter (project, job type or status), fed by the informer's

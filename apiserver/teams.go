@@ -25,8 +25,9 @@ import (
 )
 
 // The REST API creates runs and their guards and reads job types and projects.
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=create
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=projects,verbs=get;list;watch
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=create,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=projects,verbs=get;list;watch,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes,verbs=get;list;watch,namespace=system
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;delete,namespace=system
 
 const (

@@ -35,11 +35,13 @@ import (
 // least-privilege Role.
 const DefaultRunnerServiceAccount = "jobrun-runner"
 
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=get;list;watch;update;patch;delete
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// The manager serves its own namespace: every rule is namespaced (a Role);
+// the chart's manager.clusterWide grants them in every namespace instead.
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=get;list;watch;update;patch;delete,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns/status,verbs=get;update;patch,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobtypes,verbs=get;list;watch,namespace=system
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete,namespace=system
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch,namespace=system
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;delete,namespace=system
 
 // JobRunReconciler turns pending runs into pods and pods' outcomes into run
@@ -49,14 +51,14 @@ type JobRunReconciler struct {
 	client client.Client
 	// apiReader reads around the cache, to confirm that something the cache
 	// lacks is really gone before acting on its absence.
-	apiReader      client.Reader
-	scheme         *runtime.Scheme
-	recorder       events.EventRecorder
-	clock          clock.PassiveClock
-	serviceAccount string
-	metrics        *runMetrics
-	workers        int
-	notifier       Notifier
+	apiReader client.Reader
+	scheme    *runtime.Scheme
+	recorder  events.EventRecorder
+	clock     clock.PassiveClock
+	policy    PodPolicy
+	metrics   *runMetrics
+	workers   int
+	notifier  Notifier
 }
 
 // Notifier sends the completion email of a finished run.
@@ -81,21 +83,28 @@ func WithWorkers(n int) JobRunOption { return func(r *JobRunReconciler) { r.work
 // WithRunnerServiceAccount sets the service account of run pods whose
 // template names none.
 func WithRunnerServiceAccount(name string) JobRunOption {
-	return func(r *JobRunReconciler) { r.serviceAccount = name }
+	return func(r *JobRunReconciler) { r.policy.RunnerServiceAccount = name }
+}
+
+// WithAllowedServiceAccounts sets the service accounts a JobType's template
+// may name besides the runner's; a template that names another one gets no
+// pod.
+func WithAllowedServiceAccounts(names ...string) JobRunOption {
+	return func(r *JobRunReconciler) { r.policy.AllowedServiceAccounts = names }
 }
 
 // NewJobRunReconciler returns a reconciler that uses mgr's client, cache and
 // event recorder.
 func NewJobRunReconciler(mgr ctrl.Manager, opts ...JobRunOption) *JobRunReconciler {
 	r := &JobRunReconciler{
-		client:         mgr.GetClient(),
-		apiReader:      mgr.GetAPIReader(),
-		scheme:         mgr.GetScheme(),
-		recorder:       mgr.GetEventRecorder("jobrun-controller"),
-		clock:          clock.RealClock{},
-		serviceAccount: DefaultRunnerServiceAccount,
-		metrics:        defaultRunMetrics,
-		workers:        4,
+		client:    mgr.GetClient(),
+		apiReader: mgr.GetAPIReader(),
+		scheme:    mgr.GetScheme(),
+		recorder:  mgr.GetEventRecorder("jobrun-controller"),
+		clock:     clock.RealClock{},
+		policy:    PodPolicy{RunnerServiceAccount: DefaultRunnerServiceAccount},
+		metrics:   defaultRunMetrics,
+		workers:   4,
 	}
 	for _, o := range opts {
 		o(r)
@@ -182,7 +191,12 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, now: r.clock.Now()})
 
 	if d.createAttempt > 0 {
-		if err := r.createPod(ctx, run, jobType, d.createAttempt); err != nil {
+		if violations := r.policy.Violations(&jobType.Spec.Template.Spec); len(violations) > 0 {
+			// A JobType admitted before the admission policy existed (or
+			// with the policy removed) still gets no pod; retrying cannot help.
+			d = decision{status: d.status}
+			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonTemplateNotAllowed, templateRefusal(violations), r.clock.Now())
+		} else if err := r.createPod(ctx, run, jobType, d.createAttempt); err != nil {
 			switch {
 			case apierrors.IsInvalid(err):
 				// The JobType's template cannot make a valid pod: retrying
@@ -269,7 +283,7 @@ func (r *JobRunReconciler) pod(ctx context.Context, ns, name string) (*corev1.Po
 // createPod creates the pod of one attempt. AlreadyExists is success: the
 // name is deterministic, so it can only be this attempt's pod.
 func (r *JobRunReconciler) createPod(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, attempt int32) error {
-	pod := buildPod(run, jt, attempt, r.serviceAccount)
+	pod := buildPod(run, jt, attempt, r.policy.RunnerServiceAccount)
 	if err := controllerutil.SetControllerReference(run, pod, r.scheme); err != nil {
 		return err
 	}

@@ -27,9 +27,9 @@ import (
 	"jobrun.dev/jobrun/internal/guard"
 )
 
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobschedules,verbs=get;list;watch
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobschedules/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=create;delete
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobschedules,verbs=get;list;watch,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobschedules/status,verbs=get;update;patch,namespace=system
+// +kubebuilder:rbac:groups=jobs.jobrun.dev,resources=jobruns,verbs=create;delete,namespace=system
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;delete,namespace=system
 
 // JobSchedule condition reasons.

@@ -14,7 +14,7 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
-// startManager runs a manager with the JobRun and JobSchedule controllers
+// startManager runs a manager with the JobRun, JobType and JobSchedule controllers
 // for the test's namespace ns, reading time from clock, until the test ends
 // or stop is called. stop waits for it to return.
 func startManager(t *testing.T, ns string, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func()) {
@@ -28,7 +28,11 @@ func startManager(t *testing.T, ns string, clock *clocktesting.FakeClock, opts .
 func startManagerWithCache(t *testing.T, ns string, clock *clocktesting.FakeClock, opts ...JobRunOption) (stop func(), seen client.Reader) {
 	t.Helper()
 	mgr := env.NewManager(t, ns)
-	if err := NewJobRunReconciler(mgr, append([]JobRunOption{WithClock(clock)}, opts...)...).SetupWithManager(context.Background(), mgr); err != nil {
+	jr := NewJobRunReconciler(mgr, append([]JobRunOption{WithClock(clock)}, opts...)...)
+	if err := jr.SetupWithManager(context.Background(), mgr); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewJobTypeReconciler(mgr, jr.policy, clock).SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
 	if err := NewJobScheduleReconciler(mgr, clock).SetupWithManager(mgr); err != nil {

@@ -117,6 +117,14 @@ type JobTypeSpec struct {
 const (
 	// JobTypeConditionReady is True when runs of the JobType can start.
 	JobTypeConditionReady = "Ready"
+	// ReasonTemplateAllowed: the JobType's pod template is within the
+	// manager's pod policy; runs of it can start.
+	ReasonTemplateAllowed = "TemplateAllowed"
+	// ReasonTemplateNotAllowed: the JobType's pod template asks for more than
+	// the manager's pod policy allows (host access, privileges, Secrets, a
+	// service account not allowed); the message names each field. Runs of it
+	// fail with this reason before any pod is created.
+	ReasonTemplateNotAllowed = "TemplateNotAllowed"
 )
 
 // JobTypeStatus is what the controller observed of a JobType.

@@ -50,6 +50,8 @@ type managerFlags struct {
 	renewDeadline           time.Duration
 	retryPeriod             time.Duration
 	runnerServiceAccount    string
+	allowedServiceAccounts  []string
+	allNamespaces           bool
 	workers                 int
 	apiAddr                 string
 	namespace               string
@@ -78,6 +80,15 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.DurationVar(&f.renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader keeps trying to renew its Lease before it gives up leading (and exits).")
 	fs.DurationVar(&f.retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often candidates try to take the Lease and the leader renews it.")
 	fs.StringVar(&f.runnerServiceAccount, "runner-service-account", controllers.DefaultRunnerServiceAccount, "Service account of run pods whose JobType template names none.")
+	fs.Func("allowed-service-accounts", "Comma-separated service accounts that a JobType's pod template may name besides the runner's; a template naming another gets no pod (default: none).", func(v string) error {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				f.allowedServiceAccounts = append(f.allowedServiceAccounts, name)
+			}
+		}
+		return nil
+	})
+	fs.BoolVar(&f.allNamespaces, "all-namespaces", false, "Reconcile runs, job types and schedules in every namespace (needs cluster-wide RBAC: the chart's manager.clusterWide); default: only in --namespace.")
 	fs.BoolVar(&f.runControllers, "run-controllers", true, "Run the controllers. false with --leader-elect=false and --api-bind-address makes a stateless REST API replica, scaled on its own.")
 	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
@@ -94,7 +105,7 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.StringVar(&f.smtpPasswordFile, "smtp-password-file", "", "File holding the mail server password (mounted from a Secret).")
 	fs.StringVar(&f.smtp.TLS, "smtp-tls", "starttls", "starttls (required), tls (implicit) or none (loopback only).")
 	fs.DurationVar(&f.smtp.RetryWindow, "smtp-retry-window", notify.DefaultRetryWindow, "How long after a run ends its email is retried while the mail server fails (backoff 5s doubling to 5m); the first failure after it is final.")
-	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the REST API serves.")
+	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the manager reconciles (unless --all-namespaces) and the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -163,6 +174,26 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
+// cacheOptions watches only --namespace unless --all-namespaces: by default
+// the manager serves its own namespace, and its RBAC (a Role there) allows
+// no more. A standalone REST API replica watches only its namespace either way.
+func cacheOptions(f *managerFlags, runIndex *apiserver.RunIndex) cache.Options {
+	// Nothing reads managedFields; dropping them keeps the cache of many runs
+	// smaller.
+	opts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	if !f.allNamespaces || !f.runControllers {
+		opts.DefaultNamespaces = map[string]cache.Config{f.namespace: {}}
+	}
+	if f.apiAddr != "" {
+		// The REST API's API keys, from an informer: the only Secrets
+		// cached. Its run index notes the cache's JobRun lists (for
+		// consistent reads).
+		opts.ByObject = map[client.Object]cache.ByObject{&corev1.Secret{}: apiserver.APIKeySecretsCache(f.namespace)}
+		opts.NewInformer = runIndex.NewInformer
+	}
+	return opts
+}
+
 // runManager starts the operator and blocks until ctx is cancelled.
 func runManager(ctx context.Context, args []string) error {
 	f, err := parseManagerFlags(args)
@@ -188,17 +219,7 @@ func runManager(ctx context.Context, args []string) error {
 	if f.metricsSecure {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
-	// Nothing reads managedFields; dropping them keeps the cache of many
-	// runs smaller.
-	cacheOpts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
 	runIndex := apiserver.NewRunIndex()
-	if f.apiAddr != "" {
-		// The REST API's API keys, from an informer: the only Secrets
-		// cached. Its run index notes the cache's JobRun lists (for
-		// consistent reads).
-		cacheOpts.ByObject = map[client.Object]cache.ByObject{&corev1.Secret{}: apiserver.APIKeySecretsCache(f.namespace)}
-		cacheOpts.NewInformer = runIndex.NewInformer
-	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
@@ -210,7 +231,7 @@ func runManager(ctx context.Context, args []string) error {
 		LeaseDuration:                 &f.leaseDuration,
 		RenewDeadline:                 &f.renewDeadline,
 		RetryPeriod:                   &f.retryPeriod,
-		Cache:                         cacheOpts,
+		Cache:                         cacheOptions(f, runIndex),
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
@@ -226,7 +247,11 @@ func runManager(ctx context.Context, args []string) error {
 	}
 
 	if f.runControllers {
-		opts := []controllers.JobRunOption{controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithWorkers(f.workers)}
+		policy := controllers.PodPolicy{RunnerServiceAccount: f.runnerServiceAccount, AllowedServiceAccounts: f.allowedServiceAccounts}
+		opts := []controllers.JobRunOption{
+			controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithAllowedServiceAccounts(f.allowedServiceAccounts...),
+			controllers.WithWorkers(f.workers),
+		}
 		if f.smtp.Host != "" {
 			if f.smtpPasswordFile != "" {
 				data, err := os.ReadFile(f.smtpPasswordFile)
@@ -239,6 +264,9 @@ func runManager(ctx context.Context, args []string) error {
 		}
 		if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
 			return fmt.Errorf("setting up the JobRun controller: %w", err)
+		}
+		if err := controllers.NewJobTypeReconciler(mgr, policy, nil).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up the JobType controller: %w", err)
 		}
 		if err := controllers.NewJobScheduleReconciler(mgr, nil).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up the JobSchedule controller: %w", err)

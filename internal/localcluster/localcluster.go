@@ -370,6 +370,9 @@ func (c *Cluster) startManager(name, probeAddr, metricsAddr, apiAddr string, ext
 		"--kubeconfig=" + c.componentKubeconfig,
 		"--leader-election-namespace=" + c.opts.Namespace,
 		"--namespace=" + c.opts.Namespace,
+		// The local default reconciles every namespace (the e2e suite puts
+		// each test in one of its own); its component credentials allow it.
+		"--all-namespaces",
 		"--health-probe-bind-address=" + probeAddr,
 		"--metrics-bind-address=" + metricsAddr,
 		"--metrics-secure=false",

@@ -181,7 +181,7 @@ func TestChartInstall(t *testing.T) {
 		t.Errorf("manager replicas = %v, want 3", got)
 	}
 	args := strings.Join(manager.Spec.Template.Spec.Containers[0].Args, " ")
-	for _, want := range []string{"--leader-elect=true", "--runner-service-account=jr-runner", "--smtp-host=smtp.example.com", "--smtp-password-file=/etc/jobrun/smtp/password", "--jobrun-workers=8"} {
+	for _, want := range []string{"--leader-elect=true", "--runner-service-account=jr-runner", "--smtp-host=smtp.example.com", "--smtp-password-file=/etc/jobrun/smtp/password", "--jobrun-workers=8", "--allowed-service-accounts=reporting", "--namespace=" + ns} {
 		if !strings.Contains(args, want) {
 			t.Errorf("manager args lack %s: %s", want, args)
 		}
@@ -201,6 +201,12 @@ func TestChartInstall(t *testing.T) {
 			t.Errorf("api args lack %s: %s", want, apiArgs)
 		}
 	}
+	if sa := api.Spec.Template.Spec.ServiceAccountName; sa != "jr-api" {
+		t.Errorf("the standalone API runs as %q, want its own jr-api", sa)
+	}
+	if sa := manager.Spec.Template.Spec.ServiceAccountName; sa != "jr-manager" {
+		t.Errorf("the manager runs as %q, want jr-manager", sa)
+	}
 	get(&corev1.Service{}, "jr-api")
 	get(&corev1.ServiceAccount{}, "jr-runner")
 	get(&rbacv1.Role{}, "jr-manager-role")
@@ -219,8 +225,30 @@ func TestChartInstall(t *testing.T) {
 		t.Errorf("no ServiceMonitor: %q", out)
 	}
 
+	// The chart's JobType pod policy, with the release's names and
+	// manager.allowedServiceAccounts.
+	testenv.Eventually(t, time.Minute, func(ctx context.Context) error {
+		err := env.Client.Create(ctx, jobTypeWith(ns, func(s *corev1.PodSpec) { s.ServiceAccountName = "jr-manager" }), client.DryRunAll)
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "jr-jobtype-pod-policy") ||
+			!strings.Contains(err.Error(), `service account "jr-manager" is not allowed (allowed: jr-runner, reporting)`) {
+			return fmt.Errorf("a JobType naming the manager's service account: err = %v, want Forbidden by jr-jobtype-pod-policy", err)
+		}
+		return nil
+	})
+	for _, sa := range []string{"", "jr-runner", "reporting"} {
+		if err := env.Client.Create(ctx, jobTypeWith(ns, func(s *corev1.PodSpec) { s.ServiceAccountName = sa }), client.DryRunAll); err != nil {
+			t.Errorf("a JobType with serviceAccountName %q: %v", sa, err)
+		}
+	}
+	if err := env.Client.Create(ctx, jobTypeWith(ns, func(s *corev1.PodSpec) { s.HostPID = true }), client.DryRunAll); !apierrors.IsForbidden(err) {
+		t.Errorf("a hostPID JobType: err = %v, want Forbidden", err)
+	}
+
+	// The chart's runner policy, for the release's runner.
+	checkRunnerWrites(t, ns, "jr-runner")
+
 	// The chart's RBAC is config/default's, with the release's names.
-	checkPermissions(t, ns, ns+"-integrations", "jr-manager", "jr-runner")
+	checkPermissions(t, ns, ns+"-integrations", "jr")
 
 	// An API key kept in values is accepted by the REST API's authenticator.
 	keys := apiserver.APIKeyAuthenticator{Reader: env.Client, Namespace: ns}
@@ -256,4 +284,54 @@ func TestChartInstall(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestChartClusterWideRBAC renders the chart's RBAC with manager.clusterWide
+// (only the RBAC: its admission policies would cover every namespace of the
+// shared test API server) and asks the authorizer: the manager may run pods
+// and runs in every namespace, but Secrets and Leases stay in its own; the
+// standalone API and the runner gain nothing.
+func TestChartClusterWideRBAC(t *testing.T) {
+	ns := env.Namespace(t)
+	hs256 := filepath.Join(chartDir(), "ci", "hs256-values.yaml")
+	args := []string{"template", "cw", chartDir(), "-n", ns, "-f", hs256, "--set", "manager.clusterWide=true"}
+	for _, f := range []string{"rbac-service_account", "rbac-role", "rbac-role_binding", "rbac-role-clusterwide", "api-service_account", "api-role", "api-role_binding"} {
+		args = append(args, "--show-only", "templates/generated/"+f+".yaml")
+	}
+	rendered, err := helm(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "rbac.yaml")
+	if err := os.WriteFile(path, []byte(rendered), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env.Kubectl(t, "apply", "--server-side", "-f", path)
+	t.Cleanup(func() { _, _ = env.TryKubectl("delete", "--ignore-not-found", "-f", path) })
+
+	managerSA := "system:serviceaccount:" + ns + ":cw-jobrun-manager"
+	apiSA := "system:serviceaccount:" + ns + ":cw-jobrun-api"
+	other := env.Namespace(t)
+	for _, tt := range []struct {
+		as   string
+		args []string
+		want string
+	}{
+		{managerSA, []string{"create", "pods", "-n", other}, "yes"},
+		{managerSA, []string{"list", "pods", "--all-namespaces"}, "yes"},
+		{managerSA, []string{"list", "jobruns.jobs.jobrun.dev", "--all-namespaces"}, "yes"},
+		{managerSA, []string{"patch", "jobruns.jobs.jobrun.dev", "--subresource=status", "-n", other}, "yes"},
+		{managerSA, []string{"patch", "jobtypes.jobs.jobrun.dev", "--subresource=status", "-n", other}, "yes"},
+		{managerSA, []string{"get", "secrets", "-n", other}, "no"},
+		{managerSA, []string{"get", "secrets", "-n", ns}, "yes"},
+		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", other}, "no"},
+		{managerSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", other}, "no"},
+		{apiSA, []string{"get", "jobruns.jobs.jobrun.dev", "-n", other}, "no"},
+		{apiSA, []string{"create", "pods", "-n", ns}, "no"},
+	} {
+		out, _ := env.TryKubectl(append([]string{"auth", "can-i", "--as", tt.as}, tt.args...)...)
+		if got := strings.TrimSpace(out); got != tt.want {
+			t.Errorf("%s can-i %s = %q, want %q", tt.as, strings.Join(tt.args, " "), got, tt.want)
+		}
+	}
 }

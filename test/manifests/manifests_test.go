@@ -27,6 +27,9 @@ func TestDefaultManifestsApply(t *testing.T) {
 		"namespace/jobrun-system",
 		"customresourcedefinition.apiextensions.k8s.io/jobruns.jobs.jobrun.dev",
 		"serviceaccount/jobrun-manager",
+		"serviceaccount/jobrun-api",
+		"role.rbac.authorization.k8s.io/jobrun-api-role",
+		"validatingadmissionpolicy.admissionregistration.k8s.io/jobrun-jobtype-pod-policy",
 		"deployment.apps/jobrun-manager",
 		"clusterrole.rbac.authorization.k8s.io/jobrun-manager-role",
 	} {
@@ -36,22 +39,68 @@ func TestDefaultManifestsApply(t *testing.T) {
 	}
 
 	env.Kubectl(t, "apply", "--server-side", "-k", filepath.Join(env.Root, "config", "integrations"))
-	checkPermissions(t, "jobrun-system", "jobrun-integrations", "jobrun-manager", "jobrun-runner")
+	checkPermissions(t, "jobrun-system", "jobrun-integrations", "jobrun")
 }
 
-// checkPermissions asks the API server's own authorizer what the manager's
-// and the runner's service accounts (in namespace ns) may do, as installed by
-// config/default and config/integrations or by the Helm chart: the same
-// grants either way.
-func checkPermissions(t *testing.T, ns, integrations, manager, runner string) {
-	managerSA := "system:serviceaccount:" + ns + ":" + manager
-	runnerSA := "system:serviceaccount:" + ns + ":" + runner
+// checkPermissions asks the API server's own authorizer what the manager's,
+// the standalone REST API's and the runner's service accounts (in namespace
+// ns, named prefix-manager, prefix-api, prefix-runner) may do, as installed
+// by config/default and config/integrations or by the Helm chart: the same
+// grants either way. The manager serves its own namespace only.
+func checkPermissions(t *testing.T, ns, integrations, prefix string) {
+	managerSA := "system:serviceaccount:" + ns + ":" + prefix + "-manager"
+	apiSA := "system:serviceaccount:" + ns + ":" + prefix + "-api"
+	runnerSA := "system:serviceaccount:" + ns + ":" + prefix + "-runner"
 	other := "default"
+	jobruns := "jobruns.jobs.jobrun.dev"
 	tests := []struct {
 		as   string
 		args []string
 		want string
 	}{
+		// The manager: everything of its own namespace's runs, nothing
+		// elsewhere.
+		{managerSA, []string{"create", "pods", "-n", other}, "no"},
+		{managerSA, []string{"list", "pods", "--all-namespaces"}, "no"},
+		{managerSA, []string{"get", jobruns, "-n", other}, "no"},
+		{managerSA, []string{"list", jobruns, "--all-namespaces"}, "no"},
+		{managerSA, []string{"get", "jobtypes.jobs.jobrun.dev", "-n", other}, "no"},
+		{managerSA, []string{"patch", "jobtypes.jobs.jobrun.dev", "--subresource=status", "-n", ns}, "yes"},
+		{managerSA, []string{"patch", "jobtypes.jobs.jobrun.dev", "--subresource=status", "-n", other}, "no"},
+		{managerSA, []string{"create", "events.events.k8s.io", "-n", other}, "no"},
+		{managerSA, []string{"create", "serviceaccounts", "--subresource=token", "-n", ns}, "no"},
+		{managerSA, []string{"create", "rolebindings.rbac.authorization.k8s.io", "-n", ns}, "no"},
+		// The standalone REST API: reads, creates and annotates runs (cancel,
+		// the consistency marker), guards, API-key Secrets by name; no pods,
+		// no status, nothing outside its namespace.
+		{apiSA, []string{"get", jobruns, "-n", ns}, "yes"},
+		{apiSA, []string{"watch", jobruns, "-n", ns}, "yes"},
+		{apiSA, []string{"create", jobruns, "-n", ns}, "yes"},
+		{apiSA, []string{"patch", jobruns, "-n", ns}, "yes"},
+		{apiSA, []string{"get", "jobtypes.jobs.jobrun.dev", "-n", ns}, "yes"},
+		{apiSA, []string{"list", "projects.jobs.jobrun.dev", "-n", ns}, "yes"},
+		{apiSA, []string{"get", "secrets", "-n", ns}, "yes"},
+		{apiSA, []string{"create", "leases.coordination.k8s.io", "-n", ns}, "yes"},
+		{apiSA, []string{"delete", "leases.coordination.k8s.io", "-n", ns}, "yes"},
+		{apiSA, []string{"update", "leases.coordination.k8s.io", "-n", ns}, "no"},
+		{apiSA, []string{"list", "secrets", "-n", ns}, "yes"}, // the API-key informer (its cache selects API keys only)
+		{apiSA, []string{"create", "secrets", "-n", ns}, "no"},
+		{apiSA, []string{"create", "pods", "-n", ns}, "no"},
+		{apiSA, []string{"get", "pods", "-n", ns}, "no"},
+		{apiSA, []string{"patch", jobruns, "--subresource=status", "-n", ns}, "no"},
+		{apiSA, []string{"update", jobruns, "--subresource=status", "-n", ns}, "no"},
+		{apiSA, []string{"delete", jobruns, "-n", ns}, "no"},
+		{apiSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", ns}, "no"},
+		{apiSA, []string{"patch", "jobtypes.jobs.jobrun.dev", "--subresource=status", "-n", ns}, "no"},
+		{apiSA, []string{"create", "events.events.k8s.io", "-n", ns}, "no"},
+		{apiSA, []string{"get", jobruns, "-n", other}, "no"},
+		{apiSA, []string{"get", "secrets", "-n", integrations}, "no"},
+		{apiSA, []string{"create", "tokenreviews.authentication.k8s.io"}, "no"},
+		// The runner: no pods, no job types, no tokens.
+		{runnerSA, []string{"create", "pods", "-n", ns}, "no"},
+		{runnerSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", ns}, "no"},
+		{runnerSA, []string{"create", "serviceaccounts", "--subresource=token", "-n", ns}, "no"},
+		{runnerSA, []string{"list", jobruns, "--all-namespaces"}, "no"},
 		{managerSA, []string{"create", "leases.coordination.k8s.io", "-n", ns}, "yes"},
 		{managerSA, []string{"update", "leases.coordination.k8s.io", "-n", ns}, "yes"},
 		{managerSA, []string{"create", "events", "-n", ns}, "yes"},
