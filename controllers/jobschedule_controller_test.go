@@ -81,6 +81,7 @@ func TestScheduleStartsRunsOnTime(t *testing.T) {
 	js := createSchedule(t, ns, "every-minute", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
 		js.Spec.Params = nil
 	})
+	alignClock(t, clock, js)
 
 	got := stepAndWait(t, clock, js, 0)
 	created := getSchedule(t, js).CreationTimestamp.Time
@@ -163,6 +164,7 @@ func TestScheduleStatusWriteLost(t *testing.T) {
 			createJobType(t, ns)
 			stop := startManager(t, ns, clock)
 			js := createSchedule(t, ns, "lost", "* * * * *", func(js *jobsv1alpha1.JobSchedule) { js.Spec.ConcurrencyPolicy = policy })
+			alignClock(t, clock, js)
 			got := stepAndWait(t, clock, js, 0)
 			due := got.Status.LastScheduleTime.Time
 			name := scheduledRunName(got, due)
@@ -209,6 +211,7 @@ func TestScheduleReplace(t *testing.T) {
 	js := createSchedule(t, ns, "replace", "* * * * *", func(js *jobsv1alpha1.JobSchedule) {
 		js.Spec.ConcurrencyPolicy = jobsv1alpha1.ConcurrencyReplace
 	})
+	alignClock(t, clock, js)
 	got := stepAndWait(t, clock, js, 0)
 	first := scheduledRunName(got, got.Status.LastScheduleTime.Time)
 	waitPod(t, ns, first+"-1") // active: its pod waits for a kubelet that never comes
@@ -248,6 +251,7 @@ func TestScheduleSuspend(t *testing.T) {
 		js.Spec.Suspend = ptr.To(true)
 		js.Spec.ConcurrencyPolicy = jobsv1alpha1.ConcurrencyAllow
 	})
+	alignClock(t, clock, js)
 	for _, step := range []time.Duration{0, time.Minute, 3 * time.Minute} {
 		got := stepAndWait(t, clock, js, step)
 		if n := len(scheduleRuns(t, js)); n != 0 || got.Status.LastScheduleTime != nil {
@@ -300,6 +304,7 @@ func TestScheduleHistoryLimits(t *testing.T) {
 		// cache may not know it yet: Forbid could skip a time.
 		js.Spec.ConcurrencyPolicy = jobsv1alpha1.ConcurrencyAllow
 	})
+	alignClock(t, clock, js)
 	// One run a minute, oldest first; the last one completes, so the
 	// schedule's lastSuccessfulTime says when a pass saw them all.
 	outcomes := []jobsv1alpha1.JobRunPhase{jobsv1alpha1.JobRunCompleted, jobsv1alpha1.JobRunFailed, jobsv1alpha1.JobRunFailed, jobsv1alpha1.JobRunCompleted, jobsv1alpha1.JobRunCompleted}
@@ -411,4 +416,18 @@ func TestScheduleAppliedTwiceHasNoDrift(t *testing.T) {
 
 func equalSpec(a, b *jobsv1alpha1.JobSchedule) bool {
 	return equality.Semantic.DeepEqual(a.Spec, b.Spec)
+}
+
+// alignClock moves the tests' clock, which starts 10 s after the first
+// whole minute after the test began, to 10 s after the first whole minute
+// after js's creation, if the test crossed a minute boundary before it
+// created js (the schedule's first due time is the first whole minute after
+// its creation): without it a test that began in the last moments of a
+// minute found nothing due.
+func alignClock(t *testing.T, clock *clocktesting.FakeClock, js *jobsv1alpha1.JobSchedule) {
+	t.Helper()
+	due := getSchedule(t, js).CreationTimestamp.Time.Truncate(time.Minute).Add(time.Minute + 10*time.Second)
+	if due.After(clock.Now()) {
+		clock.SetTime(due)
+	}
 }

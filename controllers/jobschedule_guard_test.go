@@ -55,6 +55,7 @@ func TestProjectScheduleRunHoldsTheGuard(t *testing.T) {
 	createJobType(t, ns)
 	startManager(t, ns, clock)
 	js := createSchedule(t, ns, "project", "* * * * *", projectSchedule(jobsv1alpha1.ConcurrencyForbid))
+	alignClock(t, clock, js)
 	got := stepAndWait(t, clock, js, 0)
 	scheduled := scheduledRunName(got, got.Status.LastScheduleTime.Time)
 	pod := waitPod(t, ns, scheduled+"-1")
@@ -100,6 +101,7 @@ func TestProjectScheduleWhileAPIRunActive(t *testing.T) {
 			waitPod(t, ns, apiRun.Name+"-1") // active: no kubelet runs its pod
 
 			js := createSchedule(t, ns, "project", "* * * * *", projectSchedule(policy))
+			alignClock(t, clock, js)
 			got := stepAndWait(t, clock, js, 0)
 			if runs := scheduleRuns(t, js); len(runs) != 0 {
 				t.Errorf("the schedule started %d run(s) beside the active API-triggered run, want none", len(runs))
