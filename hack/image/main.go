@@ -97,6 +97,13 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// The config's digest is the image ID that `ctr images import` and
+	// `docker load` keep; they write a manifest of their own, so the
+	// manifest digest (a registry's) shows only after a push.
+	id, err := img.ConfigName()
+	if err != nil {
+		return err
+	}
 	if *out != "" {
 		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
 			return err
@@ -116,6 +123,7 @@ func run(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(os.Stderr, "pushed %s\n", *tag)
 	}
+	fmt.Fprintf(os.Stderr, "image id (config digest) %s\n", id)
 	fmt.Printf("%s@%s\n", *tag, digest)
 	return nil
 }
