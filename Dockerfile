@@ -13,9 +13,15 @@ COPY internal/ internal/
 COPY sdk/ sdk/
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/jobrun ./cmd/jobrun
 
-# A static binary on distroless: no shell, no package manager, non-root.
-FROM gcr.io/distroless/static-debian12:nonroot
+# The same contents as `make image` (internal/image), which builds without
+# Docker: the static binary and the CA certificates for jobrun's TLS calls
+# (SMTP, JWKS, RevenueCat) on scratch, a numeric non-root user, no shell.
+# Time zones are in the binary (time/tzdata). hack/check-dockerfile.sh keeps
+# this file and internal/image in step.
+FROM scratch
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/jobrun /jobrun
 USER 65532:65532
+WORKDIR /
 ENTRYPOINT ["/jobrun"]
 CMD ["manager"]

@@ -87,8 +87,23 @@ build: ## Build the jobrun binary (all roles) into bin/jobrun.
 	CGO_ENABLED=0 go build -trimpath -o $(BIN)/jobrun ./cmd/jobrun
 
 IMG ?= jobrun:dev
+PAUSE_IMG ?= localhost/jobrun-pause:dev
+IMAGE_DIR := $(BIN)/image
+
+.PHONY: image
+image: ## Build jobrun's image without Docker (static binary on scratch, user 65532, CA certificates; reproducible) into bin/image/jobrun.tar, a docker-archive tagged $(IMG); prints its digest.
+	go run ./hack/image --package ./cmd/jobrun --binary $(IMAGE_DIR)/jobrun --tag $(IMG) --out $(IMAGE_DIR)/jobrun.tar
+
+.PHONY: image-push
+image-push: ## Build jobrun's image without Docker and push it as $(IMG) (credentials from ~/.docker/config.json).
+	go run ./hack/image --package ./cmd/jobrun --binary $(IMAGE_DIR)/jobrun --tag $(IMG) --push
+
+.PHONY: pause-image
+pause-image: ## Build a pod sandbox (pause) image from hack/pause into bin/image/pause.tar, tagged $(PAUSE_IMG), for a node without registry access.
+	go run ./hack/image --kind pause --package ./hack/pause --binary $(IMAGE_DIR)/pause --tag $(PAUSE_IMG) --out $(IMAGE_DIR)/pause.tar
+
 .PHONY: docker-build
-docker-build: ## Build the image (needs a Docker engine).
+docker-build: ## Build the same image with a Docker engine.
 	docker build -t $(IMG) .
 
 ##@ Tools (built from Go modules into bin/, skipped when up to date)
