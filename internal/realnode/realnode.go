@@ -167,7 +167,13 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("%w (logs in %s/logs)", err, c.Dir)
+			// The work dir goes with the rest: the error carries the
+			// end of every daemon's log.
+			var logs strings.Builder
+			for _, p := range c.procs {
+				fmt.Fprintf(&logs, "\n--- %s's log ends:\n%s", p.name, tail(p.log, 8))
+			}
+			err = fmt.Errorf("%w%s", err, logs.String())
 			o.Log("start failed, tearing down: %v", err)
 			if serr := c.stop(false); serr != nil {
 				err = errors.Join(err, fmt.Errorf("and tearing down: %w", serr))
@@ -495,8 +501,8 @@ staticPodPath: ""
 // waitFor polls check every 500 ms until it succeeds, proc (if any) exits,
 // bound passes or ctx ends; the error names what it waited for and the last
 // failure.
-func (c *Cluster) waitFor(ctx context.Context, what string, bound time.Duration, proc *process, check func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, bound)
+func (c *Cluster) waitFor(parent context.Context, what string, bound time.Duration, proc *process, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(parent, bound)
 	defer cancel()
 	var exited <-chan struct{}
 	if proc != nil {
@@ -516,6 +522,9 @@ func (c *Cluster) waitFor(ctx context.Context, what string, bound time.Duration,
 		case <-exited:
 			return fmt.Errorf("waiting for %s: %s exited: %v; its log ends:\n%s", what, proc.name, proc.err, tail(proc.log, 20))
 		case <-ctx.Done():
+			if parent.Err() != nil {
+				return fmt.Errorf("waiting for %s: %w; last: %w", what, parent.Err(), last)
+			}
 			return fmt.Errorf("waiting for %s: not within %s: %w", what, bound, last)
 		case <-tick.C:
 		}

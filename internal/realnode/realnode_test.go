@@ -28,19 +28,12 @@ func TestRealNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := realnode.Usable(root); err != nil {
-		t.Skipf("cannot run a real node on this machine: %v", err)
-	}
+	requireUsable(t, root)
 	before, err := realnode.ReadSysctls()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var absent []string
-	for _, p := range realnode.HostPaths {
-		if _, err := os.Lstat(p); os.IsNotExist(err) {
-			absent = append(absent, p)
-		}
-	}
+	absent := absentHostPaths()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	began := time.Now()
@@ -144,26 +137,98 @@ func TestRealNode(t *testing.T) {
 	}
 	t.Logf("stopped in %s", time.Since(began).Round(100*time.Millisecond))
 
-	// The host is as before.
+	assertRestored(t, dir, netns, cgroupRoot, before, absent)
+}
+
+// TestStartFailsCleanly gives Start too little time: it fails halfway (on
+// a fast machine it may succeed, and Stop runs instead); either way nothing
+// is left on the host.
+func TestStartFailsCleanly(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireUsable(t, root)
+	before, err := realnode.ReadSysctls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	absent := absentHostPaths()
+	dir := t.TempDir() + "/node"
+	var netns, cgroupRoot string
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+	defer cancel()
+	c, err := realnode.Start(ctx, realnode.Options{Root: root, Dir: dir, Log: func(format string, args ...any) {
+		t.Logf(format, args...)
+	}})
+	if err == nil {
+		t.Log("started within the bound; stopping instead")
+		netns, cgroupRoot = c.NetnsPath, c.CgroupRoot
+		if err := c.Stop(); err != nil {
+			t.Fatalf("stopping: %v", err)
+		}
+	} else {
+		t.Logf("Start failed as expected: %v", err)
+	}
+	assertRestored(t, dir, netns, cgroupRoot, before, absent)
+	// Whatever namespace and cgroup root it made are gone too.
+	if matches, _ := filepath.Glob("/sys/fs/cgroup/*/jobrun-*"); len(matches) > 0 {
+		t.Logf("cgroups named jobrun-* exist (another test's node?): %v", matches)
+	}
+}
+
+// requireUsable skips the test when this machine cannot run a real node,
+// or fails it when JOBRUN_REAL_NODE=require (make test sets it as root, so
+// that CI never skips it silently).
+func requireUsable(t *testing.T, root string) {
+	t.Helper()
+	if err := realnode.Usable(root); err != nil {
+		if os.Getenv("JOBRUN_REAL_NODE") == "require" {
+			t.Fatalf("JOBRUN_REAL_NODE=require, but this machine cannot run a real node: %v", err)
+		}
+		t.Skipf("cannot run a real node on this machine: %v", err)
+	}
+}
+
+func absentHostPaths() []string {
+	var absent []string
+	for _, p := range realnode.HostPaths {
+		if _, err := os.Lstat(p); os.IsNotExist(err) {
+			absent = append(absent, p)
+		}
+	}
+	return absent
+}
+
+// assertRestored checks that no process, mount, cgroup, sysctl change,
+// namespace, work dir or created host path is left.
+func assertRestored(t *testing.T, dir, netns, cgroupRoot string, sysctls map[string]string, absent []string) {
+	t.Helper()
 	if pids, err := realnode.ProcessesUsing(dir); err != nil || len(pids) > 0 {
 		t.Errorf("processes of the work dir left: %v %v", pids, err)
 	}
 	if mounts, err := realnode.MountsUnder(dir); err != nil || len(mounts) > 0 {
 		t.Errorf("mounts under the work dir left: %v %v", mounts, err)
 	}
-	if cgroups, err := realnode.CgroupDirs(cgroupRoot); err != nil || len(cgroups) > 0 {
-		t.Errorf("cgroups left: %v %v", cgroups, err)
+	if cgroupRoot != "" {
+		if cgroups, err := realnode.CgroupDirs(cgroupRoot); err != nil || len(cgroups) > 0 {
+			t.Errorf("cgroups left: %v %v", cgroups, err)
+		}
 	}
 	after, err := realnode.ReadSysctls()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, value := range before {
+	for name, value := range sysctls {
 		if after[name] != value {
 			t.Errorf("sysctl %s: %s after the test, %s before", name, after[name], value)
 		}
 	}
-	for _, path := range append([]string{netns, dir}, absent...) {
+	paths := append([]string{dir}, absent...)
+	if netns != "" {
+		paths = append(paths, netns)
+	}
+	for _, path := range paths {
 		if _, err := os.Stat(path); !os.IsNotExist(err) {
 			t.Errorf("%s left behind (stat: %v)", path, err)
 		}
