@@ -17,6 +17,11 @@ export KUBEBUILDER_ASSETS ?= $(BIN)/k8s
 # a real API server), one overall bound.
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
+# As root, the real-node test (internal/realnode) must run, not skip: make
+# tools installs what it needs. Empty: it skips when the machine cannot.
+JOBRUN_REAL_NODE ?= $(if $(filter 0,$(shell id -u)),require,)
+export JOBRUN_REAL_NODE
+
 .DEFAULT_GOAL := help
 
 ##@ General
@@ -109,12 +114,16 @@ docker-build: ## Build the same image with a Docker engine.
 ##@ Tools (built from Go modules into bin/, skipped when up to date)
 
 .PHONY: tools
-tools: ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm.
+tools: ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm, and a real node's kubelet, kube-proxy and Debian packages.
 	hack/build-tools.sh all
 
 .PHONY: tools-dev
 tools-dev: ## Build what make dev needs (adds kube-controller-manager, kube-scheduler).
 	hack/build-tools.sh dev
+
+.PHONY: tools-node
+tools-node: ## Build kubelet and kube-proxy and, as root, apt-get install containerd, runc, CNI plugins and iptables when missing (the real-node test's needs; part of tools).
+	hack/build-tools.sh node
 
 .PHONY: tools-gen
 tools-gen:

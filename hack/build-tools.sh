@@ -4,6 +4,10 @@
 #
 #   bin/k8s/{kube-apiserver,kubectl,kube-controller-manager,kube-scheduler,etcd}
 #       the control plane; bin/k8s is what KUBEBUILDER_ASSETS points at.
+#   bin/k8s/{kubelet,kube-proxy}
+#       a real node (the `node` set, internal/realnode's test); with root and
+#       apt-get, the `node` set also installs Debian's containerd, runc,
+#       containernetworking-plugins and iptables when they are missing.
 #   bin/controller-gen, bin/helm
 #   bin/crds/  third-party CRDs the chart's tests validate against (the
 #       Prometheus Operator's ServiceMonitor), taken from its Go module
@@ -15,9 +19,10 @@
 # in instead of rebuilding; Go's own build cache makes a rebuild take ~2 min
 # instead of ~10.
 #
-# Usage: hack/build-tools.sh [all|dev|NAME...]
+# Usage: hack/build-tools.sh [all|dev|node|NAME...]
 #   dev:  what `make dev` needs: the control plane and controller-gen
-#   all:  dev + helm + crds (what `make test` needs)
+#   node: kubelet, kube-proxy and the Debian packages of a real node
+#   all:  dev + helm + crds + node (what `make test` needs)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -126,10 +131,35 @@ third_party_crds() {
 	echo "$PROMETHEUS_OPERATOR_VERSION" >"$stamp"
 }
 
+# node_packages installs what a real node needs beside kubelet and kube-proxy
+# from Debian (~20 s) when a command is missing: only as root with apt-get;
+# otherwise it says what is missing and goes on (the real-node test then
+# skips with the same message).
+node_packages() {
+	local missing=()
+	command -v containerd >/dev/null || missing+=(containerd)
+	command -v runc >/dev/null || missing+=(runc)
+	[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
+	command -v iptables >/dev/null || missing+=(iptables)
+	if ((${#missing[@]} == 0)); then
+		return
+	fi
+	if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+		log "a real node needs the Debian packages ${missing[*]}: not root or no apt-get, so not installed (the real-node test will skip); install them with: apt-get install -y ${missing[*]}"
+		return
+	fi
+	log "installing ${missing[*]} with apt-get"
+	local start=$SECONDS
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+	log "installed ${missing[*]} in $((SECONDS - start))s"
+}
+
 build() {
 	case $1 in
 	crds) third_party_crds ;;
-	kube-apiserver | kubectl | kube-controller-manager | kube-scheduler) build_k8s "$1" ;;
+	kube-apiserver | kubectl | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) build_k8s "$1" ;;
+	node-packages) node_packages ;;
 	etcd) build_etcd ;;
 	controller-gen) go_install controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_GEN_VERSION" ;;
 	helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
@@ -141,12 +171,14 @@ build() {
 }
 
 dev_tools=(controller-gen etcd kube-apiserver kubectl kube-controller-manager kube-scheduler)
-all_tools=("${dev_tools[@]}" helm crds)
+node_tools=(kubelet kube-proxy node-packages)
+all_tools=("${dev_tools[@]}" helm crds "${node_tools[@]}")
 
 targets=()
 for arg in "${@:-all}"; do
 	case $arg in
 	dev) targets+=("${dev_tools[@]}") ;;
+	node) targets+=("${node_tools[@]}") ;;
 	all) targets+=("${all_tools[@]}") ;;
 	*) targets+=("$arg") ;;
 	esac
