@@ -134,6 +134,8 @@ jobTypes:
             image: `+jobrunImage+`
             imagePullPolicy: Never
             args: [runner]
+            # The runner needs neither a writable root nor /tmp.
+            securityContext: {readOnlyRootFilesystem: true}
             resources:
               requests: {cpu: 10m, memory: 32Mi}
               limits: {memory: 128Mi}
