@@ -111,3 +111,10 @@ func importImage(ctx context.Context, socket, archive string) error {
 	}
 	return nil
 }
+
+// ImportImage imports a docker-archive (such as internal/image's
+// WriteArchive writes) into the node's containerd, where pods with
+// imagePullPolicy Never or IfNotPresent find it.
+func (c *Cluster) ImportImage(ctx context.Context, archive string) error {
+	return importImage(ctx, c.path("containerd", "containerd.sock"), archive)
+}
