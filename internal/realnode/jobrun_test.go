@@ -35,11 +35,7 @@ const jobrunImage = "jobrun:e2e"
 // finished runner pod of the run is left (runs are not the chart's), and it
 // goes with the run.
 func TestJobrunOnRealNode(t *testing.T) {
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	requireUsable(t, root)
+	root := usableRoot(t)
 	helmBin := filepath.Join(root, "bin", "helm")
 	if _, err := os.Stat(helmBin); err != nil {
 		if os.Getenv("JOBRUN_REAL_NODE") == "require" {
@@ -47,11 +43,7 @@ func TestJobrunOnRealNode(t *testing.T) {
 		}
 		t.Skipf("%s missing (make tools-helm): %v", helmBin, err)
 	}
-	before, err := realnode.ReadSysctls()
-	if err != nil {
-		t.Fatal(err)
-	}
-	absent := absentHostPaths()
+	before := recordHost(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	began := time.Now()
@@ -314,7 +306,7 @@ projects:
 		t.Fatalf("stopping: %v", err)
 	}
 	step("node stopped")
-	assertRestored(t, dir, netns, cgroupRoot, before, absent)
+	assertRestored(t, dir, netns, cgroupRoot, before)
 }
 
 func randomSecret(t *testing.T) string {

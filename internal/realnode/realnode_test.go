@@ -24,16 +24,8 @@ import (
 // that a ClusterIP Service reaches a pod, then stops it and checks that the
 // host is as before.
 func TestRealNode(t *testing.T) {
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	requireUsable(t, root)
-	before, err := realnode.ReadSysctls()
-	if err != nil {
-		t.Fatal(err)
-	}
-	absent := absentHostPaths()
+	root := usableRoot(t)
+	before := recordHost(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	began := time.Now()
@@ -137,23 +129,15 @@ func TestRealNode(t *testing.T) {
 	}
 	t.Logf("stopped in %s", time.Since(began).Round(100*time.Millisecond))
 
-	assertRestored(t, dir, netns, cgroupRoot, before, absent)
+	assertRestored(t, dir, netns, cgroupRoot, before)
 }
 
 // TestStartFailsCleanly gives Start too little time: it fails halfway (on
 // a fast machine it may succeed, and Stop runs instead); either way nothing
 // is left on the host.
 func TestStartFailsCleanly(t *testing.T) {
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	requireUsable(t, root)
-	before, err := realnode.ReadSysctls()
-	if err != nil {
-		t.Fatal(err)
-	}
-	absent := absentHostPaths()
+	root := usableRoot(t)
+	before := recordHost(t)
 	dir := t.TempDir() + "/node"
 	var netns, cgroupRoot string
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
@@ -170,7 +154,7 @@ func TestStartFailsCleanly(t *testing.T) {
 	} else {
 		t.Logf("Start failed as expected: %v", err)
 	}
-	assertRestored(t, dir, netns, cgroupRoot, before, absent)
+	assertRestored(t, dir, netns, cgroupRoot, before)
 	// Whatever namespace and cgroup root it made are gone too.
 	if matches, _ := filepath.Glob("/sys/fs/cgroup/*/jobrun-*"); len(matches) > 0 {
 		t.Logf("cgroups named jobrun-* exist (another test's node?): %v", matches)
@@ -190,19 +174,43 @@ func requireUsable(t *testing.T, root string) {
 	}
 }
 
-func absentHostPaths() []string {
+// usableRoot is the repository's root, once requireUsable let the test go
+// on.
+func usableRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireUsable(t, root)
+	return root
+}
+
+// hostBefore is the host as a test found it, for assertRestored: the
+// sysctls the kubelet changes, and the host paths that did not exist.
+type hostBefore struct {
+	sysctls map[string]string
+	absent  []string
+}
+
+func recordHost(t *testing.T) hostBefore {
+	t.Helper()
+	sysctls, err := realnode.ReadSysctls()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var absent []string
 	for _, p := range realnode.HostPaths {
 		if _, err := os.Lstat(p); os.IsNotExist(err) {
 			absent = append(absent, p)
 		}
 	}
-	return absent
+	return hostBefore{sysctls: sysctls, absent: absent}
 }
 
 // assertRestored checks that no process, mount, cgroup, sysctl change,
 // namespace, work dir or created host path is left.
-func assertRestored(t *testing.T, dir, netns, cgroupRoot string, sysctls map[string]string, absent []string) {
+func assertRestored(t *testing.T, dir, netns, cgroupRoot string, before hostBefore) {
 	t.Helper()
 	if pids, err := realnode.ProcessesUsing(dir); err != nil || len(pids) > 0 {
 		t.Errorf("processes of the work dir left: %v %v", pids, err)
@@ -219,12 +227,12 @@ func assertRestored(t *testing.T, dir, netns, cgroupRoot string, sysctls map[str
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, value := range sysctls {
+	for name, value := range before.sysctls {
 		if after[name] != value {
 			t.Errorf("sysctl %s: %s after the test, %s before", name, after[name], value)
 		}
 	}
-	paths := append([]string{dir}, absent...)
+	paths := append([]string{dir}, before.absent...)
 	if netns != "" {
 		paths = append(paths, netns)
 	}
