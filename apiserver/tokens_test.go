@@ -94,19 +94,26 @@ func (p *idp) token(t *testing.T, kid string, mutate func(jwt.MapClaims)) string
 	return s
 }
 
+// apiWithIDP starts an identity provider serving key k1 and an API server
+// that checks JWTs against its key set, with testIssuer and testAudience.
+func apiWithIDP(t *testing.T) (*idp, *api) {
+	t.Helper()
+	p := newIDP(t, "k1")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	auth, err := JWKS(ctx, p.srv.URL, JWTChecks{Issuer: testIssuer, Audience: testAudience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{jwt: auth})
+}
+
 // TestJWTIssuerAudienceTimes: with a JWKS, a token the same provider
 // issued for another application (another aud), or that another issuer
 // signed with a key in the set, is refused; so are tokens not yet valid
 // (nbf, iat in the future beyond the leeway) and tokens that live too long.
 func TestJWTIssuerAudienceTimes(t *testing.T) {
-	p := newIDP(t, "k1")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	auth, err := JWKS(ctx, p.srv.URL, JWTChecks{Issuer: testIssuer, Audience: testAudience})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{jwt: auth})
+	p, a := apiWithIDP(t)
 	now := time.Now()
 	tests := []struct {
 		name   string
@@ -143,6 +150,7 @@ func TestJWTIssuerAudienceTimes(t *testing.T) {
 		})
 	}
 	// HS256 checks iss and aud too when they are configured.
+	ctx := context.Background()
 	hs := HS256(secret, JWTChecks{Issuer: testIssuer, Audience: testAudience})
 	if _, err := hs.Authenticate(ctx, userToken(t)); err == nil {
 		t.Error("HS256 with an issuer and audience accepted a token without them")
@@ -157,14 +165,7 @@ func TestJWTIssuerAudienceTimes(t *testing.T) {
 // a token of the new key is accepted (it waits for one fresh fetch), and
 // the junk costs the provider at most about one fetch per second.
 func TestJWKSRotationUnderJunk(t *testing.T) {
-	p := newIDP(t, "k1")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	auth, err := JWKS(ctx, p.srv.URL, JWTChecks{Issuer: testIssuer, Audience: testAudience})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{jwt: auth})
+	p, a := apiWithIDP(t)
 	if status, body := a.get("/v1/teams/team-1/jobs", p.token(t, "k1", nil)); status != http.StatusOK {
 		t.Fatalf("before the rotation: %d %v", status, body)
 	}
