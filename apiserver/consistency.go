@@ -234,7 +234,7 @@ func (x *RunIndex) noteLists(orig *toolscache.ListWatch) *toolscache.ListWatch {
 
 // listed records that the informer is about to replay a list taken at rv.
 func (x *RunIndex) listed(rv string) {
-	n, err := strconv.ParseUint(rv, 10, 64)
+	n, err := parseResourceVersion(rv)
 	if err != nil {
 		return
 	}

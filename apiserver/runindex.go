@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,7 +151,7 @@ func (x *RunIndex) set(obj any) {
 
 // observe records that the index has handled run's event.
 func (x *RunIndex) observe(run *jobsv1alpha1.JobRun) {
-	rv, err := strconv.ParseUint(run.ResourceVersion, 10, 64)
+	rv, err := parseResourceVersion(run.ResourceVersion)
 	if err != nil {
 		return // no progress to record; a round then waits in vain (503)
 	}
