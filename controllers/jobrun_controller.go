@@ -297,6 +297,14 @@ func (r *JobRunReconciler) createPod(ctx context.Context, run *jobsv1alpha1.JobR
 	return err
 }
 
+// runnerPodLabels are Kubernetes' recommended labels of a runner pod, so
+// that `kubectl get pods -l app.kubernetes.io/component=runner` finds them.
+var runnerPodLabels = map[string]string{
+	"app.kubernetes.io/component":  "runner",
+	"app.kubernetes.io/part-of":    "jobrun",
+	"app.kubernetes.io/managed-by": "jobrun-manager",
+}
+
 // buildPod is the pod of one attempt: the JobType's template, the run's
 // identity in every container's environment, never restarted in place.
 func buildPod(run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, attempt int32, serviceAccount string) *corev1.Pod {
@@ -315,6 +323,12 @@ func buildPod(run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, attempt int32,
 	}
 	pod.Labels[jobsv1alpha1.LabelRun] = run.Name
 	pod.Labels[jobsv1alpha1.LabelJobType] = run.Spec.JobType
+	// The recommended labels, unless the template chose its own.
+	for k, v := range runnerPodLabels {
+		if _, ok := pod.Labels[k]; !ok {
+			pod.Labels[k] = v
+		}
+	}
 	pod.Spec.RestartPolicy = corev1.RestartPolicyNever
 	if pod.Spec.ServiceAccountName == "" {
 		pod.Spec.ServiceAccountName = serviceAccount

@@ -366,7 +366,7 @@ func TestDecideNeverTouchesTheObservedRun(t *testing.T) {
 func TestBuildPod(t *testing.T) {
 	jt := testJobType()
 	jt.Spec.Template = corev1.PodTemplateSpec{
-		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "sync"}},
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "sync", "app.kubernetes.io/component": "sync-worker"}},
 		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyAlways, Containers: []corev1.Container{
 			{Name: "handler", Image: "jobrun:dev", Env: []corev1.EnvVar{{Name: "LOG", Value: "debug"}}},
 		}},
@@ -375,6 +375,8 @@ func TestBuildPod(t *testing.T) {
 	want := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "r1-2", Namespace: "ns", Labels: map[string]string{
 			"app": "sync", jobsv1alpha1.LabelRun: "r1", jobsv1alpha1.LabelJobType: "demo_sync",
+			// The template's component stays; the other recommended labels are added.
+			"app.kubernetes.io/component": "sync-worker", "app.kubernetes.io/part-of": "jobrun", "app.kubernetes.io/managed-by": "jobrun-manager",
 		}},
 		Spec: corev1.PodSpec{
 			RestartPolicy: corev1.RestartPolicyNever, ServiceAccountName: "jobrun-runner",
