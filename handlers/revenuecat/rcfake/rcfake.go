@@ -1,7 +1,9 @@
 // Package rcfake is a RevenueCat API v2 server and an ingest endpoint for
 // tests, written from RevenueCat's documentation: the customer list with
 // its cursor envelope, active entitlements, the flat error body, 429 with
-// Retry-After. Both serve on loopback only (httptest).
+// Retry-After. NewRevenueCat and NewDestination serve on loopback
+// (httptest); both are http.Handlers, for a server of one's own (the
+// real-node test's pod, ./rcfakeserver).
 package rcfake
 
 import (
@@ -51,9 +53,15 @@ type RevenueCat struct {
 
 // NewRevenueCat starts the fake on loopback; Close it when done.
 func NewRevenueCat(apiKey, project string) *RevenueCat {
-	f := &RevenueCat{APIKey: apiKey, Project: project, entitlements: map[string][]revenuecat.ActiveEntitlement{}, requests: map[string]int{}}
-	f.server = httptest.NewServer(http.HandlerFunc(f.serve))
+	f := RevenueCatHandler(apiKey, project)
+	f.server = httptest.NewServer(f)
 	return f
+}
+
+// RevenueCatHandler returns the fake without a server: serve it (under /v2/)
+// yourself; URL and Close are only for NewRevenueCat's.
+func RevenueCatHandler(apiKey, project string) *RevenueCat {
+	return &RevenueCat{APIKey: apiKey, Project: project, entitlements: map[string][]revenuecat.ActiveEntitlement{}, requests: map[string]int{}}
 }
 
 // URL is the API base, like https://api.revenuecat.com/v2.
@@ -111,7 +119,8 @@ func writeError(w http.ResponseWriter, status int, typ, msg string, retryable bo
 	writeJSON(w, status, body)
 }
 
-func (f *RevenueCat) serve(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP answers RevenueCat API v2 requests (paths under /v2/).
+func (f *RevenueCat) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Authorization") != "Bearer "+f.APIKey {
 		f.count("unauthorized")
 		writeError(w, http.StatusUnauthorized, "authentication_error", "Invalid API key.", false, 0)
@@ -221,9 +230,15 @@ type Destination struct {
 
 // NewDestination starts the endpoint on loopback.
 func NewDestination(secret []byte) *Destination {
-	d := &Destination{Secret: secret, records: map[string]revenuecat.Record{}, applied: map[string]bool{}}
-	d.server = httptest.NewServer(http.HandlerFunc(d.serve))
+	d := DestinationHandler(secret)
+	d.server = httptest.NewServer(d)
 	return d
+}
+
+// DestinationHandler returns the endpoint without a server: serve it
+// yourself; URL and Close are only for NewDestination's.
+func DestinationHandler(secret []byte) *Destination {
+	return &Destination{Secret: secret, records: map[string]revenuecat.Record{}, applied: map[string]bool{}}
 }
 
 // URL is where batches go.
@@ -284,7 +299,8 @@ func (d *Destination) validSignature(header string, body []byte) bool {
 	return hmac.Equal(sig, m.Sum(nil))
 }
 
-func (d *Destination) serve(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP takes one signed batch (POST).
+func (d *Destination) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
 	if err != nil || r.Method != http.MethodPost {
 		http.Error(w, "bad request", http.StatusBadRequest)
