@@ -138,6 +138,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := Usable(o.Root); err != nil {
 		return nil, err
 	}
+	if err := sweepStale(o.Log); err != nil {
+		return nil, err
+	}
 	assets, err := controlplane.AssetsDir(o.Root)
 	if err != nil {
 		return nil, err
@@ -181,6 +184,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 			c = nil
 		}
 	}()
+	if err := c.writeRecord(); err != nil {
+		return c, err
+	}
 	begin := time.Now()
 	if err := createNetns(ctx, c.Netns); err != nil {
 		return c, err
@@ -550,7 +556,9 @@ func (c *Cluster) HTTPClient() *http.Client {
 
 // Stop stops everything and undoes what Start did to the host: every
 // process it started (and containerd's shims and containers), the mounts
-// under Dir, the cgroups under CgroupRoot, Sysctls, the namespace, Dir.
+// under Dir, the cgroups under CgroupRoot, Sysctls, the namespace, Dir, its
+// record in StateDir. (A cluster whose process died without Stop is undone
+// by the next Start.)
 func (c *Cluster) Stop() error {
 	if c == nil {
 		return nil
@@ -592,6 +600,8 @@ func (c *Cluster) stop(graceful bool) error {
 		// Only with nothing mounted any more: RemoveAll must not reach
 		// into a mount.
 		if err := os.RemoveAll(c.Dir); err != nil {
+			errs = append(errs, err)
+		} else if err := c.removeRecord(); err != nil {
 			errs = append(errs, err)
 		}
 	} else {

@@ -2,11 +2,15 @@ package realnode_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,6 +165,80 @@ func TestStartFailsCleanly(t *testing.T) {
 	}
 }
 
+// TestStaleNodeIsSwept starts a node with a pod on it in a child test
+// process and SIGKILLs that process, as go test's -timeout or a CI runner
+// would: no Stop runs, and the node's containers, shims, mounts, cgroups,
+// namespace and sysctls stay. The next Start tears that node down first,
+// and refuses to start beside a live one.
+func TestStaleNodeIsSwept(t *testing.T) {
+	if os.Getenv(startAndDieEnv) != "" {
+		startAndDie(t)
+		return
+	}
+	root := usableRoot(t)
+	before := recordHost(t)
+	child := exec.Command(os.Args[0], "-test.run=^TestStaleNodeIsSwept$", "-test.v")
+	child.Env = append(os.Environ(), startAndDieEnv+"=1")
+	out, err := child.Output()
+	var stale struct{ Dir, NetnsPath, CgroupRoot string }
+	for _, line := range strings.Split(string(out), "\n") {
+		if rest, ok := strings.CutPrefix(line, staleLinePrefix); ok {
+			if err := json.Unmarshal([]byte(rest), &stale); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if stale.Dir == "" {
+		t.Fatalf("the child did not start a node (%v):\n%s", err, out)
+	}
+	if exit := (*exec.ExitError)(nil); !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("the child should have been killed, got %v", err)
+	}
+	// Something to sweep: the pod's shim and container outlive the child.
+	if pids, _ := realnode.ProcessesUsing(stale.Dir); len(pids) == 0 {
+		t.Errorf("no process of the killed child's node left (its shims should be): nothing to sweep")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := realnode.Start(ctx, realnode.Options{Root: root, Log: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop() //nolint:errcheck // stopped below; this is for a failure
+	assertRestored(t, stale.Dir, stale.NetnsPath, stale.CgroupRoot, hostBefore{})
+	if _, err := realnode.Start(ctx, realnode.Options{Root: root}); err == nil || !strings.Contains(err.Error(), "not supported") {
+		t.Errorf("a second node beside a running one: got %v, want a refusal", err)
+	}
+	dir, netns, cgroupRoot := c.Dir, c.NetnsPath, c.CgroupRoot
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	assertRestored(t, dir, netns, cgroupRoot, before)
+}
+
+const (
+	startAndDieEnv  = "JOBRUN_REALNODE_START_AND_DIE"
+	staleLinePrefix = "STALE NODE "
+)
+
+// startAndDie is TestStaleNodeIsSwept's child: it starts a node, runs a pod,
+// prints where the node lives and kills itself.
+func startAndDie(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := realnode.Start(ctx, realnode.Options{Root: usableRoot(t), Log: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	create(ctx, t, c, pausePod("left-behind"))
+	waitPod(ctx, t, c, "left-behind", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	line, _ := json.Marshal(map[string]string{"Dir": c.Dir, "NetnsPath": c.NetnsPath, "CgroupRoot": c.CgroupRoot})
+	fmt.Printf("\n%s%s\n", staleLinePrefix, line)
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {}
+}
+
 // requireUsable skips the test when this machine cannot run a real node,
 // or fails it when JOBRUN_REAL_NODE=require (make test sets it as root, so
 // that CI never skips it silently).
@@ -200,7 +278,7 @@ func recordHost(t *testing.T) hostBefore {
 		t.Fatal(err)
 	}
 	var absent []string
-	for _, p := range realnode.HostPaths {
+	for _, p := range append([]string{realnode.StateDir}, realnode.HostPaths...) {
 		if _, err := os.Lstat(p); os.IsNotExist(err) {
 			absent = append(absent, p)
 		}
