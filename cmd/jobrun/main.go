@@ -6,6 +6,7 @@
 //	jobrun devnode [flags]   local default only: a node that runs job pods as local processes
 //	jobrun token [flags]     mint a development JWT for the REST API
 //	jobrun apikey create     create an API key for the REST API (printed once)
+//	jobrun uninstall [flags] delete what jobrun made at run time: runs, guards, the leader Lease
 //
 // The REST API is served by the manager (--api-bind-address). One binary, so
 // one image serves every role.
@@ -20,7 +21,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n  devnode   run job pods as local processes, for the local default (jobrun devnode -h)\n  token     mint a development JWT for the REST API (jobrun token -h)\n  apikey    create an API key for the REST API: jobrun apikey create --team TEAM\n")
+	fmt.Fprintf(os.Stderr, "usage: jobrun <role> [flags]\n\nroles:\n  manager   run the operator (jobrun manager -h for its flags)\n  runner    execute one run inside its pod (jobrun runner -h)\n  devnode   run job pods as local processes, for the local default (jobrun devnode -h)\n  token     mint a development JWT for the REST API (jobrun token -h)\n  apikey    create an API key for the REST API: jobrun apikey create --team TEAM\n  uninstall delete the runs, guards and leader Lease jobrun made in a namespace (jobrun uninstall -h)\n")
 }
 
 func main() {
@@ -39,6 +40,8 @@ func main() {
 		err = runAPIKey(ctx, args)
 	case "token":
 		err = runToken(ctx, args)
+	case "uninstall":
+		err = runUninstall(ctx, args)
 	case "devnode":
 		err = runDevNode(ctx, args)
 	case "runner":

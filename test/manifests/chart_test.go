@@ -166,7 +166,7 @@ func TestChartInstall(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		// Cluster-scoped objects outlive the test's namespace.
-		_, _ = helm(t, "uninstall", "jobrun", "-n", ns)
+		_, _ = helm(t, "uninstall", "jobrun", "-n", ns, "--no-hooks")
 	})
 
 	get := func(obj client.Object, name string) {
@@ -274,7 +274,9 @@ func TestChartInstall(t *testing.T) {
 		t.Errorf("the standalone API Deployment is still there: %v", err)
 	}
 
-	if _, err := helm(t, "uninstall", "jobrun", "-n", ns); err != nil {
+	// Without the uninstall hook: no Job controller runs here to complete
+	// its Job (TestChartUninstallHook plays one).
+	if _, err := helm(t, "uninstall", "jobrun", "-n", ns, "--no-hooks"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {

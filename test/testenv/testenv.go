@@ -23,11 +23,14 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -37,6 +40,7 @@ import (
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/controlplane"
+	"jobrun.dev/jobrun/internal/guard"
 )
 
 // Env is a running control plane for one test package.
@@ -275,4 +279,76 @@ func Runs(ctx context.Context, c client.Reader, ns string) ([]jobsv1alpha1.JobRu
 		return nil, err
 	}
 	return slices.DeleteFunc(list.Items, func(r jobsv1alpha1.JobRun) bool { return jobsv1alpha1.IsConsistencyMarker(&r) }), nil
+}
+
+// CreateRunTimeObjects creates in ns what jobrun makes at run time, as it
+// makes them: two runs of project job types each holding its pair's guard
+// (internal/guard), a system run (no guard), the REST API's consistency
+// marker, and the leader-election Lease leaseName. It also creates a Lease
+// that is not jobrun's (named "not-jobruns"), which a cleanup must keep.
+func (e *Env) CreateRunTimeObjects(t testing.TB, ns, leaseName string) {
+	t.Helper()
+	ctx := context.Background()
+	guards := guard.New(e.Client, e.Client)
+	for i, project := range []string{"project-1", "project-2"} {
+		run := &jobsv1alpha1.JobRun{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("run-%d", i+1), Labels: map[string]string{
+				jobsv1alpha1.LabelTeam: "team-1", jobsv1alpha1.LabelProject: project, jobsv1alpha1.LabelJobType: "demo_sync"}},
+			Spec: jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: "team-1", ProjectID: project, TriggeredBy: "manual:user:user-1"},
+		}
+		if _, err := guards.Take(ctx, run); err != nil {
+			t.Fatalf("taking the guard of %s/%s: %v", ns, run.Name, err)
+		}
+		if err := e.Client.Create(ctx, run); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, obj := range []client.Object{
+		&jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "maintenance-1"},
+			Spec: jobsv1alpha1.JobRunSpec{JobType: "demo_maintenance", TriggeredBy: "schedule:nightly"}},
+		&jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: jobsv1alpha1.ConsistencyMarkerName},
+			Spec: jobsv1alpha1.JobRunSpec{JobType: jobsv1alpha1.ConsistencyMarkerJobType, TriggeredBy: "jobrun:consistency-marker"}},
+		&coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: leaseName},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("manager-0_1234")}},
+		&coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "not-jobruns"}},
+	} {
+		err := e.Client.Create(ctx, obj)
+		if apierrors.IsAlreadyExists(err) && obj.GetName() == "not-jobruns" {
+			continue // made by an earlier call, and kept
+		}
+		if err != nil {
+			t.Fatalf("creating %s/%s: %v", ns, obj.GetName(), err)
+		}
+	}
+}
+
+// RunTimeObjectsLeft lists what of CreateRunTimeObjects' jobrun objects is
+// still in ns (JobRuns, guard Leases, the Lease leaseName), as
+// "kind/name"; it fails when the Lease not-jobruns is gone.
+func (e *Env) RunTimeObjectsLeft(ctx context.Context, ns, leaseName string) ([]string, error) {
+	var left []string
+	runs := &jobsv1alpha1.JobRunList{}
+	if err := e.Client.List(ctx, runs, client.InNamespace(ns)); err != nil {
+		return nil, err
+	}
+	for _, r := range runs.Items {
+		left = append(left, "jobrun/"+r.Name)
+	}
+	leases := &coordinationv1.LeaseList{}
+	if err := e.Client.List(ctx, leases, client.InNamespace(ns)); err != nil {
+		return nil, err
+	}
+	kept := false
+	for _, l := range leases.Items {
+		switch {
+		case l.Name == "not-jobruns":
+			kept = true
+		case l.Name == leaseName || strings.HasPrefix(l.Name, "jobrun-guard-"):
+			left = append(left, "lease/"+l.Name)
+		}
+	}
+	if !kept {
+		return left, fmt.Errorf("the Lease %s/not-jobruns, not jobrun's, was deleted", ns)
+	}
+	return left, nil
 }

@@ -143,3 +143,14 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+Annotations of the uninstall hook's objects (templates/uninstall.yaml), with
+the hook weight given: its RBAC first, then the Job. They go when the hook
+succeeded, and before a new one is made.
+*/}}
+{{- define "jobrun.uninstallHook" -}}
+helm.sh/hook: post-delete
+helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end }}

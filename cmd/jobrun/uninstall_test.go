@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// uninstallCmd runs `jobrun uninstall args...` with the admin kubeconfig
+// and the extra environment, and returns its output.
+func uninstallCmd(t *testing.T, extraEnv []string, args ...string) (string, error) {
+	t.Helper()
+	bin, err := buildJobrun()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, append([]string{"uninstall", "--kubeconfig", env.Kubeconfig, "--timeout", "30s"}, args...)...)
+	cmd.Env = append(os.Environ(), extraEnv...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func left(t *testing.T, ns string) []string {
+	t.Helper()
+	got, err := env.RunTimeObjectsLeft(context.Background(), ns, leaderElectionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestUninstall: `jobrun uninstall` deletes the runs (the consistency
+// marker too), the guards and the leader Lease of its namespace, taken from
+// $POD_NAMESPACE, and nothing of another namespace or not jobrun's; again,
+// it finds nothing and succeeds; with --all-namespaces it deletes the runs
+// of every namespace. (No garbage collector runs here: the runs' pods are
+// the real-node test's to check.)
+func TestUninstall(t *testing.T) {
+	ns, other := env.Namespace(t), env.Namespace(t)
+	env.CreateRunTimeObjects(t, ns, leaderElectionID)
+	env.CreateRunTimeObjects(t, other, leaderElectionID)
+	all := left(t, other)
+	if len(all) != 7 { // 4 JobRuns, 2 guards, the leader Lease
+		t.Fatalf("the fixture made %v, want 4 runs, 2 guards and the leader Lease", all)
+	}
+
+	out, err := uninstallCmd(t, []string{"POD_NAMESPACE=" + ns})
+	if err != nil {
+		t.Fatalf("jobrun uninstall: %v\n%s", err, out)
+	}
+	for _, want := range []string{`"jobRuns":4`, `"guardLeases":2`, `"leaderLease":true`, `"namespace":"` + ns + `"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the log lacks %s:\n%s", want, out)
+		}
+	}
+	if got := left(t, ns); len(got) != 0 {
+		t.Errorf("left in the uninstalled namespace: %v", got)
+	}
+	if got := left(t, other); !slices.Equal(got, all) {
+		t.Errorf("the other namespace holds %v, want %v untouched", got, all)
+	}
+
+	// Idempotent: nothing left to delete is no error.
+	out, err = uninstallCmd(t, nil, "--namespace", ns)
+	if err != nil || !strings.Contains(out, `"jobRuns":0`) {
+		t.Fatalf("a second jobrun uninstall: %v\n%s", err, out)
+	}
+
+	// Every namespace's runs; guards and the leader Lease of --namespace
+	// only (a cluster-wide manager keeps them in its own namespace).
+	env.CreateRunTimeObjects(t, ns, leaderElectionID)
+	out, err = uninstallCmd(t, nil, "--namespace", ns, "--all-namespaces")
+	if err != nil {
+		t.Fatalf("jobrun uninstall --all-namespaces: %v\n%s", err, out)
+	}
+	if got := left(t, ns); len(got) != 0 {
+		t.Errorf("left in the manager's namespace: %v", got)
+	}
+	want := slices.DeleteFunc(slices.Clone(all), func(s string) bool { return strings.HasPrefix(s, "jobrun/") })
+	if got := left(t, other); !slices.Equal(got, want) {
+		t.Errorf("the other namespace holds %v, want no run and its leases %v", got, want)
+	}
+}
+
+func TestUninstallRejectsBadFlags(t *testing.T) {
+	for _, args := range [][]string{{"--timeout=0s"}, {"--no-such-flag"}, {"stray"}} {
+		if _, err := parseUninstallFlags(append([]string{"--namespace=ns"}, args...)); err == nil {
+			t.Errorf("parseUninstallFlags(%q) accepted", args)
+		}
+	}
+	t.Setenv("POD_NAMESPACE", "")
+	f, err := parseUninstallFlags([]string{"--kubeconfig", env.Kubeconfig})
+	if err != nil || f.opts.Namespace == "" || f.opts.LeaseNamespace != f.opts.Namespace || f.opts.LeaseName != leaderElectionID {
+		t.Errorf("defaults from the kubeconfig: %+v, %v", f, err)
+	}
+	t.Setenv("POD_NAMESPACE", "from-env")
+	if f, err := parseUninstallFlags(nil); err != nil || f.opts.Namespace != "from-env" || f.opts.LeaseNamespace != "from-env" {
+		t.Errorf("namespace from $POD_NAMESPACE: %+v, %v", f, err)
+	}
+	if f, err := parseUninstallFlags([]string{"--namespace=a", "--leader-election-namespace=b"}); err != nil || f.opts.Namespace != "a" || f.opts.LeaseNamespace != "b" {
+		t.Errorf("explicit namespaces: %+v, %v", f, err)
+	}
+}
