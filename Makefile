@@ -74,6 +74,10 @@ test: tools vet verify ## Run all tests (builds the tools if missing, vets, veri
 	go test $(GO_TEST_FLAGS) ./...
 	$(MAKE) fuzz
 
+.PHONY: test-node
+test-node: tools-dev tools-node tools-helm ## Only the real-node tests (internal/realnode, part of make test): a node of kubelet + containerd in a network namespace, jobrun's image on it installed with its chart, used through the REST API. Needs root. ~3-4 min.
+	go test $(GO_TEST_FLAGS) -v ./internal/realnode/
+
 FUZZTIME ?= 8s
 .PHONY: fuzz
 fuzz: ## Fuzz the REST API's inputs (trigger body, list query and cursor, JWTs, API keys, methods/paths/origins) for FUZZTIME each.
