@@ -8,10 +8,7 @@ import (
 	"os"
 	"strings"
 
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
 	"jobrun.dev/jobrun/apiserver"
-	jobscheme "jobrun.dev/jobrun/internal/scheme"
 )
 
 // runAPIKey creates an API key for the REST API: the key is stored hashed in
@@ -48,15 +45,7 @@ func runAPIKey(ctx context.Context, args []string) error {
 			apiserver.APIKeyID(s), *team, strings.Join(permissions, ", "), *email, s.StringData["sha256"])
 		return nil
 	}
-	cfg, err := restConfig(*kubeconfig)
-	if err != nil {
-		return fmt.Errorf("loading the Kubernetes client config: %w", err)
-	}
-	scheme, err := jobscheme.New()
-	if err != nil {
-		return err
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	c, err := newClient(*kubeconfig)
 	if err != nil {
 		return err
 	}

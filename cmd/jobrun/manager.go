@@ -174,6 +174,20 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
+// newClient is a client of jobrun's scheme for the kubeconfig (as
+// restConfig), for the roles that only read and write objects.
+func newClient(kubeconfig string) (client.Client, error) {
+	cfg, err := restConfig(kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("loading the Kubernetes client config: %w", err)
+	}
+	scheme, err := jobscheme.New()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(cfg, client.Options{Scheme: scheme})
+}
+
 // cacheOptions watches only --namespace unless --all-namespaces: by default
 // the manager serves its own namespace, and its RBAC (a Role there) allows
 // no more. A standalone REST API replica watches only its namespace either way.

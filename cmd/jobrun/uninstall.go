@@ -10,10 +10,8 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	jobscheme "jobrun.dev/jobrun/internal/scheme"
 	"jobrun.dev/jobrun/internal/uninstall"
 )
 
@@ -83,15 +81,7 @@ func runUninstall(ctx context.Context, args []string) error {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&f.zap)))
 	log := ctrl.Log.WithName("uninstall")
-	cfg, err := restConfig(f.kubeconfig)
-	if err != nil {
-		return fmt.Errorf("loading the Kubernetes client config: %w", err)
-	}
-	scheme, err := jobscheme.New()
-	if err != nil {
-		return err
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	c, err := newClient(f.kubeconfig)
 	if err != nil {
 		return err
 	}
