@@ -261,8 +261,7 @@ func runManager(ctx context.Context, args []string) error {
 	}
 
 	if f.runControllers {
-		policy := controllers.PodPolicy{RunnerServiceAccount: f.runnerServiceAccount, AllowedServiceAccounts: f.allowedServiceAccounts}
-		opts := []controllers.JobRunOption{
+		opts := []controllers.Option{
 			controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithAllowedServiceAccounts(f.allowedServiceAccounts...),
 			controllers.WithWorkers(f.workers),
 		}
@@ -279,10 +278,10 @@ func runManager(ctx context.Context, args []string) error {
 		if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
 			return fmt.Errorf("setting up the JobRun controller: %w", err)
 		}
-		if err := controllers.NewJobTypeReconciler(mgr, policy, nil).SetupWithManager(mgr); err != nil {
+		if err := controllers.NewJobTypeReconciler(mgr, opts...).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up the JobType controller: %w", err)
 		}
-		if err := controllers.NewJobScheduleReconciler(mgr, nil).SetupWithManager(mgr); err != nil {
+		if err := controllers.NewJobScheduleReconciler(mgr, opts...).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("setting up the JobSchedule controller: %w", err)
 		}
 	}
