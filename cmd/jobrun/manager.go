@@ -54,7 +54,9 @@ func cacheOptions(f *managerFlags, runIndex *apiserver.RunIndex) cache.Options {
 	return opts
 }
 
-// runManager starts the operator and blocks until ctx is cancelled.
+// runManager starts the operator and blocks until ctx is cancelled. It only
+// wires: the manager, then its probes, controllers and REST API, one setup
+// step each.
 func runManager(ctx context.Context, args []string) error {
 	f, err := parseManagerFlags(args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -64,22 +66,43 @@ func runManager(ctx context.Context, args []string) error {
 		return err
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&f.zap)))
-	log := ctrl.Log.WithName("manager")
-
-	cfg, err := restConfig(f.kubeconfig)
-	if err != nil {
-		return fmt.Errorf("loading the Kubernetes client config: %w", err)
-	}
-	scheme, err := jobscheme.New()
+	runIndex := apiserver.NewRunIndex()
+	mgr, err := newManager(f, runIndex)
 	if err != nil {
 		return err
 	}
+	if err := setupProbes(mgr); err != nil {
+		return err
+	}
+	if f.runControllers {
+		if err := setupControllers(ctx, mgr, f); err != nil {
+			return err
+		}
+	}
+	if f.apiAddr != "" {
+		if err := setupAPI(ctx, mgr, f, runIndex); err != nil {
+			return err
+		}
+	}
+	ctrl.Log.WithName("manager").Info("starting", "leaderElection", f.leaderElect, "metrics", f.metricsAddr, "probes", f.probeAddr)
+	return mgr.Start(ctx)
+}
 
+// newManager makes the controller manager: jobrun's scheme, metrics,
+// leader election and a cache that feeds runIndex.
+func newManager(f *managerFlags, runIndex *apiserver.RunIndex) (ctrl.Manager, error) {
+	cfg, err := restConfig(f.kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("loading the Kubernetes client config: %w", err)
+	}
+	scheme, err := jobscheme.New()
+	if err != nil {
+		return nil, err
+	}
 	metricsOpts := metricsserver.Options{BindAddress: f.metricsAddr, SecureServing: f.metricsSecure}
 	if f.metricsSecure {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
-	runIndex := apiserver.NewRunIndex()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
@@ -94,93 +117,119 @@ func runManager(ctx context.Context, args []string) error {
 		Cache:                         cacheOptions(f, runIndex),
 	})
 	if err != nil {
-		return fmt.Errorf("creating the manager: %w", err)
+		return nil, fmt.Errorf("creating the manager: %w", err)
 	}
+	return mgr, nil
+}
 
+// setupProbes adds /healthz and /readyz to mgr's probe server.
+func setupProbes(mgr ctrl.Manager) error {
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
 	// Ready means the API server answers and serves the jobrun kinds: without
 	// the CRDs no reconciler can do anything.
-	if err := mgr.AddReadyzCheck("jobrun-api", probes.KindsServed(mgr.GetRESTMapper(), jobsv1alpha1.GroupVersion, "JobRun", "JobType", "JobSchedule", "Project")); err != nil {
+	return mgr.AddReadyzCheck("jobrun-api", probes.KindsServed(mgr.GetRESTMapper(), jobsv1alpha1.GroupVersion, "JobRun", "JobType", "JobSchedule", "Project"))
+}
+
+// setupControllers adds the JobRun, JobType and JobSchedule reconcilers to
+// mgr, all with the same options.
+func setupControllers(ctx context.Context, mgr ctrl.Manager, f *managerFlags) error {
+	opts, err := reconcilerOptions(f)
+	if err != nil {
 		return err
 	}
+	if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
+		return fmt.Errorf("setting up the JobRun controller: %w", err)
+	}
+	if err := controllers.NewJobTypeReconciler(mgr, opts...).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the JobType controller: %w", err)
+	}
+	if err := controllers.NewJobScheduleReconciler(mgr, opts...).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the JobSchedule controller: %w", err)
+	}
+	return nil
+}
 
-	if f.runControllers {
-		opts := []controllers.Option{
-			controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithAllowedServiceAccounts(f.allowedServiceAccounts...),
-			controllers.WithWorkers(f.workers),
+// reconcilerOptions are the reconcilers' options from the flags: the pod
+// policy, the JobRun workers and, with --smtp-host, the mail notifier.
+func reconcilerOptions(f *managerFlags) ([]controllers.Option, error) {
+	opts := []controllers.Option{
+		controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithAllowedServiceAccounts(f.allowedServiceAccounts...),
+		controllers.WithWorkers(f.workers),
+	}
+	if f.smtp.Host == "" {
+		return opts, nil
+	}
+	if f.smtpPasswordFile != "" {
+		password, err := readSecretFile("--smtp-password-file", f.smtpPasswordFile)
+		if err != nil {
+			return nil, err
 		}
-		if f.smtp.Host != "" {
-			if f.smtpPasswordFile != "" {
-				data, err := os.ReadFile(f.smtpPasswordFile)
-				if err != nil {
-					return fmt.Errorf("reading --smtp-password-file: %w", err)
-				}
-				f.smtp.Password = strings.TrimSpace(string(data))
-			}
-			opts = append(opts, controllers.WithNotifier(f.smtp))
-		}
-		if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
-			return fmt.Errorf("setting up the JobRun controller: %w", err)
-		}
-		if err := controllers.NewJobTypeReconciler(mgr, opts...).SetupWithManager(mgr); err != nil {
-			return fmt.Errorf("setting up the JobType controller: %w", err)
-		}
-		if err := controllers.NewJobScheduleReconciler(mgr, opts...).SetupWithManager(mgr); err != nil {
-			return fmt.Errorf("setting up the JobSchedule controller: %w", err)
+		f.smtp.Password = password
+	}
+	return append(opts, controllers.WithNotifier(f.smtp)), nil
+}
+
+// setupAPI adds the REST API to mgr as a runnable, with its run index (on
+// mgr's cache) and its authenticators of JWTs and API keys.
+func setupAPI(ctx context.Context, mgr ctrl.Manager, f *managerFlags, runIndex *apiserver.RunIndex) error {
+	jwtAuth, err := jwtAuthenticator(ctx, f)
+	if err != nil {
+		return err
+	}
+	if err := runIndex.Register(ctx, mgr.GetCache(), mgr.GetClient(), f.namespace); err != nil {
+		return err
+	}
+	apiKeys, err := apiserver.NewAPIKeyAuthenticator(ctx, mgr.GetCache(), f.namespace)
+	if err != nil {
+		return err
+	}
+	api, err := apiserver.New(apiserver.Options{
+		Addr: f.apiAddr, Namespace: f.namespace,
+		Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex,
+		Ready: func(ctx context.Context) bool { return runIndex.Synced(ctx) && apiKeys.Synced(ctx) },
+		Auth: apiserver.Authenticators{
+			JWT:    jwtAuth,
+			APIKey: apiKeys,
+		},
+		CORSAllowedOrigins: f.corsOrigins(),
+		Log:                ctrl.Log.WithName("apiserver"),
+	})
+	if err != nil {
+		return err
+	}
+	return mgr.Add(api)
+}
+
+// jwtAuthenticator checks the REST API's JWTs: with the identity provider's
+// key set from --jwks-url, else with the HS256 secret.
+func jwtAuthenticator(ctx context.Context, f *managerFlags) (apiserver.JWTAuthenticator, error) {
+	checks := apiserver.JWTChecks{Issuer: f.jwtIssuer, Audience: f.jwtAudience, MaxLifetime: f.jwtMaxLifetime}
+	if f.jwksURL != "" {
+		// A key set that cannot be fetched now stops the start: the API
+		// could accept no JWT.
+		return apiserver.JWKS(ctx, f.jwksURL, checks)
+	}
+	secret := os.Getenv("JOBRUN_JWT_SECRET")
+	if f.jwtSecretFile != "" {
+		var err error
+		if secret, err = readSecretFile("--jwt-secret-file", f.jwtSecretFile); err != nil {
+			return apiserver.JWTAuthenticator{}, err
 		}
 	}
-
-	if f.apiAddr != "" {
-		var jwtAuth apiserver.JWTAuthenticator
-		checks := apiserver.JWTChecks{Issuer: f.jwtIssuer, Audience: f.jwtAudience, MaxLifetime: f.jwtMaxLifetime}
-		if f.jwksURL != "" {
-			// A key set that cannot be fetched now stops the start: the
-			// API could accept no JWT.
-			if jwtAuth, err = apiserver.JWKS(ctx, f.jwksURL, checks); err != nil {
-				return err
-			}
-		} else {
-			secret := os.Getenv("JOBRUN_JWT_SECRET")
-			if f.jwtSecretFile != "" {
-				data, err := os.ReadFile(f.jwtSecretFile)
-				if err != nil {
-					return fmt.Errorf("reading --jwt-secret-file: %w", err)
-				}
-				secret = strings.TrimSpace(string(data))
-			}
-			if len(secret) < 32 {
-				return fmt.Errorf("--api-bind-address is set but neither --jwks-url nor an HS256 secret of at least 32 bytes (--jwt-secret-file or $JOBRUN_JWT_SECRET) is: the REST API cannot check JWTs")
-			}
-			jwtAuth = apiserver.HS256([]byte(secret), checks)
-		}
-		if err := runIndex.Register(ctx, mgr.GetCache(), mgr.GetClient(), f.namespace); err != nil {
-			return err
-		}
-		apiKeys, err := apiserver.NewAPIKeyAuthenticator(ctx, mgr.GetCache(), f.namespace)
-		if err != nil {
-			return err
-		}
-		api, err := apiserver.New(apiserver.Options{
-			Addr: f.apiAddr, Namespace: f.namespace,
-			Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex,
-			Ready: func(ctx context.Context) bool { return runIndex.Synced(ctx) && apiKeys.Synced(ctx) },
-			Auth: apiserver.Authenticators{
-				JWT:    jwtAuth,
-				APIKey: apiKeys,
-			},
-			CORSAllowedOrigins: f.corsOrigins(),
-			Log:                ctrl.Log.WithName("apiserver"),
-		})
-		if err != nil {
-			return err
-		}
-		if err := mgr.Add(api); err != nil {
-			return err
-		}
+	if len(secret) < 32 {
+		return apiserver.JWTAuthenticator{}, fmt.Errorf("--api-bind-address is set but neither --jwks-url nor an HS256 secret of at least 32 bytes (--jwt-secret-file or $JOBRUN_JWT_SECRET) is: the REST API cannot check JWTs")
 	}
+	return apiserver.HS256([]byte(secret), checks), nil
+}
 
-	log.Info("starting", "leaderElection", f.leaderElect, "metrics", f.metricsAddr, "probes", f.probeAddr)
-	return mgr.Start(ctx)
+// readSecretFile is the secret in the file that flagName names (mounted from a
+// Secret), without the surrounding white space an editor leaves.
+func readSecretFile(flagName, path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", flagName, err)
+	}
+	return strings.TrimSpace(string(data)), nil
 }

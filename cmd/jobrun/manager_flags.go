@@ -42,9 +42,25 @@ type managerFlags struct {
 	zap                     zap.Options
 }
 
+// parseManagerFlags parses and checks the manager role's arguments.
 func parseManagerFlags(args []string) (*managerFlags, error) {
 	f := &managerFlags{}
 	fs := flag.NewFlagSet("jobrun manager", flag.ContinueOnError)
+	f.bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// bind defines the manager's flags on fs, with f's fields as their values.
+func (f *managerFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Empty: $KUBECONFIG, else the in-cluster service account.")
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8443", "Address of the Prometheus metrics endpoint; 0 disables it.")
 	fs.BoolVar(&f.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, for callers authenticated and authorized by the API server.")
@@ -83,38 +99,36 @@ func parseManagerFlags(args []string) (*managerFlags, error) {
 	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the manager reconciles (unless --all-namespaces) and the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
+}
+
+// validate refuses settings that contradict each other or cannot work.
+func (f *managerFlags) validate() error {
 	if f.leaderElect && !(f.leaseDuration > f.renewDeadline && f.renewDeadline > f.retryPeriod && f.retryPeriod > 0) {
-		return nil, fmt.Errorf("leader election needs --leader-elect-lease-duration (%s) > --leader-elect-renew-deadline (%s) > --leader-elect-retry-period (%s) > 0", f.leaseDuration, f.renewDeadline, f.retryPeriod)
+		return fmt.Errorf("leader election needs --leader-elect-lease-duration (%s) > --leader-elect-renew-deadline (%s) > --leader-elect-retry-period (%s) > 0", f.leaseDuration, f.renewDeadline, f.retryPeriod)
 	}
 	if f.smtp.RetryWindow <= 0 {
-		return nil, fmt.Errorf("--smtp-retry-window (%s) must be positive", f.smtp.RetryWindow)
+		return fmt.Errorf("--smtp-retry-window (%s) must be positive", f.smtp.RetryWindow)
 	}
 	if f.jwksURL != "" {
 		if err := apiserver.CheckJWKSURL(f.jwksURL); err != nil {
-			return nil, err
+			return err
 		}
 		if f.jwtIssuer == "" || f.jwtAudience == "" {
-			return nil, fmt.Errorf("--jwks-url needs --jwt-issuer and --jwt-audience: the identity provider signs tokens for other applications too")
+			return fmt.Errorf("--jwks-url needs --jwt-issuer and --jwt-audience: the identity provider signs tokens for other applications too")
 		}
 	}
 	if f.jwtMaxLifetime <= 0 {
-		return nil, fmt.Errorf("--jwt-max-token-lifetime (%s) must be positive", f.jwtMaxLifetime)
+		return fmt.Errorf("--jwt-max-token-lifetime (%s) must be positive", f.jwtMaxLifetime)
 	}
 	for _, o := range f.corsOrigins() {
 		if o != "*" && !strings.HasPrefix(o, "https://") && !strings.HasPrefix(o, "http://") {
-			return nil, fmt.Errorf("--api-cors-allowed-origins: %q is not an origin (scheme://host[:port], or *)", o)
+			return fmt.Errorf("--api-cors-allowed-origins: %q is not an origin (scheme://host[:port], or *)", o)
 		}
 	}
 	if !f.runControllers && f.apiAddr == "" {
-		return nil, fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")
+		return fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")
 	}
-	return f, nil
+	return nil
 }
 
 // corsOrigins is --api-cors-allowed-origins as a list.
