@@ -60,7 +60,7 @@ func runDevNode(ctx context.Context, args []string) error {
 	}
 	cfg, err := restConfig(*kubeconfig)
 	if err != nil {
-		return fmt.Errorf("loading the Kubernetes client config: %w", err)
+		return err
 	}
 	return devnode.Run(ctx, devnode.Options{
 		NodeName: *nodeName, Config: cfg, Images: images, WorkDir: *workDir,

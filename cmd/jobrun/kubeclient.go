@@ -24,7 +24,7 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		cfg, err = ctrl.GetConfig()
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("loading the Kubernetes client config: %w", err)
 	}
 	if cfg.QPS == 0 {
 		cfg.QPS = -1
@@ -33,15 +33,15 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 }
 
 // newClient is a client of jobrun's scheme for the kubeconfig (as
-// restConfig), for the roles that only read and write objects.
-func newClient(kubeconfig string) (client.Client, error) {
+// restConfig), for the roles that only read, watch and write objects.
+func newClient(kubeconfig string) (client.WithWatch, error) {
 	cfg, err := restConfig(kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("loading the Kubernetes client config: %w", err)
+		return nil, err
 	}
 	scheme, err := jobscheme.New()
 	if err != nil {
 		return nil, err
 	}
-	return client.New(cfg, client.Options{Scheme: scheme})
+	return client.NewWithWatch(cfg, client.Options{Scheme: scheme})
 }

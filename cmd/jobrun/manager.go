@@ -93,7 +93,7 @@ func runManager(ctx context.Context, args []string) error {
 func newManager(f *managerFlags, runIndex *apiserver.RunIndex) (ctrl.Manager, error) {
 	cfg, err := restConfig(f.kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("loading the Kubernetes client config: %w", err)
+		return nil, err
 	}
 	scheme, err := jobscheme.New()
 	if err != nil {
