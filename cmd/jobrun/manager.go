@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -59,9 +57,6 @@ func cacheOptions(f *managerFlags, runIndex *apiserver.RunIndex) cache.Options {
 // step each.
 func runManager(ctx context.Context, args []string) error {
 	f, err := parseManagerFlags(args)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
 	if err != nil {
 		return err
 	}
