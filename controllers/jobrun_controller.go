@@ -66,50 +66,21 @@ type Notifier interface {
 	Send(ctx context.Context, run *jobsv1alpha1.JobRun) error
 }
 
-// WithNotifier sets how completion emails are sent; without one, runs that
-// ask for an email record that none was sent and why.
-func WithNotifier(n Notifier) JobRunOption { return func(r *JobRunReconciler) { r.notifier = n } }
-
-// JobRunOption configures a JobRunReconciler.
-type JobRunOption func(*JobRunReconciler)
-
-// WithClock sets the clock that deadlines, grace periods and TTLs are read
-// from (tests move it).
-func WithClock(c clock.PassiveClock) JobRunOption { return func(r *JobRunReconciler) { r.clock = c } }
-
-// WithWorkers sets how many runs are reconciled at once (default 4).
-func WithWorkers(n int) JobRunOption { return func(r *JobRunReconciler) { r.workers = n } }
-
-// WithRunnerServiceAccount sets the service account of run pods whose
-// template names none.
-func WithRunnerServiceAccount(name string) JobRunOption {
-	return func(r *JobRunReconciler) { r.policy.RunnerServiceAccount = name }
-}
-
-// WithAllowedServiceAccounts sets the service accounts a JobType's template
-// may name besides the runner's; a template that names another one gets no
-// pod.
-func WithAllowedServiceAccounts(names ...string) JobRunOption {
-	return func(r *JobRunReconciler) { r.policy.AllowedServiceAccounts = names }
-}
-
 // NewJobRunReconciler returns a reconciler that uses mgr's client, cache and
 // event recorder.
-func NewJobRunReconciler(mgr ctrl.Manager, opts ...JobRunOption) *JobRunReconciler {
-	r := &JobRunReconciler{
+func NewJobRunReconciler(mgr ctrl.Manager, opts ...Option) *JobRunReconciler {
+	o := newOptions(opts)
+	return &JobRunReconciler{
 		client:    mgr.GetClient(),
 		apiReader: mgr.GetAPIReader(),
 		scheme:    mgr.GetScheme(),
 		recorder:  mgr.GetEventRecorder("jobrun-controller"),
-		clock:     clock.RealClock{},
-		policy:    PodPolicy{RunnerServiceAccount: DefaultRunnerServiceAccount},
+		clock:     o.clock,
+		policy:    o.policy,
 		metrics:   defaultRunMetrics,
-		workers:   4,
+		workers:   o.workers,
+		notifier:  o.notifier,
 	}
-	for _, o := range opts {
-		o(r)
-	}
-	return r
 }
 
 // conflictRetryDelay is how soon a run whose status write lost a race is

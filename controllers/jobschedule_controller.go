@@ -51,13 +51,11 @@ type JobScheduleReconciler struct {
 }
 
 // NewJobScheduleReconciler returns a reconciler using mgr's client and
-// recorder and clk for time (tests move it).
-func NewJobScheduleReconciler(mgr ctrl.Manager, clk clock.PassiveClock) *JobScheduleReconciler {
-	if clk == nil {
-		clk = clock.RealClock{}
-	}
+// recorder; of opts it uses the clock.
+func NewJobScheduleReconciler(mgr ctrl.Manager, opts ...Option) *JobScheduleReconciler {
+	o := newOptions(opts)
 	return &JobScheduleReconciler{client: mgr.GetClient(), apiReader: mgr.GetAPIReader(), guards: guard.New(mgr.GetAPIReader(), mgr.GetClient()),
-		recorder: mgr.GetEventRecorder("jobschedule-controller"), clock: clk}
+		recorder: mgr.GetEventRecorder("jobschedule-controller"), clock: o.clock}
 }
 
 // SetupWithManager watches schedules and the runs they own.

@@ -31,12 +31,12 @@ type JobTypeReconciler struct {
 	policy   PodPolicy
 }
 
-// NewJobTypeReconciler returns a reconciler that judges templates by policy.
-func NewJobTypeReconciler(mgr ctrl.Manager, policy PodPolicy, c clock.PassiveClock) *JobTypeReconciler {
-	if c == nil {
-		c = clock.RealClock{}
-	}
-	return &JobTypeReconciler{client: mgr.GetClient(), recorder: mgr.GetEventRecorder("jobtype-controller"), clock: c, policy: policy}
+// NewJobTypeReconciler returns a reconciler that judges templates by the pod
+// policy of opts (the runner's and the allowed service accounts), the same
+// as the JobRun reconciler's.
+func NewJobTypeReconciler(mgr ctrl.Manager, opts ...Option) *JobTypeReconciler {
+	o := newOptions(opts)
+	return &JobTypeReconciler{client: mgr.GetClient(), recorder: mgr.GetEventRecorder("jobtype-controller"), clock: o.clock, policy: o.policy}
 }
 
 // SetupWithManager registers the reconciler for spec changes of JobTypes.

@@ -25,9 +25,6 @@ func runAPIKey(ctx context.Context, args []string) error {
 	email := fs.String("email", "", "Where notifications of runs triggered with the key go.")
 	values := fs.Bool("values", false, "Store nothing: print the key and an entry for the Helm chart's auth.apiKeys (GitOps).")
 	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
 	var permissions []string

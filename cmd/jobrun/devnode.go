@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -45,9 +44,6 @@ func runDevNode(ctx context.Context, args []string) error {
 	opts := zap.Options{}
 	opts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
@@ -60,7 +56,7 @@ func runDevNode(ctx context.Context, args []string) error {
 	}
 	cfg, err := restConfig(*kubeconfig)
 	if err != nil {
-		return fmt.Errorf("loading the Kubernetes client config: %w", err)
+		return err
 	}
 	return devnode.Run(ctx, devnode.Options{
 		NodeName: *nodeName, Config: cfg, Images: images, WorkDir: *workDir,

@@ -14,6 +14,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -59,6 +61,9 @@ func main() {
 		fmt.Fprintf(os.Stderr, "jobrun: unknown role %q\n\n", role)
 		usage()
 		os.Exit(2)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h: the role's flags printed its usage
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "jobrun %s: %v\n", os.Args[1], err)

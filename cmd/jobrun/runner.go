@@ -4,17 +4,14 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"os"
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/handlers"
-	jobscheme "jobrun.dev/jobrun/internal/scheme"
 	"jobrun.dev/jobrun/sdk"
 )
 
@@ -39,15 +36,7 @@ func runRunner(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return jobsv1alpha1.ExitCodeRunnerError, err
 	}
-	rc, err := restConfig(*kubeconfig)
-	if err != nil {
-		return jobsv1alpha1.ExitCodeRunnerError, fmt.Errorf("loading the Kubernetes client config: %w", err)
-	}
-	scheme, err := jobscheme.New()
-	if err != nil {
-		return jobsv1alpha1.ExitCodeRunnerError, err
-	}
-	cfg.Client, err = client.NewWithWatch(rc, client.Options{Scheme: scheme})
+	cfg.Client, err = newClient(*kubeconfig)
 	if err != nil {
 		return jobsv1alpha1.ExitCodeRunnerError, err
 	}

@@ -24,9 +24,6 @@ func runToken(_ context.Context, args []string) error {
 	perms := fs.String("permissions", "", "Comma-separated permissions, such as jobs:read,jobs:write.")
 	ttl := fs.Duration("ttl", 24*time.Hour, "How long the token is valid.")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
 	secret := os.Getenv("JOBRUN_JWT_SECRET")

@@ -73,9 +73,6 @@ func defaultNamespace(kubeconfig string) (string, error) {
 // kubectl delete -k cannot know about.
 func runUninstall(ctx context.Context, args []string) error {
 	f, err := parseUninstallFlags(args)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
 	if err != nil {
 		return err
 	}

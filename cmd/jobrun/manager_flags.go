@@ -1,0 +1,143 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"jobrun.dev/jobrun/apiserver"
+	"jobrun.dev/jobrun/controllers"
+	"jobrun.dev/jobrun/internal/notify"
+)
+
+// managerFlags are the manager role's settings.
+type managerFlags struct {
+	kubeconfig              string
+	metricsAddr             string
+	metricsSecure           bool
+	probeAddr               string
+	leaderElect             bool
+	leaderElectionNamespace string
+	leaseDuration           time.Duration
+	renewDeadline           time.Duration
+	retryPeriod             time.Duration
+	runnerServiceAccount    string
+	allowedServiceAccounts  []string
+	allNamespaces           bool
+	workers                 int
+	apiAddr                 string
+	namespace               string
+	jwksURL                 string
+	corsAllowedOrigins      string
+	jwtIssuer               string
+	jwtAudience             string
+	jwtMaxLifetime          time.Duration
+	runControllers          bool
+	jwtSecretFile           string
+	smtp                    notify.SMTP
+	smtpPasswordFile        string
+	zap                     zap.Options
+}
+
+// parseManagerFlags parses and checks the manager role's arguments.
+func parseManagerFlags(args []string) (*managerFlags, error) {
+	f := &managerFlags{}
+	fs := flag.NewFlagSet("jobrun manager", flag.ContinueOnError)
+	f.bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// bind defines the manager's flags on fs, with f's fields as their values.
+func (f *managerFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Empty: $KUBECONFIG, else the in-cluster service account.")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8443", "Address of the Prometheus metrics endpoint; 0 disables it.")
+	fs.BoolVar(&f.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, for callers authenticated and authorized by the API server.")
+	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+	fs.BoolVar(&f.leaderElect, "leader-elect", true, "Elect a leader, so that only one of several replicas reconciles.")
+	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader-election Lease. Empty: the pod's own namespace (in a cluster).")
+	fs.DurationVar(&f.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "How long a leader's Lease lasts without renewal: how long standbys wait after a leader crashed.")
+	fs.DurationVar(&f.renewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader keeps trying to renew its Lease before it gives up leading (and exits).")
+	fs.DurationVar(&f.retryPeriod, "leader-elect-retry-period", 2*time.Second, "How often candidates try to take the Lease and the leader renews it.")
+	fs.StringVar(&f.runnerServiceAccount, "runner-service-account", controllers.DefaultRunnerServiceAccount, "Service account of run pods whose JobType template names none.")
+	fs.Func("allowed-service-accounts", "Comma-separated service accounts that a JobType's pod template may name besides the runner's; a template naming another gets no pod (default: none).", func(v string) error {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				f.allowedServiceAccounts = append(f.allowedServiceAccounts, name)
+			}
+		}
+		return nil
+	})
+	fs.BoolVar(&f.allNamespaces, "all-namespaces", false, "Reconcile runs, job types and schedules in every namespace (needs cluster-wide RBAC: the chart's manager.clusterWide); default: only in --namespace.")
+	fs.BoolVar(&f.runControllers, "run-controllers", true, "Run the controllers. false with --leader-elect=false and --api-bind-address makes a stateless REST API replica, scaled on its own.")
+	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
+	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
+	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
+	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "The iss every JWT must carry (the identity provider's issuer URL). Required with --jwks-url; optional with HS256.")
+	fs.StringVar(&f.jwtAudience, "jwt-audience", "", "The aud every JWT must include (this API's identifier at the identity provider). Required with --jwks-url; optional with HS256.")
+	fs.DurationVar(&f.jwtMaxLifetime, "jwt-max-token-lifetime", apiserver.DefaultMaxTokenLifetime, "Longest JWT lifetime accepted: a token whose exp-iat, or exp-now, is longer is refused.")
+	fs.StringVar(&f.corsAllowedOrigins, "api-cors-allowed-origins", "", "Comma-separated origins whose browser pages may call the REST API (CORS), such as https://app.example.com; * for any. Empty: no CORS headers.")
+	fs.StringVar(&f.jwtSecretFile, "jwt-secret-file", "", "File holding the HS256 secret (e.g. mounted from a Secret); default: $JOBRUN_JWT_SECRET.")
+	fs.StringVar(&f.smtp.Host, "smtp-host", "", "Mail server for run notifications (notify: true); empty: none are sent, and runs record why.")
+	fs.IntVar(&f.smtp.Port, "smtp-port", 587, "Mail server port.")
+	fs.StringVar(&f.smtp.From, "smtp-from", "jobrun@localhost", "Sender address of notifications.")
+	fs.StringVar(&f.smtp.Username, "smtp-username", "", "Mail server user (PLAIN auth); empty: no auth.")
+	fs.StringVar(&f.smtpPasswordFile, "smtp-password-file", "", "File holding the mail server password (mounted from a Secret).")
+	fs.StringVar(&f.smtp.TLS, "smtp-tls", "starttls", "starttls (required), tls (implicit) or none (loopback only).")
+	fs.DurationVar(&f.smtp.RetryWindow, "smtp-retry-window", notify.DefaultRetryWindow, "How long after a run ends its email is retried while the mail server fails (backoff 5s doubling to 5m); the first failure after it is final.")
+	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the manager reconciles (unless --all-namespaces) and the REST API serves.")
+	f.zap.Development = false
+	f.zap.BindFlags(fs)
+}
+
+// validate refuses settings that contradict each other or cannot work.
+func (f *managerFlags) validate() error {
+	if f.leaderElect && !(f.leaseDuration > f.renewDeadline && f.renewDeadline > f.retryPeriod && f.retryPeriod > 0) {
+		return fmt.Errorf("leader election needs --leader-elect-lease-duration (%s) > --leader-elect-renew-deadline (%s) > --leader-elect-retry-period (%s) > 0", f.leaseDuration, f.renewDeadline, f.retryPeriod)
+	}
+	if f.smtp.RetryWindow <= 0 {
+		return fmt.Errorf("--smtp-retry-window (%s) must be positive", f.smtp.RetryWindow)
+	}
+	if f.jwksURL != "" {
+		if err := apiserver.CheckJWKSURL(f.jwksURL); err != nil {
+			return err
+		}
+		if f.jwtIssuer == "" || f.jwtAudience == "" {
+			return fmt.Errorf("--jwks-url needs --jwt-issuer and --jwt-audience: the identity provider signs tokens for other applications too")
+		}
+	}
+	if f.jwtMaxLifetime <= 0 {
+		return fmt.Errorf("--jwt-max-token-lifetime (%s) must be positive", f.jwtMaxLifetime)
+	}
+	for _, o := range f.corsOrigins() {
+		if o != "*" && !strings.HasPrefix(o, "https://") && !strings.HasPrefix(o, "http://") {
+			return fmt.Errorf("--api-cors-allowed-origins: %q is not an origin (scheme://host[:port], or *)", o)
+		}
+	}
+	if !f.runControllers && f.apiAddr == "" {
+		return fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")
+	}
+	return nil
+}
+
+// corsOrigins is --api-cors-allowed-origins as a list.
+func (f *managerFlags) corsOrigins() []string {
+	var out []string
+	for o := range strings.SplitSeq(f.corsAllowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
