@@ -255,17 +255,6 @@ func (c *Client) try(ctx context.Context, target string, out any) error {
 	return apiErr
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // ctxErr prefers the context's own error to the limiter's wording.
 func ctxErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {

@@ -83,3 +83,37 @@ func TestClientBackOffBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestDeliveryRetryPolicy: 5xx, 429 are tried five times, another 4xx ends
+// the delivery at once; a cancel ends a wait.
+func TestDeliveryRetryPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		statuses []int
+		requests int32
+		err      string
+	}{
+		{"503, 429, then 200", []int{503, 429, 200}, 3, ""},
+		{"500 five times", []int{500}, 5, "destination answered 500: no (after 5 attempts)"},
+		{"400 after a 500", []int{500, 400}, 2, "destination refused a batch of 0 records: 400: no"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, n := answers(t, "no", tc.statuses...)
+			d := &deliverer{url: s.URL, secret: []byte("secret"), http: s.Client()}
+			err := d.deliver(context.Background(), Batch{})
+			if (tc.err == "") != (err == nil) || (err != nil && err.Error() != tc.err) {
+				t.Errorf("error %v, want %q", err, tc.err)
+			}
+			if got := n.Load(); got != tc.requests {
+				t.Errorf("%d requests, want %d", got, tc.requests)
+			}
+		})
+	}
+	s, _ := answers(t, "no", 500)
+	d := &deliverer{url: s.URL, secret: []byte("secret"), http: s.Client()}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	if err := d.deliver(ctx, Batch{}); err != context.Canceled {
+		t.Errorf("cancelled delivery: %v", err)
+	}
+}
