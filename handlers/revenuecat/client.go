@@ -9,13 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"golang.org/x/time/rate"
 )
 
@@ -186,57 +186,59 @@ func (c *Client) get(ctx context.Context, path string, out any) error {
 	if err != nil {
 		return err
 	}
-	var last error
-	for attempt := 1; ; attempt++ {
+	tries := 0
+	return retry(ctx, c.MaxAttempts, c.backOff(), func() error {
 		if err := c.limiter.Wait(ctx); err != nil {
-			return ctxErr(ctx, err)
+			return backoff.Permanent(ctxErr(ctx, err))
 		}
-		wait, err := c.try(ctx, target, out)
-		if err == nil {
-			return nil
+		tries++
+		err := c.try(ctx, target, out)
+		if err != nil && ctx.Err() != nil {
+			return backoff.Permanent(ctx.Err())
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if p, ok := err.(*backoff.PermanentError); ok {
+			return backoff.Permanent(afterAttempts(p.Err, tries))
 		}
-		last = err
-		if wait < 0 || attempt >= c.MaxAttempts {
-			if attempt > 1 {
-				return fmt.Errorf("%w (after %d attempts)", last, attempt)
-			}
-			return last
-		}
-		if wait == 0 {
-			wait = c.backoff(attempt)
-		}
-		if err := sleep(ctx, min(wait, c.MaxBackoff)); err != nil {
-			return err
-		}
+		return err
+	})
+}
+
+// backOff is the wait before a retry that RevenueCat gave no time for:
+// from 250-500 ms, doubling, at most MaxBackoff. (The library draws from
+// the interval ± RandomizationFactor: 375 ms ± 1/3 is 250-500 ms.)
+func (c *Client) backOff() backoff.BackOff {
+	return &backoff.ExponentialBackOff{
+		InitialInterval:     min(375*time.Millisecond, c.MaxBackoff*3/4),
+		RandomizationFactor: 1.0 / 3,
+		Multiplier:          2,
+		MaxInterval:         c.MaxBackoff * 3 / 4,
 	}
 }
 
-// try does one request. On failure it returns how long to wait before the
-// next try: < 0 not retryable, 0 the client's own backoff.
-func (c *Client) try(ctx context.Context, target string, out any) (time.Duration, error) {
+// try does one request. An error that must not be retried is a
+// backoff.Permanent; one that comes with RevenueCat's time to wait
+// (Retry-After, backoff_ms) carries it as a backoff.RetryAfterError.
+func (c *Client) try(ctx context.Context, target string, out any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
-		return -1, err
+		return backoff.Permanent(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.apiKey)
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("RevenueCat API: %w", err) // network: retry
+		return fmt.Errorf("RevenueCat API: %w", err) // network: retry
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
-		return 0, fmt.Errorf("RevenueCat API: reading the response: %w", err)
+		return fmt.Errorf("RevenueCat API: reading the response: %w", err)
 	}
 	if resp.StatusCode/100 == 2 {
 		if err := json.Unmarshal(body, out); err != nil {
-			return -1, fmt.Errorf("RevenueCat API: a %d response that is not the documented JSON: %w", resp.StatusCode, err)
+			return backoff.Permanent(fmt.Errorf("RevenueCat API: a %d response that is not the documented JSON: %w", resp.StatusCode, err))
 		}
-		return 0, nil
+		return nil
 	}
 	apiErr := &APIError{}
 	_ = json.Unmarshal(body, apiErr) // a proxy's HTML error page leaves it empty
@@ -245,26 +247,12 @@ func (c *Client) try(ctx context.Context, target string, out any) (time.Duration
 		apiErr.RetryAfter = time.Duration(s) * time.Second
 	}
 	if !apiErr.retry() {
-		return -1, apiErr
+		return backoff.Permanent(apiErr)
 	}
-	return max(apiErr.RetryAfter, time.Duration(apiErr.BackoffMS)*time.Millisecond), apiErr
-}
-
-// backoff is exponential from 500 ms with full jitter.
-func (c *Client) backoff(attempt int) time.Duration {
-	d := min(500*time.Millisecond<<(attempt-1), c.MaxBackoff)
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+	if wait := max(apiErr.RetryAfter, time.Duration(apiErr.BackoffMS)*time.Millisecond); wait > 0 {
+		return &retryAfter{err: apiErr, wait: &backoff.RetryAfterError{Duration: min(wait, c.MaxBackoff)}}
 	}
+	return apiErr
 }
 
 // ctxErr prefers the context's own error to the limiter's wording.

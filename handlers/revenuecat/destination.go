@@ -11,6 +11,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/cenkalti/backoff/v5"
 )
 
 // SignatureHeader carries "sha256=<hex HMAC-SHA256 of the body>" keyed with
@@ -79,43 +81,47 @@ type deliverer struct {
 	http   *http.Client
 }
 
+// deliveryAttempts bounds the tries of one batch.
+const deliveryAttempts = 5
+
+// deliveryBackOff is the wait between tries of a batch: 0.5 s, then half
+// as long again each time (4 s in all), without jitter: one runner sends.
+func deliveryBackOff() backoff.BackOff {
+	return &backoff.ExponentialBackOff{InitialInterval: 500 * time.Millisecond, Multiplier: 1.5, MaxInterval: 2 * time.Second}
+}
+
 func (d *deliverer) deliver(ctx context.Context, b Batch) error {
 	body, err := json.Marshal(b)
 	if err != nil {
 		return err
 	}
-	const attempts = 5
-	var last error
-	for attempt := 1; attempt <= attempts; attempt++ {
-		if attempt > 1 {
-			if err := sleep(ctx, time.Duration(attempt-1)*500*time.Millisecond); err != nil {
-				return err
-			}
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.url, bytes.NewReader(body))
-		if err != nil {
-			return fmt.Errorf("destination: %w", err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set(SignatureHeader, Sign(d.secret, body))
-		resp, err := d.http.Do(req)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			last = fmt.Errorf("destination: %w", err)
-			continue
-		}
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		switch {
-		case resp.StatusCode/100 == 2:
-			return nil
-		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
-			last = fmt.Errorf("destination answered %d: %s", resp.StatusCode, bytes.TrimSpace(msg))
-		default:
-			return fmt.Errorf("destination refused a batch of %d records: %d: %s", len(b.Records), resp.StatusCode, bytes.TrimSpace(msg))
-		}
+	return retry(ctx, deliveryAttempts, deliveryBackOff(), func() error { return d.post(ctx, body, len(b.Records)) })
+}
+
+// post sends a batch of n records once. An error that must not be retried
+// is a backoff.Permanent.
+func (d *deliverer) post(ctx context.Context, body []byte, n int) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.url, bytes.NewReader(body))
+	if err != nil {
+		return backoff.Permanent(fmt.Errorf("destination: %w", err))
 	}
-	return fmt.Errorf("%w (after %d attempts)", last, attempts)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(SignatureHeader, Sign(d.secret, body))
+	resp, err := d.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return backoff.Permanent(ctx.Err())
+		}
+		return fmt.Errorf("destination: %w", err)
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	resp.Body.Close()
+	switch {
+	case resp.StatusCode/100 == 2:
+		return nil
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		return fmt.Errorf("destination answered %d: %s", resp.StatusCode, bytes.TrimSpace(msg))
+	default:
+		return backoff.Permanent(fmt.Errorf("destination refused a batch of %d records: %d: %s", n, resp.StatusCode, bytes.TrimSpace(msg)))
+	}
 }

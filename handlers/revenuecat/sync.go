@@ -74,7 +74,7 @@ func Handler(o Options) sdk.Handler {
 		o.HTTPClient = &http.Client{Timeout: 30 * time.Second}
 	}
 	return func(ctx context.Context, run *sdk.Run) (any, error) {
-		s, err := newSync(ctx, o, run)
+		s, err := newSyncRun(ctx, o, run)
 		if err != nil {
 			return nil, err
 		}
@@ -86,7 +86,9 @@ func Handler(o Options) sdk.Handler {
 	}
 }
 
-type sync struct {
+// syncRun is one run of the sync: its clients, where it starts, its counts.
+// (Not sync: that would shadow the standard library's package.)
+type syncRun struct {
 	run       *sdk.Run
 	in        *Integration
 	rc        *Client
@@ -98,7 +100,7 @@ type sync struct {
 	more                    bool
 }
 
-func newSync(ctx context.Context, o Options, run *sdk.Run) (*sync, error) {
+func newSyncRun(ctx context.Context, o Options, run *sdk.Run) (*syncRun, error) {
 	var p Params
 	if err := run.Params(&p); err != nil {
 		return nil, err
@@ -122,7 +124,7 @@ func newSync(ctx context.Context, o Options, run *sdk.Run) (*sync, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &sync{run: run, in: in, pageSize: o.PageSize, dest: &deliverer{url: in.DestinationURL, secret: in.SigningSecret, http: o.HTTPClient}}
+	s := &syncRun{run: run, in: in, pageSize: o.PageSize, dest: &deliverer{url: in.DestinationURL, secret: in.SigningSecret, http: o.HTTPClient}}
 	if s.rc, err = NewClient(in.BaseURL, in.APIKey, in.RequestsPerMinute, o.HTTPClient); err != nil {
 		return nil, s.redact(fmt.Errorf("RevenueCat integration %s: %w", in.ID, err))
 	}
@@ -158,7 +160,7 @@ func lastSyncStart(ctx context.Context, run *sdk.Run, integration string) (int64
 	return latest, nil
 }
 
-func (s *sync) do(ctx context.Context) (*Result, error) {
+func (s *syncRun) do(ctx context.Context) (*Result, error) {
 	next := ""
 	s.more = true
 	s.report("listing customers")
@@ -219,7 +221,7 @@ func (s *sync) do(ctx context.Context) (*Result, error) {
 }
 
 // report writes progress: processed = synced + skipped of total listed.
-func (s *sync) report(note string) {
+func (s *syncRun) report(note string) {
 	msg := fmt.Sprintf("Synced %d users, %d skipped", s.synced, s.skipped)
 	if s.more {
 		msg += fmt.Sprintf("; %d listed so far, the total grows as pages are listed", s.listed)
@@ -230,20 +232,20 @@ func (s *sync) report(note string) {
 	s.run.Progress(s.synced+s.skipped, max(s.listed, s.synced+s.skipped), msg)
 }
 
-func (s *sync) stopped(ctx context.Context) error {
+func (s *syncRun) stopped(ctx context.Context) error {
 	s.more = false
 	s.report(fmt.Sprintf("cancelled after %d customers", s.synced+s.skipped))
 	return ctx.Err()
 }
 
-func (s *sync) failed(err error) error {
+func (s *syncRun) failed(err error) error {
 	s.report(fmt.Sprintf("failed after %d customers", s.synced+s.skipped))
 	return err
 }
 
 // redact keeps the integration's secrets out of an error that reaches the
 // run's status.
-func (s *sync) redact(err error) error {
+func (s *syncRun) redact(err error) error {
 	if s == nil || s.in == nil || err == nil {
 		return err
 	}
