@@ -1,0 +1,58 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
+
+func (b *bench) do(method, path string, body any) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		data, _ := json.Marshal(body)
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, b.api+path, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+b.token)
+	resp, err := b.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, data, err
+}
+
+func (b *bench) trigger(project int, params map[string]any) (string, error) {
+	status, body, err := b.do(http.MethodPost, "/v1/teams/bench/jobs/trigger", map[string]any{"job_type": "demo_sync", "project_id": fmt.Sprintf("p-%05d", project), "params": params})
+	if err != nil {
+		return "", err
+	}
+	if status != http.StatusCreated {
+		return "", fmt.Errorf("trigger: %d %s", status, body)
+	}
+	var r struct {
+		JobRun struct {
+			ID string `json:"id"`
+		} `json:"job_run"`
+	}
+	return r.JobRun.ID, json.Unmarshal(body, &r)
+}
+
+func (b *bench) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if status, _, err := b.do(http.MethodGet, "/readyz", nil); err == nil && status == http.StatusOK {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("the REST API did not become ready")
+}
