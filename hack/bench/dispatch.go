@@ -99,21 +99,17 @@ func (b *bench) dispatch(ctx context.Context, seconds, firstProject int, scenari
 	if err, _ := terr.Load().(error); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
+	var done int
+	if !waitFor(10*time.Minute, 200*time.Millisecond, func() bool {
 		mu.Lock()
-		done := len(endAt)
+		defer mu.Unlock()
+		done = len(endAt)
 		if scenario == "controller" {
 			done = len(podAt)
 		}
-		mu.Unlock()
-		if done >= n {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("dispatch: only %d of %d runs ended within 10 minutes", done, n)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return done >= n
+	}) {
+		return fmt.Errorf("dispatch: only %d of %d runs ended within 10 minutes", done, n)
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -88,15 +88,13 @@ func (b *bench) lists(ctx context.Context, sizes []int) error {
 }
 
 func (b *bench) waitListed(oldest time.Time) error {
-	deadline := time.Now().Add(5 * time.Minute)
-	for time.Now().Before(deadline) {
+	if !waitFor(5*time.Minute, 500*time.Millisecond, func() bool {
 		status, body, err := b.do(http.MethodGet, "/v1/teams/bench-list/jobs?limit=1&until="+oldest.Add(time.Millisecond).UTC().Format("2006-01-02T15:04:05.000Z"), nil)
-		if err == nil && status == http.StatusOK && bytes.Contains(body, []byte(`"id"`)) {
-			return nil
-		}
-		time.Sleep(500 * time.Millisecond)
+		return err == nil && status == http.StatusOK && bytes.Contains(body, []byte(`"id"`))
+	}) {
+		return fmt.Errorf("the REST API's cache did not get the runs within 5 minutes")
 	}
-	return fmt.Errorf("the REST API's cache did not get the runs within 5 minutes")
+	return nil
 }
 
 func (b *bench) latency(path string, n int) []time.Duration {

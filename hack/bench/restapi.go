@@ -47,12 +47,11 @@ func (b *bench) trigger(project int, params map[string]any) (string, error) {
 }
 
 func (b *bench) waitReady(ctx context.Context) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if status, _, err := b.do(http.MethodGet, "/readyz", nil); err == nil && status == http.StatusOK {
-			return nil
-		}
-		time.Sleep(200 * time.Millisecond)
+	if !waitFor(60*time.Second, 200*time.Millisecond, func() bool {
+		status, _, err := b.do(http.MethodGet, "/readyz", nil)
+		return err == nil && status == http.StatusOK
+	}) {
+		return fmt.Errorf("the REST API did not become ready")
 	}
-	return fmt.Errorf("the REST API did not become ready")
+	return nil
 }

@@ -58,3 +58,16 @@ func (b *bench) rate(workers int, f func() error) float64 {
 	wg.Wait()
 	return float64(n.Load()) / time.Since(start).Seconds()
 }
+
+// waitFor calls done every interval until it returns true, and reports
+// false when timeout passes first.
+func waitFor(timeout, interval time.Duration, done func() bool) bool {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(interval) {
+		if done() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
