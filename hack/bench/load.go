@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -51,17 +50,11 @@ func (b *bench) load(ctx context.Context, seconds int) error {
 						status = http.StatusOK // nothing triggered yet: a documented 404
 					}
 				case k < 19:
-					status, body, err = b.do(http.MethodPost, "/v1/teams/bench/jobs/trigger", map[string]any{
-						"job_type": "demo_sync", "project_id": fmt.Sprintf("p-%05d", 5000+(w+i)%50), "params": map[string]any{"items": 5, "item_ms": 100}})
+					status, body, err = b.postTrigger(5000+(w+i)%50, map[string]any{"items": 5, "item_ms": 100})
 					if status == http.StatusCreated {
-						var r struct {
-							JobRun struct {
-								ID string `json:"id"`
-							} `json:"job_run"`
-						}
-						if json.Unmarshal(body, &r) == nil {
+						if id, err := triggeredID(body); err == nil {
 							idsMu.Lock()
-							ids = append(ids, r.JobRun.ID)
+							ids = append(ids, id)
 							idsMu.Unlock()
 						}
 					}

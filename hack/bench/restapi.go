@@ -30,20 +30,34 @@ func (b *bench) do(method, path string, body any) (int, []byte, error) {
 	return resp.StatusCode, data, err
 }
 
+// postTrigger triggers a demo_sync run for the bench project with number
+// project through the REST API and returns the response.
+func (b *bench) postTrigger(project int, params map[string]any) (int, []byte, error) {
+	return b.do(http.MethodPost, "/v1/teams/bench/jobs/trigger", map[string]any{"job_type": "demo_sync", "project_id": fmt.Sprintf("p-%05d", project), "params": params})
+}
+
+// trigger triggers a run as postTrigger does and returns its id; any
+// answer but 201 Created is an error.
 func (b *bench) trigger(project int, params map[string]any) (string, error) {
-	status, body, err := b.do(http.MethodPost, "/v1/teams/bench/jobs/trigger", map[string]any{"job_type": "demo_sync", "project_id": fmt.Sprintf("p-%05d", project), "params": params})
+	status, body, err := b.postTrigger(project, params)
 	if err != nil {
 		return "", err
 	}
 	if status != http.StatusCreated {
 		return "", fmt.Errorf("trigger: %d %s", status, body)
 	}
+	return triggeredID(body)
+}
+
+// triggeredID is the run's id in a trigger's 201 response.
+func triggeredID(body []byte) (string, error) {
 	var r struct {
 		JobRun struct {
 			ID string `json:"id"`
 		} `json:"job_run"`
 	}
-	return r.JobRun.ID, json.Unmarshal(body, &r)
+	err := json.Unmarshal(body, &r)
+	return r.JobRun.ID, err
 }
 
 func (b *bench) waitReady(ctx context.Context) error {
