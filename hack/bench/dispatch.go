@@ -17,8 +17,13 @@ import (
 // dispatch triggers demo_sync runs (one item, no wait) through the REST API
 // at 50/s and times, from a watch in this process, trigger -> pod created,
 // trigger -> running, and the completion rate.
-func (b *bench) dispatch(ctx context.Context, seconds, firstProject int, scenario string) error {
+func (b *bench) dispatch(ctx context.Context, seconds int, scenario string) error {
 	b.log("%s: 50 triggers/s for %d s", scenario, seconds)
+	n := 50 * seconds
+	projects, err := b.projects.take(n)
+	if err != nil {
+		return err
+	}
 	wc, err := client.NewWithWatch(b.cfg, client.Options{Scheme: b.cl.Scheme})
 	if err != nil {
 		return err
@@ -71,7 +76,6 @@ func (b *bench) dispatch(ctx context.Context, seconds, firstProject int, scenari
 		}
 	}()
 
-	n := 50 * seconds
 	triggeredAt := make(map[string]time.Time, n)
 	var tmu sync.Mutex
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -84,7 +88,7 @@ func (b *bench) dispatch(ctx context.Context, seconds, firstProject int, scenari
 		go func() {
 			defer wg.Done()
 			at := time.Now()
-			id, err := b.trigger(firstProject+i, map[string]any{"items": 1, "item_ms": 0})
+			id, err := b.trigger(projects, i, map[string]any{"items": 1, "item_ms": 0})
 			if err != nil {
 				terr.Store(err)
 				return

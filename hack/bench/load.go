@@ -17,6 +17,10 @@ import (
 // and memory of the manager are compared before and after a settle.
 func (b *bench) load(ctx context.Context, seconds int) error {
 	b.log("load: 200 clients for %d s", seconds)
+	projects, err := b.projects.take(50)
+	if err != nil {
+		return err
+	}
 	goBefore, _ := b.metric("go_goroutines")
 	rssBefore, _ := b.rss()
 	var ids []string
@@ -50,7 +54,7 @@ func (b *bench) load(ctx context.Context, seconds int) error {
 						status = http.StatusOK // nothing triggered yet: a documented 404
 					}
 				case k < 19:
-					status, body, err = b.postTrigger(5000+(w+i)%50, map[string]any{"items": 5, "item_ms": 100})
+					status, body, err = b.postTrigger(projects, (w+i)%projects.n, map[string]any{"items": 5, "item_ms": 100})
 					if status == http.StatusCreated {
 						if id, err := triggeredID(body); err == nil {
 							idsMu.Lock()

@@ -46,7 +46,9 @@ type bench struct {
 	http    *http.Client
 	token   string
 	figures []Figure
-	log     func(string, ...any)
+	// projects gives each scenario that triggers runs projects of its own.
+	projects projects
+	log      func(string, ...any)
 }
 
 func main() {
@@ -120,7 +122,7 @@ func run(out, listRuns string, dispatchSeconds int) error {
 
 	// With the controllers: dispatch and end-to-end throughput, then 200
 	// clients of mixed traffic for a minute.
-	if err := b.dispatch(ctx, dispatchSeconds, 0, "dispatch"); err != nil {
+	if err := b.dispatch(ctx, dispatchSeconds, "dispatch"); err != nil {
 		return err
 	}
 	if err := b.load(ctx, loadSeconds); err != nil {
@@ -129,7 +131,7 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	// The controller alone: with no node, pods are created but never run,
 	// so trigger -> pod created is the controller's own latency.
 	cl.KillNode()
-	if err := b.dispatch(ctx, dispatchSeconds, 3000, "controller"); err != nil {
+	if err := b.dispatch(ctx, dispatchSeconds, "controller"); err != nil {
 		return err
 	}
 

@@ -30,16 +30,20 @@ func (b *bench) do(method, path string, body any) (int, []byte, error) {
 	return resp.StatusCode, data, err
 }
 
-// postTrigger triggers a demo_sync run for the bench project with number
-// project through the REST API and returns the response.
-func (b *bench) postTrigger(project int, params map[string]any) (int, []byte, error) {
-	return b.do(http.MethodPost, "/v1/teams/bench/jobs/trigger", map[string]any{"job_type": "demo_sync", "project_id": fmt.Sprintf("p-%05d", project), "params": params})
+// postTrigger triggers a demo_sync run for the i-th project of projects
+// through the REST API and returns the response.
+func (b *bench) postTrigger(projects projectRange, i int, params map[string]any) (int, []byte, error) {
+	project, err := projects.name(i)
+	if err != nil {
+		return 0, nil, err
+	}
+	return b.do(http.MethodPost, "/v1/teams/bench/jobs/trigger", map[string]any{"job_type": "demo_sync", "project_id": project, "params": params})
 }
 
 // trigger triggers a run as postTrigger does and returns its id; any
 // answer but 201 Created is an error.
-func (b *bench) trigger(project int, params map[string]any) (string, error) {
-	status, body, err := b.postTrigger(project, params)
+func (b *bench) trigger(projects projectRange, i int, params map[string]any) (string, error) {
+	status, body, err := b.postTrigger(projects, i, params)
 	if err != nil {
 		return "", err
 	}

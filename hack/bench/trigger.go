@@ -16,12 +16,12 @@ import (
 // concurrencies against the raw rate of creating the same JobRuns with a Go
 // client (the ceiling), each for 5 s.
 func (b *bench) triggers(ctx context.Context) error {
+	projects := b.projects.rest()
 	var next atomic.Int64
-	next.Store(6000) // projects below were used by the dispatch, load and controller scenarios
 	for _, workers := range []int{8, 32, 64} {
 		b.log("triggers: %d clients", workers)
 		rest := b.rate(workers, func() error {
-			_, err := b.trigger(int(next.Add(1)-1), map[string]any{"items": 1})
+			_, err := b.trigger(projects, int(next.Add(1)-1), map[string]any{"items": 1})
 			return err
 		})
 		raw := b.rate(workers, func() error {
