@@ -547,13 +547,15 @@ func (ps *processes) alive(p *process) bool {
 	return !p.stopped
 }
 
-// running returns the live processes called name.
-func (ps *processes) running(name string) []*process {
+// stopping marks the live processes called name as stopped on purpose and
+// returns them.
+func (ps *processes) stopping(name string) []*process {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	var out []*process
 	for _, p := range ps.list {
 		if p.Name == name && !p.stopped {
+			p.stopped = true
 			out = append(out, p)
 		}
 	}
@@ -561,10 +563,7 @@ func (ps *processes) running(name string) []*process {
 }
 
 func (ps *processes) kill(name string) {
-	for _, p := range ps.running(name) {
-		ps.mu.Lock()
-		p.stopped = true
-		ps.mu.Unlock()
+	for _, p := range ps.stopping(name) {
 		p.Kill()
 		ps.log("killed %s (pid %d)", p.Name, p.Pid())
 	}
@@ -572,10 +571,7 @@ func (ps *processes) kill(name string) {
 
 // stop stops the live processes called name gracefully (see process.stop).
 func (ps *processes) stop(name string) {
-	for _, p := range ps.running(name) {
-		ps.mu.Lock()
-		p.stopped = true
-		ps.mu.Unlock()
+	for _, p := range ps.stopping(name) {
 		p.stop(ps.log)
 	}
 }
