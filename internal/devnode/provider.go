@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
+
+	"jobrun.dev/jobrun/internal/supervise"
 )
 
 // processes is the virtual-kubelet pod lifecycle handler of the dev node: it
@@ -41,8 +43,8 @@ type processes struct {
 type process struct {
 	mu   sync.Mutex
 	pod  *corev1.Pod // status kept current
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *supervise.Process
+	done chan struct{} // closed once the pod's final status is published
 }
 
 func podKey(ns, name string) string { return ns + "/" + name }
@@ -128,19 +130,17 @@ func (p *processes) start(ctx context.Context, pr *process) error {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env, cmd.Dir = env, dir
-	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Its own process group, so signals reach the whole container; killed
 	// with the agent, as a container dies with its node.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
+	proc, err := supervise.Start(podKey(pod.Namespace, pod.Name), cmd, logFile)
+	if err != nil {
 		return fmt.Errorf("starting %s: %w", argv[0], err)
 	}
-	p.log.Info("started pod process", "pod", podKey(pod.Namespace, pod.Name), "pid", cmd.Process.Pid, "command", argv)
+	p.log.Info("started pod process", "pod", podKey(pod.Namespace, pod.Name), "pid", proc.Pid(), "command", argv)
 
 	now := metav1.Now()
 	pr.mu.Lock()
-	pr.cmd = cmd
+	pr.proc = proc
 	pr.pod.Status = corev1.PodStatus{
 		Phase:     corev1.PodRunning,
 		HostIP:    "127.0.0.1",
@@ -154,7 +154,7 @@ func (p *processes) start(ctx context.Context, pr *process) error {
 		},
 		ContainerStatuses: []corev1.ContainerStatus{{
 			Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: true, Started: ptr.To(true),
-			ContainerID: fmt.Sprintf("process://%d", cmd.Process.Pid),
+			ContainerID: fmt.Sprintf("process://%d", proc.Pid()),
 			State:       corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 		}},
 	}
@@ -162,8 +162,8 @@ func (p *processes) start(ctx context.Context, pr *process) error {
 	p.publish(pr)
 
 	go func() {
-		err := cmd.Wait()
-		logFile.Close()
+		<-proc.Done()
+		err := proc.Err()
 		code := int32(0)
 		reason := "Completed"
 		var exitErr *exec.ExitError
@@ -284,7 +284,7 @@ func (p *processes) DeletePod(_ context.Context, pod *corev1.Pod) error {
 		return errdefs.NotFoundf("pod %s is not on this node", key)
 	}
 	pr.mu.Lock()
-	cmd := pr.cmd
+	proc := pr.proc
 	pr.mu.Unlock()
 	grace := time.Duration(ptr.Deref(pod.DeletionGracePeriodSeconds, ptr.Deref(pod.Spec.TerminationGracePeriodSeconds, 30))) * time.Second
 	go func() {
@@ -293,7 +293,7 @@ func (p *processes) DeletePod(_ context.Context, pod *corev1.Pod) error {
 			delete(p.pods, key)
 			p.mu.Unlock()
 		}()
-		if cmd == nil {
+		if proc == nil {
 			return
 		}
 		select {
@@ -302,14 +302,8 @@ func (p *processes) DeletePod(_ context.Context, pod *corev1.Pod) error {
 		default:
 		}
 		p.log.Info("stopping pod process", "pod", key, "grace", grace)
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-pr.done:
-		case <-time.After(grace):
-			p.log.Info("grace period over; killing pod process", "pod", key)
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-pr.done
-		}
+		proc.Stop(grace, func() { p.log.Info("grace period over; killing pod process", "pod", key) })
+		<-pr.done
 	}()
 	return nil
 }
@@ -355,8 +349,8 @@ func (p *processes) stopAll() {
 	defer p.mu.Unlock()
 	for _, pr := range p.pods {
 		pr.mu.Lock()
-		if pr.cmd != nil && pr.cmd.Process != nil {
-			_ = syscall.Kill(-pr.cmd.Process.Pid, syscall.SIGKILL)
+		if pr.proc != nil {
+			pr.proc.Signal(syscall.SIGKILL)
 		}
 		pr.mu.Unlock()
 	}

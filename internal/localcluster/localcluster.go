@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -29,6 +27,7 @@ import (
 
 	"jobrun.dev/jobrun/internal/controlplane"
 	"jobrun.dev/jobrun/internal/cutproxy"
+	"jobrun.dev/jobrun/internal/supervise"
 )
 
 // Options configure a local cluster.
@@ -425,7 +424,7 @@ func (c *Cluster) waitManager(m *Manager, leading bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), managerStartTimeout)
 	defer cancel()
 	start := time.Now()
-	err := pollUntil(ctx, m.proc.done, func(ctx context.Context) error {
+	err := pollUntil(ctx, m.proc.Done(), func(ctx context.Context) error {
 		if err := m.Ready(ctx); err != nil {
 			return err
 		}
@@ -439,9 +438,9 @@ func (c *Cluster) waitManager(m *Manager, leading bool) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("%s (pid %d) not ready: %w (log: %s)", m.proc.name, m.PID(), err, c.logFile("manager"))
+		return fmt.Errorf("%s (pid %d) not ready: %w (log: %s)", m.proc.Name, m.PID(), err, c.logFile("manager"))
 	}
-	c.opts.Log("%s (pid %d) ready after %s (leading: %v)", m.proc.name, m.PID(), time.Since(start).Round(time.Millisecond), leading)
+	c.opts.Log("%s (pid %d) ready after %s (leading: %v)", m.proc.Name, m.PID(), time.Since(start).Round(time.Millisecond), leading)
 	return nil
 }
 
@@ -484,10 +483,7 @@ func (c *Cluster) Stop() error {
 
 // process is one child.
 type process struct {
-	name    string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	err     error
+	*supervise.Process
 	stopped bool // stopped on purpose: not reported as exited
 }
 
@@ -520,26 +516,22 @@ func (ps *processes) start(name, logFile string, env []string, path string, args
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Stdout, cmd.Stderr = io.Writer(f), io.Writer(f)
-	if err := cmd.Start(); err != nil {
-		f.Close()
+	sp, err := supervise.Start(name, cmd, f)
+	if err != nil {
 		return nil, fmt.Errorf("starting %s (make tools-dev builds the control plane, make build the jobrun binary): %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
+	p := &process{Process: sp}
 	ps.mu.Lock()
 	ps.list = append(ps.list, p)
 	ps.mu.Unlock()
-	ps.log("started %s (pid %d, log %s)", name, cmd.Process.Pid, logFile)
+	ps.log("started %s (pid %d, log %s)", name, p.Pid(), logFile)
 	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
+		<-p.Done()
 		ps.mu.Lock()
 		stopped := p.stopped
 		ps.mu.Unlock()
 		if !stopped {
-			exited <- fmt.Sprintf("%s (pid %d) exited: %v", name, cmd.Process.Pid, p.err)
+			exited <- fmt.Sprintf("%s (pid %d) exited: %v", name, p.Pid(), p.Err())
 		}
 	}()
 	return p, nil
@@ -547,23 +539,23 @@ func (ps *processes) start(name, logFile string, env []string, path string, args
 
 // alive reports whether p runs and was not stopped on purpose.
 func (ps *processes) alive(p *process) bool {
-	select {
-	case <-p.done:
+	if p.Exited() {
 		return false
-	default:
 	}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	return !p.stopped
 }
 
-// running returns the live processes called name.
-func (ps *processes) running(name string) []*process {
+// stopping marks the live processes called name as stopped on purpose and
+// returns them.
+func (ps *processes) stopping(name string) []*process {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	var out []*process
 	for _, p := range ps.list {
-		if p.name == name && !p.stopped {
+		if p.Name == name && !p.stopped {
+			p.stopped = true
 			out = append(out, p)
 		}
 	}
@@ -571,22 +563,15 @@ func (ps *processes) running(name string) []*process {
 }
 
 func (ps *processes) kill(name string) {
-	for _, p := range ps.running(name) {
-		ps.mu.Lock()
-		p.stopped = true
-		ps.mu.Unlock()
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-		ps.log("killed %s (pid %d)", p.name, p.cmd.Process.Pid)
+	for _, p := range ps.stopping(name) {
+		p.Kill()
+		ps.log("killed %s (pid %d)", p.Name, p.Pid())
 	}
 }
 
 // stop stops the live processes called name gracefully (see process.stop).
 func (ps *processes) stop(name string) {
-	for _, p := range ps.running(name) {
-		ps.mu.Lock()
-		p.stopped = true
-		ps.mu.Unlock()
+	for _, p := range ps.stopping(name) {
 		p.stop(ps.log)
 	}
 }
@@ -606,18 +591,9 @@ func (ps *processes) stopAll() {
 
 // stop sends SIGTERM and SIGKILLs the process group after 15s.
 func (p *process) stop(log func(string, ...any)) {
-	select {
-	case <-p.done:
+	if p.Exited() {
 		return
-	default:
 	}
-	log("stopping %s (pid %d)", p.name, p.cmd.Process.Pid)
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		log("%s did not stop within 15s; killing it", p.name)
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
+	log("stopping %s (pid %d)", p.Name, p.Pid())
+	p.Stop(15*time.Second, func() { log("%s did not stop within 15s; killing it", p.Name) })
 }

@@ -30,7 +30,7 @@ type Manager struct {
 }
 
 // PID is the manager's process id.
-func (m *Manager) PID() int { return m.proc.cmd.Process.Pid }
+func (m *Manager) PID() int { return m.proc.Pid() }
 
 var probeClient = &http.Client{Timeout: 5 * time.Second}
 
@@ -116,7 +116,7 @@ func (c *Cluster) waitNodeReady(ctx context.Context, agent *process) error {
 	ctx, cancel := context.WithTimeout(ctx, managerStartTimeout)
 	defer cancel()
 	start := time.Now()
-	err := pollUntil(ctx, agent.done, func(ctx context.Context) error {
+	err := pollUntil(ctx, agent.Done(), func(ctx context.Context) error {
 		node := &corev1.Node{}
 		if err := c.Client.Get(ctx, client.ObjectKey{Name: NodeName}, node); err != nil {
 			return err

@@ -7,16 +7,15 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
+
+	"jobrun.dev/jobrun/internal/supervise"
 )
 
 // process is a daemon of the cluster, run inside the namespace.
 type process struct {
-	name, log string
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	err       error // set before exited closes
+	*supervise.Process
+	log string
 }
 
 // start runs path with args inside the namespace (nsenter --net, which,
@@ -28,42 +27,28 @@ func (c *Cluster) start(_ context.Context, name, path string, args ...string) (*
 	if err != nil {
 		return nil, err
 	}
-	defer logFile.Close()
 	cmd := exec.Command("nsenter", append([]string{"--net=" + c.NetnsPath, "--", path}, args...)...)
 	cmd.Dir = c.Dir
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	sp, err := supervise.Start(name, cmd, logFile)
+	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	p := &process{name: name, log: logPath, cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
+	p := &process{Process: sp, log: logPath}
 	c.procs = append(c.procs, p)
-	c.opts.Log("started %s (pid %d), log %s", name, cmd.Process.Pid, logPath)
+	c.opts.Log("started %s (pid %d), log %s", name, p.Pid(), logPath)
 	return p, nil
 }
 
 // stop sends SIGTERM (if graceful) and waits up to 15 s, then SIGKILLs the
 // process group.
 func (p *process) stop(graceful bool) {
-	select {
-	case <-p.exited:
-		return
+	switch {
+	case p.Exited():
+	case graceful:
+		p.Stop(15*time.Second, nil)
 	default:
+		p.Kill()
 	}
-	if graceful {
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.exited:
-			return
-		case <-time.After(15 * time.Second):
-		}
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.exited
 }
 
 // tail returns the last n lines of the file at path.

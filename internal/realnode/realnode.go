@@ -174,7 +174,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 			// end of every daemon's log.
 			var logs strings.Builder
 			for _, p := range c.procs {
-				fmt.Fprintf(&logs, "\n--- %s's log ends:\n%s", p.name, tail(p.log, 8))
+				fmt.Fprintf(&logs, "\n--- %s's log ends:\n%s", p.Name, tail(p.log, 8))
 			}
 			err = fmt.Errorf("%w%s", err, logs.String())
 			o.Log("start failed, tearing down: %v", err)
@@ -512,7 +512,7 @@ func (c *Cluster) waitFor(parent context.Context, what string, bound time.Durati
 	defer cancel()
 	var exited <-chan struct{}
 	if proc != nil {
-		exited = proc.exited
+		exited = proc.Done()
 	}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
@@ -526,7 +526,7 @@ func (c *Cluster) waitFor(parent context.Context, what string, bound time.Durati
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("waiting for %s: %s exited: %v; its log ends:\n%s", what, proc.name, proc.err, tail(proc.log, 20))
+			return fmt.Errorf("waiting for %s: %s exited: %v; its log ends:\n%s", what, proc.Name, proc.Err(), tail(proc.log, 20))
 		case <-ctx.Done():
 			if parent.Err() != nil {
 				return fmt.Errorf("waiting for %s: %w; last: %w", what, parent.Err(), last)

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// dispatch triggers demo_sync runs (one item, no wait) through the REST API
+// at 50/s and times, from a watch in this process, trigger -> pod created,
+// trigger -> running, and the completion rate.
+func (b *bench) dispatch(ctx context.Context, seconds int, scenario string) error {
+	b.log("%s: 50 triggers/s for %d s", scenario, seconds)
+	n := 50 * seconds
+	projects, err := b.projects.take(n)
+	if err != nil {
+		return err
+	}
+	wc, err := client.NewWithWatch(b.cfg, client.Options{Scheme: b.cl.Scheme})
+	if err != nil {
+		return err
+	}
+	podW, err := wc.Watch(ctx, &corev1.PodList{}, client.InNamespace(ns))
+	if err != nil {
+		return err
+	}
+	defer podW.Stop()
+	runW, err := wc.Watch(ctx, &jobsv1alpha1.JobRunList{}, client.InNamespace(ns))
+	if err != nil {
+		return err
+	}
+	defer runW.Stop()
+
+	var mu sync.Mutex
+	podAt, runningAt, endAt := map[string]time.Time{}, map[string]time.Time{}, map[string]time.Time{}
+	var failed atomic.Int64
+	go func() {
+		for ev := range podW.ResultChan() {
+			if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type == watch.Added {
+				run := p.Labels[jobsv1alpha1.LabelRun]
+				mu.Lock()
+				if _, seen := podAt[run]; !seen {
+					podAt[run] = time.Now()
+				}
+				mu.Unlock()
+			}
+		}
+	}()
+	go func() {
+		for ev := range runW.ResultChan() {
+			jr, ok := ev.Object.(*jobsv1alpha1.JobRun)
+			if !ok {
+				continue
+			}
+			now := time.Now()
+			mu.Lock()
+			phase := jr.CurrentPhase()
+			if _, seen := runningAt[jr.Name]; !seen && (phase == jobsv1alpha1.JobRunRunning || phase.IsTerminal() && jr.Status.StartedAt != nil) {
+				runningAt[jr.Name] = now
+			}
+			if _, seen := endAt[jr.Name]; !seen && phase.IsTerminal() {
+				endAt[jr.Name] = now
+				if phase != jobsv1alpha1.JobRunCompleted {
+					failed.Add(1)
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+
+	triggeredAt := make(map[string]time.Time, n)
+	var tmu sync.Mutex
+	tick := time.NewTicker(20 * time.Millisecond)
+	var wg sync.WaitGroup
+	var terr atomic.Value
+	start := time.Now()
+	for i := range n {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			at := time.Now()
+			id, err := b.trigger(projects, i, map[string]any{"items": 1, "item_ms": 0})
+			if err != nil {
+				terr.Store(err)
+				return
+			}
+			tmu.Lock()
+			triggeredAt[id] = at
+			tmu.Unlock()
+		}()
+	}
+	tick.Stop()
+	wg.Wait()
+	if err, _ := terr.Load().(error); err != nil {
+		return err
+	}
+	var done int
+	if !waitFor(10*time.Minute, 200*time.Millisecond, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		done = len(endAt)
+		if scenario == "controller" {
+			done = len(podAt)
+		}
+		return done >= n
+	}) {
+		return fmt.Errorf("dispatch: only %d of %d runs ended within 10 minutes", done, n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var toPod, toRunning []time.Duration
+	var last time.Time
+	for id, at := range triggeredAt {
+		if p, ok := podAt[id]; ok {
+			toPod = append(toPod, p.Sub(at))
+		}
+		if r, ok := runningAt[id]; ok {
+			toRunning = append(toRunning, r.Sub(at))
+		}
+		if endAt[id].After(last) {
+			last = endAt[id]
+		}
+	}
+	b.add(Figure{Scenario: scenario, Name: "trigger -> pod created p50 (50 triggers/s)", Value: ms(percentile(toPod, 0.5)), Unit: "ms"})
+	b.add(Figure{Scenario: scenario, Name: "trigger -> pod created p99", Value: ms(percentile(toPod, 0.99)), Unit: "ms"})
+	if scenario == "controller" {
+		return nil
+	}
+	b.add(Figure{Scenario: "dispatch", Name: "trigger -> running p50", Value: ms(percentile(toRunning, 0.5)), Unit: "ms"})
+	b.add(Figure{Scenario: "dispatch", Name: "trigger -> running p99", Value: ms(percentile(toRunning, 0.99)), Unit: "ms"})
+	rate := float64(n) / last.Sub(start).Seconds()
+	b.add(Figure{Scenario: "end-to-end", Name: fmt.Sprintf("demo_sync runs completed per second (%d runs, %d not completed)", n, failed.Load()), Value: rate, Unit: "runs/s", Ceiling: 50, Target: "the trigger rate (50/s)", Met: met(rate >= 49)})
+	return nil
+}

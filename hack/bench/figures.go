@@ -1,0 +1,56 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"time"
+)
+
+// Figure is one measured value, with its ceiling when it has one.
+type Figure struct {
+	Scenario string  `json:"scenario"`
+	Name     string  `json:"name"`
+	Value    float64 `json:"value"`
+	Unit     string  `json:"unit"`
+	Ceiling  float64 `json:"ceiling,omitempty"`
+	Ratio    float64 `json:"ratio,omitempty"`
+	Target   string  `json:"target,omitempty"`
+	Met      *bool   `json:"met,omitempty"`
+}
+
+func (b *bench) add(f Figure) {
+	if f.Ceiling > 0 {
+		f.Ratio = f.Value / f.Ceiling
+	}
+	b.figures = append(b.figures, f)
+	b.log("%s: %s = %.3g %s", f.Scenario, f.Name, f.Value, f.Unit)
+}
+
+func met(ok bool) *bool { return &ok }
+
+func (b *bench) print() {
+	fmt.Printf("%-12s %-52s %12s %-8s %12s %7s  %s\n", "scenario", "figure", "value", "unit", "ceiling", "ratio", "target")
+	for _, f := range b.figures {
+		ceiling, ratio := "", ""
+		if f.Ceiling > 0 {
+			ceiling, ratio = fmt.Sprintf("%.4g", f.Ceiling), fmt.Sprintf("%.2f", f.Ratio)
+		}
+		target := f.Target
+		if f.Met != nil {
+			target += map[bool]string{true: " (met)", false: " (MISSED)"}[*f.Met]
+		}
+		fmt.Printf("%-12s %-52s %12.4g %-8s %12s %7s  %s\n", f.Scenario, f.Name, f.Value, f.Unit, ceiling, ratio, target)
+	}
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[int(math.Ceil(p*float64(len(s))))-1]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
