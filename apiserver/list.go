@@ -109,7 +109,7 @@ func parseListQuery(r *http.Request, now time.Time) (RunQuery, error) {
 		}
 	}
 	q.JobType, q.Status, q.ProjectID = v.Get("job_type"), v.Get("status"), v.Get("project_id")
-	if q.JobType != "" && !jobTypePattern.MatchString(q.JobType) {
+	if q.JobType != "" && !jobsv1alpha1.MatchesJobTypePattern(q.JobType) {
 		return q, badRequest("invalid job_type %q", q.JobType)
 	}
 	if q.Status != "" && !slices.Contains(statuses, q.Status) {

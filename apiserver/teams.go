@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"regexp"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -68,8 +67,6 @@ type triggerRequest struct {
 	Notify    bool            `json:"notify"`
 }
 
-var jobTypePattern = regexp.MustCompile(`^[a-z]([a-z0-9_]*[a-z0-9])?$`)
-
 func badRequest(format string, args ...any) *apiError {
 	return errorf(http.StatusBadRequest, codeInvalidRequest, fmt.Sprintf(format, args...))
 }
@@ -125,7 +122,7 @@ func (tr teamsResource) trigger(w http.ResponseWriter, r *http.Request) {
 // triggerRun checks the request against the JobType and Project, takes the
 // (job type, project) guard and creates the run.
 func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req *triggerRequest) (*jobsv1alpha1.JobRun, error) {
-	if !jobTypePattern.MatchString(req.JobType) || len(req.JobType) > 63 {
+	if !jobsv1alpha1.MatchesJobTypePattern(req.JobType) || len(req.JobType) > 63 {
 		return nil, badRequest("invalid job_type %q", req.JobType)
 	}
 	jt := &jobsv1alpha1.JobType{}

@@ -1,11 +1,15 @@
 package v1alpha1_test
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
@@ -77,6 +81,37 @@ func TestJobTypeObjectName(t *testing.T) {
 	} {
 		if got := jobsv1alpha1.JobTypeObjectName(in); got != want {
 			t.Errorf("JobTypeObjectName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestMatchesJobTypePattern(t *testing.T) {
+	for in, want := range map[string]bool{
+		"revenuecat_sync": true, "cleanup": true, "a": true, "a1_b2": true,
+		"": false, "_a": false, "a_": false, "1a": false, "Revenuecat": false, "a-b": false, "a b": false, "a\x00": false,
+	} {
+		if got := jobsv1alpha1.MatchesJobTypePattern(in); got != want {
+			t.Errorf("MatchesJobTypePattern(%q) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+// TestJobTypePatternIsTheCRDs: every jobType field of the generated CRDs
+// has JobTypePattern, the pattern the REST API checks with.
+func TestJobTypePatternIsTheCRDs(t *testing.T) {
+	for _, kind := range []string{"jobruns", "jobschedules", "jobtypes"} {
+		data, err := os.ReadFile(filepath.Join(env.Root, "config", "crd", "bases", "jobs.jobrun.dev_"+kind+".yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.Unmarshal(data, crd); err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range crd.Spec.Versions {
+			if got := v.Schema.OpenAPIV3Schema.Properties["spec"].Properties["jobType"].Pattern; got != jobsv1alpha1.JobTypePattern {
+				t.Errorf("%s %s: spec.jobType has pattern %q, want JobTypePattern %q", kind, v.Name, got, jobsv1alpha1.JobTypePattern)
+			}
 		}
 	}
 }
