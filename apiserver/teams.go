@@ -12,9 +12,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -158,22 +156,10 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 		return nil, badRequest("invalid params: %v", err)
 	}
 
-	now := s.now()
-	run := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: s.namespace,
-			Name:      uuid.NewString(),
-			Labels: map[string]string{
-				jobsv1alpha1.LabelTeam: team, jobsv1alpha1.LabelProject: req.ProjectID,
-				jobsv1alpha1.LabelJobType: req.JobType, jobsv1alpha1.LabelStatus: string(jobsv1alpha1.JobRunPending),
-			},
-		},
-		Spec: jobsv1alpha1.JobRunSpec{
-			JobType: req.JobType, TeamID: team, ProjectID: req.ProjectID, Params: params,
-			Notify: req.Notify, NotifyEmail: p.Email, TriggeredBy: p.TriggeredBy(),
-			CreatedAt: ptr.To(metav1.NewMicroTime(now.UTC().Truncate(time.Millisecond))),
-		},
-	}
+	run := jobsv1alpha1.NewJobRun(s.namespace, uuid.NewString(), jobsv1alpha1.JobRunSpec{
+		JobType: req.JobType, TeamID: team, ProjectID: req.ProjectID, Params: params,
+		Notify: req.Notify, NotifyEmail: p.Email, TriggeredBy: p.TriggeredBy(),
+	}, s.now())
 	// The guard protocol (internal/guard): take the pair's guard for the
 	// run, then create the run; the JobRun controller releases it when the
 	// run ends.
