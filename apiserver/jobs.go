@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -16,8 +17,33 @@ type jobsResource struct {
 }
 
 func (j jobsResource) routes(r chi.Router) {
-	r.With(j.s.auth).Get("/{runId}", j.get)
-	r.With(j.s.auth).Post("/{runId}/cancel", j.cancel)
+	r.With(j.s.auth, j.runCtx(PermJobsRead, false)).Get("/{runId}", j.get)
+	r.With(j.s.auth, j.runCtx(PermJobsWrite, true)).Post("/{runId}/cancel", j.cancel)
+}
+
+// runKey is the context key of the run a /v1/jobs/{runId} route acts on.
+type runKey struct{}
+
+// runCtx is the middleware that loads the path's run with visibleRun (perm,
+// live) and answers its error; the handler finds the run with runFrom.
+func (j jobsResource) runCtx(perm string, live bool) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			run, err := j.visibleRun(r, perm, live)
+			if err != nil {
+				writeError(w, r, err)
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), runKey{}, run)))
+		})
+	}
+}
+
+// runFrom is the run runCtx loaded; a shared one for a read route, so the
+// handler must not change it, and the API server's for a write route.
+func runFrom(ctx context.Context) *jobsv1alpha1.JobRun {
+	run, _ := ctx.Value(runKey{}).(*jobsv1alpha1.JobRun)
+	return run
 }
 
 // visibleRun reads the run and returns it only if the caller may see it;
@@ -63,12 +89,7 @@ func (j jobsResource) visibleRun(r *http.Request, perm string, live bool) (*jobs
 
 // get serves GET /v1/jobs/{runId}.
 func (j jobsResource) get(w http.ResponseWriter, r *http.Request) {
-	run, err := j.visibleRun(r, PermJobsRead, false)
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"job_run": toJobRun(run)})
+	writeJSON(w, http.StatusOK, map[string]any{"job_run": toJobRun(runFrom(r.Context()))})
 }
 
 // The cancel route patches the run's annotations.
@@ -77,11 +98,7 @@ func (j jobsResource) get(w http.ResponseWriter, r *http.Request) {
 // cancel serves POST /v1/jobs/{runId}/cancel: it asks a running run to stop
 // by annotating it; the runner and the controller do the rest.
 func (j jobsResource) cancel(w http.ResponseWriter, r *http.Request) {
-	run, err := j.visibleRun(r, PermJobsWrite, true)
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
+	run := runFrom(r.Context())
 	if run.CurrentPhase() != jobsv1alpha1.JobRunRunning {
 		writeError(w, r, errorf(http.StatusBadRequest, codeInvalidRequest, "job is not in running status (it is "+string(run.CurrentPhase())+")"))
 		return

@@ -38,23 +38,39 @@ type teamsResource struct {
 }
 
 func (tr teamsResource) routes(r chi.Router) {
-	r.With(tr.s.auth).Get("/{teamId}/jobs", tr.list)
-	r.With(tr.s.auth).Post("/{teamId}/jobs/trigger", tr.trigger)
+	r.With(tr.s.auth, teamCtx(PermJobsRead)).Get("/{teamId}/jobs", tr.list)
+	r.With(tr.s.auth, teamCtx(PermJobsWrite)).Post("/{teamId}/jobs/trigger", tr.trigger)
 }
 
-// authorizeTeam checks that the caller may act in the path's team: 404 for a
-// team the caller is not in (teams cannot be probed), 403 for a member
-// without the permission.
-func authorizeTeam(r *http.Request, perm string) (string, error) {
-	team := chi.URLParam(r, "teamId")
-	p := principalFrom(r.Context())
-	if !p.InTeam(team) {
-		return "", errorf(http.StatusNotFound, codeNotFound, "team not found")
+// teamKey is the context key of the team a /v1/teams route acts in.
+type teamKey struct{}
+
+// teamCtx is the middleware that lets a request act in the path's team only
+// if the caller may, with perm: 404 for a team the caller is not in (teams
+// cannot be probed), 403 for a member without the permission. The handler
+// finds the team with teamFrom.
+func teamCtx(perm string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			team := chi.URLParam(r, "teamId")
+			p := principalFrom(r.Context())
+			if !p.InTeam(team) {
+				writeError(w, r, errorf(http.StatusNotFound, codeNotFound, "team not found"))
+				return
+			}
+			if !p.Can(team, perm) {
+				writeError(w, r, errorf(http.StatusForbidden, codeForbidden, "this credential lacks "+perm+" in team "+team))
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), teamKey{}, team)))
+		})
 	}
-	if !p.Can(team, perm) {
-		return "", errorf(http.StatusForbidden, codeForbidden, "this credential lacks "+perm+" in team "+team)
-	}
-	return team, nil
+}
+
+// teamFrom is the team teamCtx let the request act in.
+func teamFrom(ctx context.Context) string {
+	team, _ := ctx.Value(teamKey{}).(string)
+	return team
 }
 
 // triggerRequest is the body of POST /v1/teams/{teamId}/jobs/trigger.
@@ -99,17 +115,12 @@ func decodeTrigger(w http.ResponseWriter, r *http.Request) (*triggerRequest, err
 
 // trigger serves POST /v1/teams/{teamId}/jobs/trigger.
 func (tr teamsResource) trigger(w http.ResponseWriter, r *http.Request) {
-	team, err := authorizeTeam(r, PermJobsWrite)
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
 	req, err := decodeTrigger(w, r)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
-	run, err := tr.s.triggerRun(r.Context(), principalFrom(r.Context()), team, req)
+	run, err := tr.s.triggerRun(r.Context(), principalFrom(r.Context()), teamFrom(r.Context()), req)
 	if err != nil {
 		writeError(w, r, err)
 		return
