@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 
@@ -37,6 +38,11 @@ func (e *apiError) Error() string { return e.code + ": " + e.message }
 
 func errorf(status int, code, message string) *apiError {
 	return &apiError{status: status, code: code, message: message}
+}
+
+// badRequest is a 400 invalid_request with a formatted message.
+func badRequest(format string, args ...any) *apiError {
+	return errorf(http.StatusBadRequest, codeInvalidRequest, fmt.Sprintf(format, args...))
 }
 
 // writeError is the one place that turns an error into an HTTP status and

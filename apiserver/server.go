@@ -132,7 +132,7 @@ func New(o Options) (*Server, error) {
 	r.Route("/v1", func(r chi.Router) {
 		// A request's work (API server calls included) ends after 20 s.
 		r.Use(middleware.Timeout(20 * time.Second))
-		r.Route("/jobs", jobsResource{s}.routes)
+		r.Route("/jobs", runsResource{s}.routes)
 		r.Route("/teams", teamsResource{s}.routes)
 	})
 	notFound := func(w http.ResponseWriter, r *http.Request) {
