@@ -191,8 +191,9 @@ func recoverJSON(next http.Handler) http.Handler {
 			if rv == http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked as is
 				panic(rv) // net/http's way to abort a response: keep it
 			}
-			logf.FromContext(r.Context()).Error(fmt.Errorf("panic: %v", rv), "request handler panicked", "method", r.Method, "path", r.URL.Path, "stack", string(debug.Stack()))
-			writeError(w, r, errorf(http.StatusInternalServerError, codeInternal, "internal error"))
+			ae := errorf(http.StatusInternalServerError, codeInternal, "internal error")
+			ae.cause = fmt.Errorf("request handler panicked: %v\n%s", rv, debug.Stack()) // writeError logs it
+			writeError(w, r, ae)
 		}()
 		next.ServeHTTP(w, r)
 	})
