@@ -88,6 +88,21 @@ func (tr teamsResource) trigger(w http.ResponseWriter, r *http.Request) {
 // triggerRun checks the request against the JobType and Project, takes the
 // (job type, project) guard and creates the run.
 func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req *triggerRequest) (*jobsv1alpha1.JobRun, error) {
+	params, err := s.checkTrigger(ctx, team, req)
+	if err != nil {
+		return nil, err
+	}
+	run := jobsv1alpha1.NewJobRun(s.namespace, uuid.NewString(), jobsv1alpha1.JobRunSpec{
+		JobType: req.JobType, TeamID: team, ProjectID: req.ProjectID, Params: params,
+		Notify: req.Notify, NotifyEmail: p.Email, TriggeredBy: p.TriggeredBy(),
+	}, s.now())
+	return s.createGuarded(ctx, run)
+}
+
+// checkTrigger checks a trigger of team against its JobType (one that
+// exists, not a system one) and Project (one of team's), and its params
+// against the JobType's schema; it returns the params.
+func (s *Server) checkTrigger(ctx context.Context, team string, req *triggerRequest) (*runtime.RawExtension, error) {
 	if !jobsv1alpha1.MatchesJobTypePattern(req.JobType) || len(req.JobType) > 63 {
 		return nil, badRequest("invalid job_type %q", req.JobType)
 	}
@@ -123,14 +138,13 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 		}
 		return nil, badRequest("invalid params: %v", err)
 	}
+	return params, nil
+}
 
-	run := jobsv1alpha1.NewJobRun(s.namespace, uuid.NewString(), jobsv1alpha1.JobRunSpec{
-		JobType: req.JobType, TeamID: team, ProjectID: req.ProjectID, Params: params,
-		Notify: req.Notify, NotifyEmail: p.Email, TriggeredBy: p.TriggeredBy(),
-	}, s.now())
-	// The guard protocol (internal/guard): take the pair's guard for the
-	// run, then create the run; the JobRun controller releases it when the
-	// run ends.
+// createGuarded creates run by the guard protocol (internal/guard): take the
+// pair's guard for the run, then create the run; the JobRun controller
+// releases it when the run ends. A busy pair is a 409 naming its run.
+func (s *Server) createGuarded(ctx context.Context, run *jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
 	lease, err := s.guards.Take(ctx, run)
 	var held *guard.HeldError
 	if errors.As(err, &held) {
