@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 
@@ -31,6 +32,9 @@ type apiError struct {
 	code    string
 	message string
 	extra   map[string]any
+	// cause is what the log says went wrong, never the caller (such as a
+	// handler's panic); the apiError itself when nil.
+	cause error
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
@@ -39,10 +43,15 @@ func errorf(status int, code, message string) *apiError {
 	return &apiError{status: status, code: code, message: message}
 }
 
+// badRequest is a 400 invalid_request with a formatted message.
+func badRequest(format string, args ...any) *apiError {
+	return errorf(http.StatusBadRequest, codeInvalidRequest, fmt.Sprintf(format, args...))
+}
+
 // writeError is the one place that turns an error into an HTTP status and
 // the JSON body {"error": {"code": ..., "message": ...}}. Errors from the
 // Kubernetes API are mapped; anything unexpected is a 500 whose details go
-// to the log, not to the caller.
+// to the log (logError), not to the caller.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	switch {
@@ -60,14 +69,12 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case unreachable(err):
 		ae = errorf(http.StatusServiceUnavailable, codeUnavailable, "the Kubernetes API server cannot be reached; retry")
 	default:
-		logf.FromContext(r.Context()).Error(err, "request failed", "method", r.Method, "path", r.URL.Path)
 		ae = errorf(http.StatusInternalServerError, codeInternal, "internal error")
 	}
-	if ae.status >= 500 {
-		logf.FromContext(r.Context()).Error(err, "request failed", "status", ae.status)
-	} else {
-		logf.FromContext(r.Context()).V(1).Info("request refused", "status", ae.status, "code", ae.code, "message", ae.message)
+	if ae.cause != nil {
+		err = ae.cause
 	}
+	logError(r, ae, err)
 	body := map[string]any{"code": ae.code, "message": ae.message}
 	for k, v := range ae.extra {
 		body[k] = v
@@ -79,6 +86,22 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="jobrun"`)
 	}
 	writeJSON(w, ae.status, map[string]any{"error": body})
+}
+
+// logError logs a request's error once, at the level it deserves: a 500 is
+// a bug or a broken JobType, an error with its cause; a 503 is expected
+// while the API server is out or a replica catches up, info with its cause;
+// a 4xx is the caller's, a debug line.
+func logError(r *http.Request, ae *apiError, cause error) {
+	log := logf.FromContext(r.Context()).WithValues("method", clip(r.Method), "path", clip(r.URL.Path), "status", ae.status)
+	switch {
+	case ae.status == http.StatusServiceUnavailable:
+		log.Info("request unavailable; the client may retry", "error", cause.Error())
+	case ae.status >= 500:
+		log.Error(cause, "request failed")
+	default:
+		log.V(1).Info("request refused", "code", ae.code, "message", ae.message)
+	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

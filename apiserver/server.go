@@ -8,7 +8,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"net"
 	"net/http"
 	"runtime/debug"
@@ -19,6 +18,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/go-chi/cors"
 	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -132,7 +132,7 @@ func New(o Options) (*Server, error) {
 	r.Route("/v1", func(r chi.Router) {
 		// A request's work (API server calls included) ends after 20 s.
 		r.Use(middleware.Timeout(20 * time.Second))
-		r.Route("/jobs", jobsResource{s}.routes)
+		r.Route("/jobs", runsResource{s}.routes)
 		r.Route("/teams", teamsResource{s}.routes)
 	})
 	notFound := func(w http.ResponseWriter, r *http.Request) {
@@ -191,8 +191,9 @@ func recoverJSON(next http.Handler) http.Handler {
 			if rv == http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked as is
 				panic(rv) // net/http's way to abort a response: keep it
 			}
-			logf.FromContext(r.Context()).Error(fmt.Errorf("panic: %v", rv), "request handler panicked", "method", r.Method, "path", r.URL.Path, "stack", string(debug.Stack()))
-			writeError(w, r, errorf(http.StatusInternalServerError, codeInternal, "internal error"))
+			ae := errorf(http.StatusInternalServerError, codeInternal, "internal error")
+			ae.cause = fmt.Errorf("request handler panicked: %v\n%s", rv, debug.Stack()) // writeError logs it
+			writeError(w, r, ae)
 		}()
 		next.ServeHTTP(w, r)
 	})

@@ -174,7 +174,7 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 		r.recorder.Eventf(s, nil, corev1.EventTypeWarning, "MissedSchedule", "Start", "Run for %s not started: %s late, past the starting deadline of %ds", due.UTC().Format(time.RFC3339), now.Sub(due).Round(time.Second), *d)
 		return nil, nil
 	}
-	run := newScheduledRun(s, name, due, now)
+	run := s.NewRun(name, due, now)
 	if s.Spec.ProjectID != "" {
 		return r.startGuarded(ctx, s, due, now, run, active)
 	}
@@ -195,27 +195,6 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 		}
 	}
 	return r.create(ctx, s, due, now, run)
-}
-
-// newScheduledRun is the run named name that schedule s starts for due.
-func newScheduledRun(s *jobsv1alpha1.JobSchedule, name string, due, now time.Time) *jobsv1alpha1.JobRun {
-	run := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: s.Namespace, Name: name,
-			Annotations: map[string]string{jobsv1alpha1.AnnotationScheduledTime: due.UTC().Format(time.RFC3339)},
-			Labels: map[string]string{jobsv1alpha1.LabelSchedule: s.Name, jobsv1alpha1.LabelJobType: s.Spec.JobType,
-				jobsv1alpha1.LabelStatus: string(jobsv1alpha1.JobRunPending)},
-		},
-		Spec: jobsv1alpha1.JobRunSpec{
-			JobType: s.Spec.JobType, TeamID: s.Spec.TeamID, ProjectID: s.Spec.ProjectID, Params: s.Spec.Params.DeepCopy(),
-			TriggeredBy: "schedule:" + s.Name,
-			CreatedAt:   ptr.To(metav1.NewMicroTime(now.UTC().Truncate(time.Millisecond))),
-		},
-	}
-	if s.Spec.TeamID != "" {
-		run.Labels[jobsv1alpha1.LabelTeam], run.Labels[jobsv1alpha1.LabelProject] = s.Spec.TeamID, s.Spec.ProjectID
-	}
-	return run
 }
 
 // startGuarded starts run, of a project-scoped schedule, only if it can take

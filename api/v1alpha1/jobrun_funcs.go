@@ -9,6 +9,24 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// NewJobRun is the pending run name in namespace that spec asks for,
+// triggered at now: the one constructor of a run, for the REST trigger and
+// JobSchedule.NewRun alike. spec.createdAt is now at the millisecond the REST
+// API shows; the labels are its job type, phase and, for a team's run, its
+// team and project.
+func NewJobRun(namespace, name string, spec JobRunSpec, now time.Time) *JobRun {
+	createdAt := metav1.NewMicroTime(now.UTC().Truncate(time.Millisecond))
+	spec.CreatedAt = &createdAt
+	labels := map[string]string{LabelJobType: spec.JobType, LabelStatus: string(JobRunPending)}
+	if spec.TeamID != "" {
+		labels[LabelTeam], labels[LabelProject] = spec.TeamID, spec.ProjectID
+	}
+	return &JobRun{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: labels},
+		Spec:       spec,
+	}
+}
+
 // IsTerminal reports whether a run in phase p has ended; a terminal phase
 // never changes again.
 func (p JobRunPhase) IsTerminal() bool {

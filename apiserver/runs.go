@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -10,14 +11,39 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
-// jobsResource serves /v1/jobs/{runId}: one run, and its cancellation.
-type jobsResource struct {
+// runsResource serves /v1/jobs/{runId}: one run, and its cancellation.
+type runsResource struct {
 	s *Server
 }
 
-func (j jobsResource) routes(r chi.Router) {
-	r.With(j.s.auth).Get("/{runId}", j.get)
-	r.With(j.s.auth).Post("/{runId}/cancel", j.cancel)
+func (rr runsResource) routes(r chi.Router) {
+	r.With(rr.s.auth, rr.runCtx(PermJobsRead, false)).Get("/{runId}", rr.get)
+	r.With(rr.s.auth, rr.runCtx(PermJobsWrite, true)).Post("/{runId}/cancel", rr.cancel)
+}
+
+// runKey is the context key of the run a /v1/jobs/{runId} route acts on.
+type runKey struct{}
+
+// runCtx is the middleware that loads the path's run with visibleRun (perm,
+// live) and answers its error; the handler finds the run with runFrom.
+func (rr runsResource) runCtx(perm string, live bool) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			run, err := rr.visibleRun(r, perm, live)
+			if err != nil {
+				writeError(w, r, err)
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), runKey{}, run)))
+		})
+	}
+}
+
+// runFrom is the run runCtx loaded; a shared one for a read route, so the
+// handler must not change it, and the API server's for a write route.
+func runFrom(ctx context.Context) *jobsv1alpha1.JobRun {
+	run, _ := ctx.Value(runKey{}).(*jobsv1alpha1.JobRun)
+	return run
 }
 
 // visibleRun reads the run and returns it only if the caller may see it;
@@ -26,7 +52,7 @@ func (j jobsResource) routes(r chi.Router) {
 // (live false) comes from the run index, consistently (a run is visible the
 // moment its trigger returned, on every replica) and is shared; a cancel
 // (live true) reads the API server, since it writes what it read.
-func (j jobsResource) visibleRun(r *http.Request, perm string, live bool) (*jobsv1alpha1.JobRun, error) {
+func (rr runsResource) visibleRun(r *http.Request, perm string, live bool) (*jobsv1alpha1.JobRun, error) {
 	p := principalFrom(r.Context())
 	notFound := errorf(http.StatusNotFound, codeNotFound, "job run not found")
 	id := chi.URLParam(r, "runId")
@@ -36,7 +62,7 @@ func (j jobsResource) visibleRun(r *http.Request, perm string, live bool) (*jobs
 	var run *jobsv1alpha1.JobRun
 	if live {
 		run = &jobsv1alpha1.JobRun{}
-		err := j.s.reader.Get(r.Context(), client.ObjectKey{Namespace: j.s.namespace, Name: id}, run)
+		err := rr.s.reader.Get(r.Context(), client.ObjectKey{Namespace: rr.s.namespace, Name: id}, run)
 		if apierrors.IsNotFound(err) {
 			return nil, notFound
 		}
@@ -45,7 +71,7 @@ func (j jobsResource) visibleRun(r *http.Request, perm string, live bool) (*jobs
 		}
 	} else {
 		var err error
-		if run, err = j.s.lister.GetRun(r.Context(), j.s.namespace, id); err != nil {
+		if run, err = rr.s.lister.GetRun(r.Context(), rr.s.namespace, id); err != nil {
 			return nil, err
 		}
 		if run == nil {
@@ -62,13 +88,8 @@ func (j jobsResource) visibleRun(r *http.Request, perm string, live bool) (*jobs
 }
 
 // get serves GET /v1/jobs/{runId}.
-func (j jobsResource) get(w http.ResponseWriter, r *http.Request) {
-	run, err := j.visibleRun(r, PermJobsRead, false)
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"job_run": toJobRun(run)})
+func (rr runsResource) get(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"job_run": toJobRun(runFrom(r.Context()))})
 }
 
 // The cancel route patches the run's annotations.
@@ -76,19 +97,15 @@ func (j jobsResource) get(w http.ResponseWriter, r *http.Request) {
 
 // cancel serves POST /v1/jobs/{runId}/cancel: it asks a running run to stop
 // by annotating it; the runner and the controller do the rest.
-func (j jobsResource) cancel(w http.ResponseWriter, r *http.Request) {
-	run, err := j.visibleRun(r, PermJobsWrite, true)
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
+func (rr runsResource) cancel(w http.ResponseWriter, r *http.Request) {
+	run := runFrom(r.Context())
 	if run.CurrentPhase() != jobsv1alpha1.JobRunRunning {
 		writeError(w, r, errorf(http.StatusBadRequest, codeInvalidRequest, "job is not in running status (it is "+string(run.CurrentPhase())+")"))
 		return
 	}
 	patch := client.MergeFrom(run.DeepCopy())
-	if run.RequestCancel(j.s.now()) {
-		if err := j.s.writer.Patch(r.Context(), run, patch); err != nil {
+	if run.RequestCancel(rr.s.now()) {
+		if err := rr.s.writer.Patch(r.Context(), run, patch); err != nil {
 			writeError(w, r, err)
 			return
 		}
