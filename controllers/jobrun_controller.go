@@ -129,7 +129,7 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &jobsv1alpha1.JobRun{}, indexProjectJobType, func(o client.Object) []string {
 		return []string{projectJobTypeKey(o.(*jobsv1alpha1.JobRun))}
 	}); err != nil {
-		return err
+		return fmt.Errorf("failed to index JobRuns by project and job type: %w", err)
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(notConsistencyMarker, predicate.Or(
@@ -164,7 +164,10 @@ func (statusPhaseChanged) Update(e event.UpdateEvent) bool {
 func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	run := &jobsv1alpha1.JobRun{}
 	if err := r.client.Get(ctx, req.NamespacedName, run); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("failed to get JobRun %s: %w", req.NamespacedName, err)
 	}
 	if jobsv1alpha1.IsConsistencyMarker(run) {
 		return ctrl.Result{}, nil // not a run
@@ -179,7 +182,7 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	}
 	var pod *corev1.Pod
 	if run.Status.Attempts > 0 && jobType != nil {
-		if pod, err = r.pod(ctx, run.Namespace, podName(run.Name, run.Status.Attempts)); err != nil {
+		if pod, err = r.currentPod(ctx, run); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -206,7 +209,7 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 			case apierrors.IsForbidden(err):
 				d = podRefused(observation{run: run, jobType: jobType, now: r.clock.Now()}, d, err)
 			default:
-				return ctrl.Result{}, err
+				return ctrl.Result{}, fmt.Errorf("failed to create pod %s for JobRun %s: %w", podName(run.Name, d.createAttempt), client.ObjectKeyFromObject(run), err)
 			}
 		}
 	}
@@ -222,7 +225,7 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{}, err
 	}
 	if d.deletePod && pod != nil {
-		if err := r.deletePod(ctx, pod); err != nil {
+		if err := r.deletePod(ctx, run, pod); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -259,25 +262,30 @@ func (r *JobRunReconciler) jobType(ctx context.Context, run *jobsv1alpha1.JobRun
 	case apierrors.IsNotFound(err):
 		return nil, nil
 	case err != nil:
-		return nil, err
+		return nil, fmt.Errorf("failed to get JobType %s for JobRun %s: %w", key.Name, client.ObjectKeyFromObject(run), err)
 	case jt.Spec.JobType != run.Spec.JobType:
 		return nil, nil
 	}
 	return jt, nil
 }
 
-// pod returns the named pod, or nil when the API server confirms it does not
-// exist: a pod created a moment ago may not be in the cache yet.
-func (r *JobRunReconciler) pod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+// currentPod returns the pod of run's current attempt, or nil when the API
+// server confirms it does not exist: a pod created a moment ago may not be in
+// the cache yet.
+func (r *JobRunReconciler) currentPod(ctx context.Context, run *jobsv1alpha1.JobRun) (*corev1.Pod, error) {
+	key := client.ObjectKey{Namespace: run.Namespace, Name: podName(run.Name, run.Status.Attempts)}
 	pod := &corev1.Pod{}
-	err := r.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
+	err := r.client.Get(ctx, key, pod)
 	if apierrors.IsNotFound(err) {
-		err = r.apiReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
+		err = r.apiReader.Get(ctx, key, pod)
 	}
-	if apierrors.IsNotFound(err) {
+	switch {
+	case apierrors.IsNotFound(err):
 		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("failed to get pod %s of JobRun %s: %w", key.Name, client.ObjectKeyFromObject(run), err)
 	}
-	return pod, err
+	return pod, nil
 }
 
 // createPod creates the pod of one attempt. AlreadyExists is success: the
@@ -358,7 +366,10 @@ func (r *JobRunReconciler) patchStatus(ctx context.Context, run *jobsv1alpha1.Jo
 	}
 	orig := run.DeepCopy()
 	run.Status = status
-	return r.client.Status().Patch(ctx, run, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	if err := r.client.Status().Patch(ctx, run, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("failed to patch the status of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	return nil
 }
 
 // syncStatusLabel keeps the status label equal to the phase, for selectors.
@@ -372,7 +383,10 @@ func (r *JobRunReconciler) syncStatusLabel(ctx context.Context, run *jobsv1alpha
 		run.Labels = map[string]string{}
 	}
 	run.Labels[jobsv1alpha1.LabelStatus] = phase
-	return r.client.Patch(ctx, run, client.MergeFrom(orig))
+	if err := r.client.Patch(ctx, run, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("failed to label JobRun %s with its phase %s: %w", client.ObjectKeyFromObject(run), phase, err)
+	}
+	return nil
 }
 
 // reconcileFinished keeps a finished run's pod from running on and deletes
@@ -394,8 +408,11 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 	}
 	jt := &jobsv1alpha1.JobType{}
 	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}, jt); err != nil {
-		// Without its JobType a run has no TTL; it stays until deleted.
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			// Without its JobType a run has no TTL; it stays until deleted.
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("failed to get JobType %s for finished JobRun %s: %w", jobsv1alpha1.JobTypeObjectName(run.Spec.JobType), client.ObjectKeyFromObject(run), err)
 	}
 	now := r.clock.Now()
 	finishedAt := run.CreatedAt()
@@ -421,24 +438,25 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 func (r *JobRunReconciler) stopPods(ctx context.Context, run *jobsv1alpha1.JobRun) error {
 	pods := &corev1.PodList{}
 	if err := r.client.List(ctx, pods, client.InNamespace(run.Namespace), client.MatchingLabels{jobsv1alpha1.LabelRun: run.Name}); err != nil {
-		return err
+		return fmt.Errorf("failed to list the pods of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
 	}
 	for i := range pods.Items {
 		pod := &pods.Items[i]
 		if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		if err := r.deletePod(ctx, pod); err != nil {
+		if err := r.deletePod(ctx, run, pod); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (r *JobRunReconciler) deletePod(ctx context.Context, pod *corev1.Pod) error {
+// deletePod deletes run's pod, if it is still the one that was read.
+func (r *JobRunReconciler) deletePod(ctx context.Context, run *jobsv1alpha1.JobRun, pod *corev1.Pod) error {
 	err := r.client.Delete(ctx, pod, client.Preconditions{UID: &pod.UID})
 	if client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("deleting pod %s: %w", pod.Name, err)
+		return fmt.Errorf("failed to delete pod %s of JobRun %s: %w", pod.Name, client.ObjectKeyFromObject(run), err)
 	}
 	if err == nil {
 		logf.FromContext(ctx).Info("deleted pod of a finished run", "pod", pod.Name)
@@ -454,12 +472,20 @@ func (r *JobRunReconciler) releaseGuard(ctx context.Context, run *jobsv1alpha1.J
 	if released {
 		logf.FromContext(ctx).Info("released the guard", "guard", guard.Key(run).Name)
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("failed to release the guard of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	return nil
 }
 
+// deleteRun deletes run, if it is still the one that was read, and its pods
+// after it.
 func (r *JobRunReconciler) deleteRun(ctx context.Context, run *jobsv1alpha1.JobRun) error {
 	err := r.client.Delete(ctx, run, client.Preconditions{UID: &run.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground))
-	return client.IgnoreNotFound(err)
+	if client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("failed to delete finished JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	return nil
 }
 
 // pruneHistory deletes the finished runs of run's (project, job type) beyond
@@ -472,7 +498,7 @@ func (r *JobRunReconciler) pruneHistory(ctx context.Context, run *jobsv1alpha1.J
 	limit := int(ptr.Deref(jt.Spec.HistoryLimit, 100))
 	list := &jobsv1alpha1.JobRunList{}
 	if err := r.client.List(ctx, list, client.InNamespace(run.Namespace), client.MatchingFields{indexProjectJobType: projectJobTypeKey(run)}); err != nil {
-		return false, err
+		return false, fmt.Errorf("failed to list the runs of project %q and job type %q for JobRun %s: %w", run.Spec.ProjectID, run.Spec.JobType, client.ObjectKeyFromObject(run), err)
 	}
 	finished := list.Items[:0]
 	for _, other := range list.Items {

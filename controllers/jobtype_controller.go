@@ -2,9 +2,11 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
@@ -51,7 +53,10 @@ func (r *JobTypeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 func (r *JobTypeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	jt := &jobsv1alpha1.JobType{}
 	if err := r.client.Get(ctx, req.NamespacedName, jt); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("failed to get JobType %s: %w", req.NamespacedName, err)
 	}
 	orig := jt.DeepCopy()
 	cond := metav1.Condition{
@@ -68,7 +73,7 @@ func (r *JobTypeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, nil
 	}
 	if err := r.client.Status().Patch(ctx, jt, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
-		return ctrl.Result{}, err
+		return ctrl.Result{}, fmt.Errorf("failed to patch the status of JobType %s: %w", client.ObjectKeyFromObject(jt), err)
 	}
 	if prev := meta.FindStatusCondition(orig.Status.Conditions, cond.Type); cond.Status == metav1.ConditionFalse && (prev == nil || prev.Message != cond.Message) {
 		r.recorder.Eventf(jt, nil, corev1.EventTypeWarning, cond.Reason, cond.Reason, "%s", cond.Message)
