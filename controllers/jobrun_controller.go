@@ -194,23 +194,8 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, now: r.clock.Now()})
 
 	if d.createAttempt > 0 {
-		if violations := r.policy.Violations(&jobType.Spec.Template.Spec); len(violations) > 0 {
-			// A JobType admitted before the admission policy existed (or
-			// with the policy removed) still gets no pod; retrying cannot help.
-			d = decision{status: d.status}
-			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonTemplateNotAllowed, templateRefusal(violations), r.clock.Now())
-		} else if err := r.createPod(ctx, run, jobType, d.createAttempt); err != nil {
-			switch {
-			case apierrors.IsInvalid(err):
-				// The JobType's template cannot make a valid pod: retrying
-				// would fail forever.
-				d = decision{status: d.status}
-				d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonHandlerFailed, "the JobType's pod template is invalid: "+err.Error(), r.clock.Now())
-			case apierrors.IsForbidden(err):
-				d = podRefused(observation{run: run, jobType: jobType, now: r.clock.Now()}, d, err)
-			default:
-				return ctrl.Result{}, fmt.Errorf("failed to create pod %s for JobRun %s: %w", podName(run.Name, d.createAttempt), client.ObjectKeyFromObject(run), err)
-			}
+		if d, err = r.createAttempt(ctx, run, jobType, d); err != nil {
+			return ctrl.Result{}, err
 		}
 	}
 	// Record the decision before acting on the pod: had the pod gone first
@@ -224,9 +209,48 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		}
 		return ctrl.Result{}, err
 	}
+	if err := r.act(ctx, run, pod, d); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: d.requeueAfter}, nil
+}
+
+// createAttempt creates the pod of the attempt d starts. A template the
+// policy refuses, or one the API server finds invalid, fails the run instead
+// (retrying cannot help); a pod the API server forbids is handled as
+// podRefused says.
+func (r *JobRunReconciler) createAttempt(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, d decision) (decision, error) {
+	if violations := r.policy.Violations(&jt.Spec.Template.Spec); len(violations) > 0 {
+		// A JobType admitted before the admission policy existed (or
+		// with the policy removed) still gets no pod; retrying cannot help.
+		d = decision{status: d.status}
+		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonTemplateNotAllowed, templateRefusal(violations), r.clock.Now())
+		return d, nil
+	}
+	err := r.createPod(ctx, run, jt, d.createAttempt)
+	switch {
+	case err == nil:
+		return d, nil
+	case apierrors.IsInvalid(err):
+		// The JobType's template cannot make a valid pod: retrying
+		// would fail forever.
+		d = decision{status: d.status}
+		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonHandlerFailed, "the JobType's pod template is invalid: "+err.Error(), r.clock.Now())
+		return d, nil
+	case apierrors.IsForbidden(err):
+		return podRefused(observation{run: run, jobType: jt, now: r.clock.Now()}, d, err), nil
+	default:
+		return d, fmt.Errorf("failed to create pod %s for JobRun %s: %w", podName(run.Name, d.createAttempt), client.ObjectKeyFromObject(run), err)
+	}
+}
+
+// act carries out decision d once its status is recorded: it stops the pod
+// if asked, announces and counts the transition, and labels the run with its
+// phase.
+func (r *JobRunReconciler) act(ctx context.Context, run *jobsv1alpha1.JobRun, pod *corev1.Pod, d decision) error {
 	if d.deletePod && pod != nil {
 		if err := r.deletePod(ctx, run, pod); err != nil {
-			return ctrl.Result{}, err
+			return err
 		}
 	}
 	// Only now is the transition recorded; count and announce it once.
@@ -243,10 +267,7 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if d.finished {
 		r.metrics.finished(run)
 	}
-	if err := r.syncStatusLabel(ctx, run); err != nil {
-		return ctrl.Result{}, err
-	}
-	return ctrl.Result{RequeueAfter: d.requeueAfter}, nil
+	return r.syncStatusLabel(ctx, run)
 }
 
 // jobType finds the run's JobType, confirming a cache miss with the API

@@ -107,16 +107,7 @@ func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	if err := r.client.List(ctx, runs, client.InNamespace(s.Namespace), client.MatchingLabels{jobsv1alpha1.LabelSchedule: s.Name}); err != nil {
 		return ctrl.Result{}, fmt.Errorf("failed to list the runs of JobSchedule %s: %w", client.ObjectKeyFromObject(s), err)
 	}
-	var active []*jobsv1alpha1.JobRun
-	for i := range runs.Items {
-		run := &runs.Items[i]
-		if !run.CurrentPhase().IsTerminal() {
-			active = append(active, run)
-		} else if run.Status.Phase == jobsv1alpha1.JobRunCompleted && run.Status.CompletedAt != nil &&
-			(s.Status.LastSuccessfulTime == nil || run.Status.CompletedAt.After(s.Status.LastSuccessfulTime.Time)) {
-			s.Status.LastSuccessfulTime = &metav1.Time{Time: run.Status.CompletedAt.Time}
-		}
-	}
+	active := observeRuns(s, runs.Items)
 
 	since := s.CreationTimestamp.Time
 	if s.Status.LastScheduleTime != nil {
@@ -159,6 +150,22 @@ func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: plan.next.Sub(now)}, nil
+}
+
+// observeRuns returns those of the schedule's runs that have not finished,
+// and moves s's lastSuccessfulTime to the latest completion among the others.
+func observeRuns(s *jobsv1alpha1.JobSchedule, runs []jobsv1alpha1.JobRun) []*jobsv1alpha1.JobRun {
+	var active []*jobsv1alpha1.JobRun
+	for i := range runs {
+		run := &runs[i]
+		if !run.CurrentPhase().IsTerminal() {
+			active = append(active, run)
+		} else if run.Status.Phase == jobsv1alpha1.JobRunCompleted && run.Status.CompletedAt != nil &&
+			(s.Status.LastSuccessfulTime == nil || run.Status.CompletedAt.After(s.Status.LastSuccessfulTime.Time)) {
+			s.Status.LastSuccessfulTime = &metav1.Time{Time: run.Status.CompletedAt.Time}
+		}
+	}
+	return active
 }
 
 // startDue starts the run for scheduled time due unless it exists already,
