@@ -164,10 +164,7 @@ func (statusPhaseChanged) Update(e event.UpdateEvent) bool {
 func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	run := &jobsv1alpha1.JobRun{}
 	if err := r.client.Get(ctx, req.NamespacedName, run); err != nil {
-		if apierrors.IsNotFound(err) {
-			return ctrl.Result{}, nil
-		}
-		return ctrl.Result{}, fmt.Errorf("failed to get JobRun %s: %w", req.NamespacedName, err)
+		return ctrl.Result{}, getError(err, "JobRun", req.NamespacedName)
 	}
 	if jobsv1alpha1.IsConsistencyMarker(run) {
 		return ctrl.Result{}, nil // not a run
@@ -275,16 +272,11 @@ func (r *JobRunReconciler) act(ctx context.Context, run *jobsv1alpha1.JobRun, po
 func (r *JobRunReconciler) jobType(ctx context.Context, run *jobsv1alpha1.JobRun) (*jobsv1alpha1.JobType, error) {
 	key := client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}
 	jt := &jobsv1alpha1.JobType{}
-	err := r.client.Get(ctx, key, jt)
-	if apierrors.IsNotFound(err) {
-		err = r.apiReader.Get(ctx, key, jt)
-	}
+	found, err := r.getConfirmed(ctx, key, jt)
 	switch {
-	case apierrors.IsNotFound(err):
-		return nil, nil
 	case err != nil:
 		return nil, fmt.Errorf("failed to get JobType %s for JobRun %s: %w", key.Name, client.ObjectKeyFromObject(run), err)
-	case jt.Spec.JobType != run.Spec.JobType:
+	case !found || jt.Spec.JobType != run.Spec.JobType:
 		return nil, nil
 	}
 	return jt, nil
@@ -296,17 +288,37 @@ func (r *JobRunReconciler) jobType(ctx context.Context, run *jobsv1alpha1.JobRun
 func (r *JobRunReconciler) currentPod(ctx context.Context, run *jobsv1alpha1.JobRun) (*corev1.Pod, error) {
 	key := client.ObjectKey{Namespace: run.Namespace, Name: podName(run.Name, run.Status.Attempts)}
 	pod := &corev1.Pod{}
-	err := r.client.Get(ctx, key, pod)
-	if apierrors.IsNotFound(err) {
-		err = r.apiReader.Get(ctx, key, pod)
-	}
+	found, err := r.getConfirmed(ctx, key, pod)
 	switch {
-	case apierrors.IsNotFound(err):
-		return nil, nil
 	case err != nil:
 		return nil, fmt.Errorf("failed to get pod %s of JobRun %s: %w", key.Name, client.ObjectKeyFromObject(run), err)
+	case !found:
+		return nil, nil
 	}
 	return pod, nil
+}
+
+// getConfirmed reads key into obj from the cache, confirming a miss with the
+// API server, and reports whether obj exists.
+func (r *JobRunReconciler) getConfirmed(ctx context.Context, key client.ObjectKey, obj client.Object) (bool, error) {
+	err := r.client.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) {
+		err = r.apiReader.Get(ctx, key, obj)
+	}
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// getError is what Reconcile returns when reading the object it reconciles,
+// kind key, failed with err: nothing when the object is gone (there is
+// nothing left to do), else err naming it.
+func getError(err error, kind string, key client.ObjectKey) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return fmt.Errorf("failed to get %s %s: %w", kind, key, err)
 }
 
 // createPod creates the pod of one attempt. AlreadyExists is success: the

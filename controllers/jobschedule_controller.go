@@ -84,10 +84,7 @@ func scheduledRunName(s *jobsv1alpha1.JobSchedule, t time.Time) string {
 func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	s := &jobsv1alpha1.JobSchedule{}
 	if err := r.client.Get(ctx, req.NamespacedName, s); err != nil {
-		if apierrors.IsNotFound(err) {
-			return ctrl.Result{}, nil
-		}
-		return ctrl.Result{}, fmt.Errorf("failed to get JobSchedule %s: %w", req.NamespacedName, err)
+		return ctrl.Result{}, getError(err, "JobSchedule", req.NamespacedName)
 	}
 	orig := s.DeepCopy()
 	now := r.clock.Now()

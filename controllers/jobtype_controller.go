@@ -6,7 +6,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
@@ -53,10 +52,7 @@ func (r *JobTypeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 func (r *JobTypeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	jt := &jobsv1alpha1.JobType{}
 	if err := r.client.Get(ctx, req.NamespacedName, jt); err != nil {
-		if apierrors.IsNotFound(err) {
-			return ctrl.Result{}, nil
-		}
-		return ctrl.Result{}, fmt.Errorf("failed to get JobType %s: %w", req.NamespacedName, err)
+		return ctrl.Result{}, getError(err, "JobType", req.NamespacedName)
 	}
 	orig := jt.DeepCopy()
 	cond := metav1.Condition{
