@@ -10,6 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -83,6 +84,18 @@ func (w *Wrapper) Label(key, value string) *Wrapper {
 		w.run.Labels = map[string]string{}
 	}
 	w.run.Labels[key] = value
+	return w
+}
+
+// Notify asks for the completion email, to email.
+func (w *Wrapper) Notify(email string) *Wrapper {
+	w.run.Spec.Notify, w.run.Spec.NotifyEmail = true, email
+	return w
+}
+
+// UID sets metadata.uid, as the API server would.
+func (w *Wrapper) UID(uid types.UID) *Wrapper {
+	w.run.UID = uid
 	return w
 }
 
