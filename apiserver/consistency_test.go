@@ -21,7 +21,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // TestListReadsItsWrites: N triggers at once through one replica, all 201,
@@ -275,10 +277,7 @@ func TestReplayedMarkerIsNotEnough(t *testing.T) {
 	synced := func() bool { return true }
 	x.synced.Store(&synced)
 	obj := func(name, rv, team string) *jobsv1alpha1.JobRun {
-		return &jobsv1alpha1.JobRun{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, ResourceVersion: rv},
-			Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: team, ProjectID: "p", CreatedAt: ptr.To(metav1.NewMicroTime(time.Now()))},
-		}
+		return testrun.Make("ns", name).ResourceVersion(rv).JobType("demo_sync").Team(team).Project("p").CreatedAt(time.Now()).Obj()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

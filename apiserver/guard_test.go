@@ -18,7 +18,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // hookedReader calls before ahead of every Get of its reader; an error from
@@ -41,10 +43,7 @@ func (h hookedReader) Get(ctx context.Context, key client.ObjectKey, obj client.
 func endedHolder(t *testing.T, ns string) (*jobsv1alpha1.JobRun, *coordinationv1.Lease) {
 	t.Helper()
 	ctx := context.Background()
-	run := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ended-holder"},
-		Spec:       jobsv1alpha1.JobRunSpec{JobType: "revenuecat_sync", TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:user-1"},
-	}
+	run := testrun.Make(ns, "ended-holder").JobType("revenuecat_sync").Team("team-1").Project("project-1").TriggeredBy("manual:user:user-1").Obj()
 	if err := env.Client.Create(ctx, run); err != nil {
 		t.Fatal(err)
 	}

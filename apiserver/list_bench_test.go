@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // BenchmarkList10000 measures GET /v1/teams/{teamId}/jobs (first page, and
@@ -31,12 +31,8 @@ func BenchmarkList10000(b *testing.B) {
 		want[names[i]] = "pending"
 	}
 	createRuns(b, n, func(i int) *jobsv1alpha1.JobRun {
-		return &jobsv1alpha1.JobRun{
-			ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: names[i]},
-			Spec: jobsv1alpha1.JobRunSpec{JobType: []string{"revenuecat_sync", "cleanup_project"}[i%2], TeamID: "team-1",
-				ProjectID: fmt.Sprintf("p%d", i%10), TriggeredBy: "manual:user:u",
-				CreatedAt: ptr.To(metav1.NewMicroTime(base.Add(time.Duration(i) * time.Second)))},
-		}
+		return testrun.Make(a.ns, names[i]).JobType([]string{"revenuecat_sync", "cleanup_project"}[i%2]).Team("team-1").
+			Project(fmt.Sprintf("p%d", i%10)).TriggeredBy("manual:user:u").CreatedAt(base.Add(time.Duration(i) * time.Second)).Obj()
 	})
 	a.waitListed(want)
 	tok := userToken(b)

@@ -13,11 +13,11 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 func TestParseListQuery(t *testing.T) {
@@ -64,11 +64,7 @@ func TestParseListQuery(t *testing.T) {
 // runAt creates a run of team with createdAt at.
 func (a *api) runAt(name, team, project, jobType string, at time.Time, phase jobsv1alpha1.JobRunPhase) {
 	a.t.Helper()
-	jr := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: name},
-		Spec: jobsv1alpha1.JobRunSpec{JobType: jobType, TeamID: team, ProjectID: project, TriggeredBy: "manual:user:u",
-			CreatedAt: ptr.To(metav1.NewMicroTime(at))},
-	}
+	jr := testrun.Make(a.ns, name).JobType(jobType).Team(team).Project(project).TriggeredBy("manual:user:u").CreatedAt(at).Obj()
 	if err := env.Client.Create(context.Background(), jr); err != nil {
 		a.t.Fatal(err)
 	}
@@ -204,11 +200,8 @@ func TestPaginationNeverSkipsOrRepeats(t *testing.T) {
 	}
 	// 40 distinct milliseconds: 50 runs share each.
 	createRuns(t, n, func(i int) *jobsv1alpha1.JobRun {
-		return &jobsv1alpha1.JobRun{
-			ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: names[i]},
-			Spec: jobsv1alpha1.JobRunSpec{JobType: "revenuecat_sync", TeamID: "team-1", ProjectID: "p1", TriggeredBy: "manual:user:u",
-				CreatedAt: ptr.To(metav1.NewMicroTime(base.Add(time.Duration(i%40) * time.Millisecond)))},
-		}
+		return testrun.Make(a.ns, names[i]).JobType("revenuecat_sync").Team("team-1").Project("p1").TriggeredBy("manual:user:u").
+			CreatedAt(base.Add(time.Duration(i%40) * time.Millisecond)).Obj()
 	})
 	a.waitListed(want)
 

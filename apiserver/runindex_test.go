@@ -4,10 +4,9 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
-
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // TestRunIndexFollowsUpdates feeds the index as the informer would: a run's
@@ -15,12 +14,8 @@ import (
 // status trees, a delete removes it from every tree.
 func TestRunIndexFollowsUpdates(t *testing.T) {
 	x := NewRunIndex()
-	run := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "r1"},
-		Spec: jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: "t1", ProjectID: "p1",
-			CreatedAt: ptr.To(metav1.NewMicroTime(time.Date(2024, 1, 15, 10, 30, 0, 0, time.UTC)))},
-		Status: jobsv1alpha1.JobRunStatus{Phase: jobsv1alpha1.JobRunRunning},
-	}
+	run := testrun.Make("ns", "r1").JobType("demo_sync").Team("t1").Project("p1").
+		CreatedAt(time.Date(2024, 1, 15, 10, 30, 0, 0, time.UTC)).Phase(jobsv1alpha1.JobRunRunning).Obj()
 	list := func(status string) []*jobsv1alpha1.JobRun {
 		t.Helper()
 		runs, _ := x.list(RunQuery{Namespace: "ns", TeamID: "t1", Status: status, Limit: 50})

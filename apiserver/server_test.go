@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -27,7 +26,9 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 var env *testenv.Env
@@ -231,14 +232,8 @@ func (a *api) do(method, path, tok string, body any) (int, map[string]any) {
 
 func (a *api) createRun(name, team string, mutate func(*jobsv1alpha1.JobRun)) *jobsv1alpha1.JobRun {
 	a.t.Helper()
-	created := metav1.NewMicroTime(time.Date(2024, 1, 15, 10, 30, 0, 0, time.UTC))
-	jr := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: name},
-		Spec: jobsv1alpha1.JobRunSpec{
-			JobType: "revenuecat_sync", TeamID: team, ProjectID: "project-1", TriggeredBy: "manual:user:user-1",
-			Params: &runtime.RawExtension{Raw: []byte(`{"project_id":"project-1","integration_id":"int-1"}`)}, CreatedAt: &created,
-		},
-	}
+	jr := testrun.Make(a.ns, name).JobType("revenuecat_sync").Team(team).Project("project-1").TriggeredBy("manual:user:user-1").
+		Params(`{"project_id":"project-1","integration_id":"int-1"}`).CreatedAt(time.Date(2024, 1, 15, 10, 30, 0, 0, time.UTC)).Obj()
 	if team == "" {
 		jr.Spec.ProjectID = ""
 	}

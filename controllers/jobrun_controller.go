@@ -100,7 +100,7 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &jobsv1alpha1.JobRun{}, indexProjectJobType, func(o client.Object) []string {
 		return []string{projectJobTypeKey(o.(*jobsv1alpha1.JobRun))}
 	}); err != nil {
-		return err
+		return fmt.Errorf("failed to index JobRuns by project and job type: %w", err)
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(notConsistencyMarker, predicate.Or(
@@ -135,7 +135,7 @@ func (statusPhaseChanged) Update(e event.UpdateEvent) bool {
 func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	run := &jobsv1alpha1.JobRun{}
 	if err := r.client.Get(ctx, req.NamespacedName, run); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		return ctrl.Result{}, getError(err, "JobRun", req.NamespacedName)
 	}
 	if jobsv1alpha1.IsConsistencyMarker(run) {
 		return ctrl.Result{}, nil // not a run
@@ -150,7 +150,7 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	}
 	var pod *corev1.Pod
 	if run.Status.Attempts > 0 && jobType != nil {
-		if pod, err = r.pod(ctx, run.Namespace, podName(run.Name, run.Status.Attempts)); err != nil {
+		if pod, err = r.currentPod(ctx, run); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -162,23 +162,8 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, now: r.clock.Now()})
 
 	if d.createAttempt > 0 {
-		if violations := r.policy.Violations(&jobType.Spec.Template.Spec); len(violations) > 0 {
-			// A JobType admitted before the admission policy existed (or
-			// with the policy removed) still gets no pod; retrying cannot help.
-			d = decision{status: d.status}
-			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonTemplateNotAllowed, templateRefusal(violations), r.clock.Now())
-		} else if err := r.createPod(ctx, run, jobType, d.createAttempt); err != nil {
-			switch {
-			case apierrors.IsInvalid(err):
-				// The JobType's template cannot make a valid pod: retrying
-				// would fail forever.
-				d = decision{status: d.status}
-				d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonHandlerFailed, "the JobType's pod template is invalid: "+err.Error(), r.clock.Now())
-			case apierrors.IsForbidden(err):
-				d = podRefused(observation{run: run, jobType: jobType, now: r.clock.Now()}, d, err)
-			default:
-				return ctrl.Result{}, err
-			}
+		if d, err = r.createAttempt(ctx, run, jobType, d); err != nil {
+			return ctrl.Result{}, err
 		}
 	}
 	// Record the decision before acting on the pod: had the pod gone first
@@ -192,9 +177,48 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		}
 		return ctrl.Result{}, err
 	}
+	if err := r.act(ctx, run, pod, d); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: d.requeueAfter}, nil
+}
+
+// createAttempt creates the pod of the attempt d starts. A template the
+// policy refuses, or one the API server finds invalid, fails the run instead
+// (retrying cannot help); a pod the API server forbids is handled as
+// podRefused says.
+func (r *JobRunReconciler) createAttempt(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, d decision) (decision, error) {
+	if violations := r.policy.Violations(&jt.Spec.Template.Spec); len(violations) > 0 {
+		// A JobType admitted before the admission policy existed (or
+		// with the policy removed) still gets no pod; retrying cannot help.
+		d = decision{status: d.status}
+		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonTemplateNotAllowed, templateRefusal(violations), r.clock.Now())
+		return d, nil
+	}
+	err := r.createPod(ctx, run, jt, d.createAttempt)
+	switch {
+	case err == nil:
+		return d, nil
+	case apierrors.IsInvalid(err):
+		// The JobType's template cannot make a valid pod: retrying
+		// would fail forever.
+		d = decision{status: d.status}
+		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonHandlerFailed, "the JobType's pod template is invalid: "+err.Error(), r.clock.Now())
+		return d, nil
+	case apierrors.IsForbidden(err):
+		return podRefused(observation{run: run, jobType: jt, now: r.clock.Now()}, d, err), nil
+	default:
+		return d, fmt.Errorf("failed to create pod %s for JobRun %s: %w", podName(run.Name, d.createAttempt), client.ObjectKeyFromObject(run), err)
+	}
+}
+
+// act carries out decision d once its status is recorded: it stops the pod
+// if asked, announces and counts the transition, and labels the run with its
+// phase.
+func (r *JobRunReconciler) act(ctx context.Context, run *jobsv1alpha1.JobRun, pod *corev1.Pod, d decision) error {
 	if d.deletePod && pod != nil {
-		if err := r.deletePod(ctx, pod); err != nil {
-			return ctrl.Result{}, err
+		if err := r.deletePod(ctx, run, pod); err != nil {
+			return err
 		}
 	}
 	// Only now is the transition recorded; count and announce it once.
@@ -211,10 +235,7 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if d.finished {
 		r.metrics.finished(run)
 	}
-	if err := r.syncStatusLabel(ctx, run); err != nil {
-		return ctrl.Result{}, err
-	}
-	return ctrl.Result{RequeueAfter: d.requeueAfter}, nil
+	return r.syncStatusLabel(ctx, run)
 }
 
 // jobType finds the run's JobType, confirming a cache miss with the API
@@ -222,33 +243,53 @@ func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 func (r *JobRunReconciler) jobType(ctx context.Context, run *jobsv1alpha1.JobRun) (*jobsv1alpha1.JobType, error) {
 	key := client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}
 	jt := &jobsv1alpha1.JobType{}
-	err := r.client.Get(ctx, key, jt)
-	if apierrors.IsNotFound(err) {
-		err = r.apiReader.Get(ctx, key, jt)
-	}
+	found, err := r.getConfirmed(ctx, key, jt)
 	switch {
-	case apierrors.IsNotFound(err):
-		return nil, nil
 	case err != nil:
-		return nil, err
-	case jt.Spec.JobType != run.Spec.JobType:
+		return nil, fmt.Errorf("failed to get JobType %s for JobRun %s: %w", key.Name, client.ObjectKeyFromObject(run), err)
+	case !found || jt.Spec.JobType != run.Spec.JobType:
 		return nil, nil
 	}
 	return jt, nil
 }
 
-// pod returns the named pod, or nil when the API server confirms it does not
-// exist: a pod created a moment ago may not be in the cache yet.
-func (r *JobRunReconciler) pod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+// currentPod returns the pod of run's current attempt, or nil when the API
+// server confirms it does not exist: a pod created a moment ago may not be in
+// the cache yet.
+func (r *JobRunReconciler) currentPod(ctx context.Context, run *jobsv1alpha1.JobRun) (*corev1.Pod, error) {
+	key := client.ObjectKey{Namespace: run.Namespace, Name: podName(run.Name, run.Status.Attempts)}
 	pod := &corev1.Pod{}
-	err := r.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
-	if apierrors.IsNotFound(err) {
-		err = r.apiReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
-	}
-	if apierrors.IsNotFound(err) {
+	found, err := r.getConfirmed(ctx, key, pod)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("failed to get pod %s of JobRun %s: %w", key.Name, client.ObjectKeyFromObject(run), err)
+	case !found:
 		return nil, nil
 	}
-	return pod, err
+	return pod, nil
+}
+
+// getConfirmed reads key into obj from the cache, confirming a miss with the
+// API server, and reports whether obj exists.
+func (r *JobRunReconciler) getConfirmed(ctx context.Context, key client.ObjectKey, obj client.Object) (bool, error) {
+	err := r.client.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) {
+		err = r.apiReader.Get(ctx, key, obj)
+	}
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// getError is what Reconcile returns when reading the object it reconciles,
+// kind key, failed with err: nothing when the object is gone (there is
+// nothing left to do), else err naming it.
+func getError(err error, kind string, key client.ObjectKey) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return fmt.Errorf("failed to get %s %s: %w", kind, key, err)
 }
 
 // createPod creates the pod of one attempt. AlreadyExists is success: the
@@ -329,7 +370,10 @@ func (r *JobRunReconciler) patchStatus(ctx context.Context, run *jobsv1alpha1.Jo
 	}
 	orig := run.DeepCopy()
 	run.Status = status
-	return r.client.Status().Patch(ctx, run, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	if err := r.client.Status().Patch(ctx, run, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("failed to patch the status of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	return nil
 }
 
 // syncStatusLabel keeps the status label equal to the phase, for selectors.
@@ -343,7 +387,10 @@ func (r *JobRunReconciler) syncStatusLabel(ctx context.Context, run *jobsv1alpha
 		run.Labels = map[string]string{}
 	}
 	run.Labels[jobsv1alpha1.LabelStatus] = phase
-	return r.client.Patch(ctx, run, client.MergeFrom(orig))
+	if err := r.client.Patch(ctx, run, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("failed to label JobRun %s with its phase %s: %w", client.ObjectKeyFromObject(run), phase, err)
+	}
+	return nil
 }
 
 // reconcileFinished keeps a finished run's pod from running on and deletes
@@ -365,8 +412,11 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 	}
 	jt := &jobsv1alpha1.JobType{}
 	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}, jt); err != nil {
-		// Without its JobType a run has no TTL; it stays until deleted.
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			// Without its JobType a run has no TTL; it stays until deleted.
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, fmt.Errorf("failed to get JobType %s for finished JobRun %s: %w", jobsv1alpha1.JobTypeObjectName(run.Spec.JobType), client.ObjectKeyFromObject(run), err)
 	}
 	now := r.clock.Now()
 	finishedAt := run.CreatedAt()
@@ -392,24 +442,25 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 func (r *JobRunReconciler) stopPods(ctx context.Context, run *jobsv1alpha1.JobRun) error {
 	pods := &corev1.PodList{}
 	if err := r.client.List(ctx, pods, client.InNamespace(run.Namespace), client.MatchingLabels{jobsv1alpha1.LabelRun: run.Name}); err != nil {
-		return err
+		return fmt.Errorf("failed to list the pods of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
 	}
 	for i := range pods.Items {
 		pod := &pods.Items[i]
 		if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		if err := r.deletePod(ctx, pod); err != nil {
+		if err := r.deletePod(ctx, run, pod); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (r *JobRunReconciler) deletePod(ctx context.Context, pod *corev1.Pod) error {
+// deletePod deletes run's pod, if it is still the one that was read.
+func (r *JobRunReconciler) deletePod(ctx context.Context, run *jobsv1alpha1.JobRun, pod *corev1.Pod) error {
 	err := r.client.Delete(ctx, pod, client.Preconditions{UID: &pod.UID})
 	if client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("deleting pod %s: %w", pod.Name, err)
+		return fmt.Errorf("failed to delete pod %s of JobRun %s: %w", pod.Name, client.ObjectKeyFromObject(run), err)
 	}
 	if err == nil {
 		logf.FromContext(ctx).Info("deleted pod of a finished run", "pod", pod.Name)
@@ -425,12 +476,20 @@ func (r *JobRunReconciler) releaseGuard(ctx context.Context, run *jobsv1alpha1.J
 	if released {
 		logf.FromContext(ctx).Info("released the guard", "guard", guard.Key(run).Name)
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("failed to release the guard of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	return nil
 }
 
+// deleteRun deletes run, if it is still the one that was read, and its pods
+// after it.
 func (r *JobRunReconciler) deleteRun(ctx context.Context, run *jobsv1alpha1.JobRun) error {
 	err := r.client.Delete(ctx, run, client.Preconditions{UID: &run.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground))
-	return client.IgnoreNotFound(err)
+	if client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("failed to delete finished JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	return nil
 }
 
 // pruneHistory deletes the finished runs of run's (project, job type) beyond
@@ -443,7 +502,7 @@ func (r *JobRunReconciler) pruneHistory(ctx context.Context, run *jobsv1alpha1.J
 	limit := int(ptr.Deref(jt.Spec.HistoryLimit, 100))
 	list := &jobsv1alpha1.JobRunList{}
 	if err := r.client.List(ctx, list, client.InNamespace(run.Namespace), client.MatchingFields{indexProjectJobType: projectJobTypeKey(run)}); err != nil {
-		return false, err
+		return false, fmt.Errorf("failed to list the runs of project %q and job type %q for JobRun %s: %w", run.Spec.ProjectID, run.Spec.JobType, client.ObjectKeyFromObject(run), err)
 	}
 	finished := list.Items[:0]
 	for _, other := range list.Items {

@@ -12,14 +12,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // These tests run the controller against a real API server. No kubelet runs
@@ -53,13 +54,8 @@ func createRun(t *testing.T, ns, name string) *jobsv1alpha1.JobRun {
 
 func createRunWith(t *testing.T, ns, name string, mutate func(*jobsv1alpha1.JobRun)) *jobsv1alpha1.JobRun {
 	t.Helper()
-	jr := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: jobsv1alpha1.JobRunSpec{
-			JobType: "demo_sync", TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:u1",
-			Params: &runtime.RawExtension{Raw: []byte(`{"items":10}`)},
-		},
-	}
+	jr := testrun.Make(ns, name).JobType("demo_sync").Team("team-1").Project("project-1").
+		TriggeredBy("manual:user:u1").Params(`{"items":10}`).Obj()
 	if mutate != nil {
 		mutate(jr)
 	}

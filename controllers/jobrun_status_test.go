@@ -12,6 +12,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 var t0 = time.Date(2026, 1, 15, 10, 30, 0, 0, time.UTC)
@@ -36,10 +38,7 @@ func startingWithin(seconds int64) *jobsv1alpha1.JobType {
 type runOpt func(*jobsv1alpha1.JobRun)
 
 func testRun(opts ...runOpt) *jobsv1alpha1.JobRun {
-	r := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Name: "r1", Namespace: "ns", Generation: 1},
-		Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TriggeredBy: "manual:user:u", CreatedAt: ptr.To(metav1.NewMicroTime(t0))},
-	}
+	r := testrun.Make("ns", "r1").Generation(1).JobType("demo_sync").TriggeredBy("manual:user:u").CreatedAt(t0).Obj()
 	for _, o := range opts {
 		o(r)
 	}

@@ -82,7 +82,7 @@ func scheduledRunName(s *jobsv1alpha1.JobSchedule, t time.Time) string {
 func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	s := &jobsv1alpha1.JobSchedule{}
 	if err := r.client.Get(ctx, req.NamespacedName, s); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		return ctrl.Result{}, getError(err, "JobSchedule", req.NamespacedName)
 	}
 	orig := s.DeepCopy()
 	now := r.clock.Now()
@@ -95,23 +95,14 @@ func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 			return ctrl.Result{}, perr
 		}
 		r.recorder.Eventf(s, nil, corev1.EventTypeWarning, reasonInvalidSchedule, "Validate", "%s", err.Error())
-		return ctrl.Result{}, reconcile.TerminalError(err)
+		return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("invalid schedule of JobSchedule %s: %w", client.ObjectKeyFromObject(s), err))
 	}
 
 	runs := &jobsv1alpha1.JobRunList{}
 	if err := r.client.List(ctx, runs, client.InNamespace(s.Namespace), client.MatchingLabels{jobsv1alpha1.LabelSchedule: s.Name}); err != nil {
-		return ctrl.Result{}, err
+		return ctrl.Result{}, fmt.Errorf("failed to list the runs of JobSchedule %s: %w", client.ObjectKeyFromObject(s), err)
 	}
-	var active []*jobsv1alpha1.JobRun
-	for i := range runs.Items {
-		run := &runs.Items[i]
-		if !run.CurrentPhase().IsTerminal() {
-			active = append(active, run)
-		} else if run.Status.Phase == jobsv1alpha1.JobRunCompleted && run.Status.CompletedAt != nil &&
-			(s.Status.LastSuccessfulTime == nil || run.Status.CompletedAt.After(s.Status.LastSuccessfulTime.Time)) {
-			s.Status.LastSuccessfulTime = &metav1.Time{Time: run.Status.CompletedAt.Time}
-		}
-	}
+	active := observeRuns(s, runs.Items)
 
 	since := s.CreationTimestamp.Time
 	if s.Status.LastScheduleTime != nil {
@@ -156,6 +147,22 @@ func (r *JobScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	return ctrl.Result{RequeueAfter: plan.next.Sub(now)}, nil
 }
 
+// observeRuns returns those of the schedule's runs that have not finished,
+// and moves s's lastSuccessfulTime to the latest completion among the others.
+func observeRuns(s *jobsv1alpha1.JobSchedule, runs []jobsv1alpha1.JobRun) []*jobsv1alpha1.JobRun {
+	var active []*jobsv1alpha1.JobRun
+	for i := range runs {
+		run := &runs[i]
+		if !run.CurrentPhase().IsTerminal() {
+			active = append(active, run)
+		} else if run.Status.Phase == jobsv1alpha1.JobRunCompleted && run.Status.CompletedAt != nil &&
+			(s.Status.LastSuccessfulTime == nil || run.Status.CompletedAt.After(s.Status.LastSuccessfulTime.Time)) {
+			s.Status.LastSuccessfulTime = &metav1.Time{Time: run.Status.CompletedAt.Time}
+		}
+	}
+	return active
+}
+
 // startDue starts the run for scheduled time due unless it exists already,
 // the starting deadline passed or the concurrency policy forbids it; runs
 // are the schedule's runs, active those of them that have not finished.
@@ -184,7 +191,7 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 		case jobsv1alpha1.ConcurrencyReplace:
 			for _, run := range active {
 				if err := annotateCancel(ctx, r.client, run, now); err != nil {
-					return nil, err
+					return nil, fmt.Errorf("failed to replace a run of JobSchedule %s: %w", client.ObjectKeyFromObject(s), err)
 				}
 				r.recorder.Eventf(s, run, corev1.EventTypeNormal, "Replaced", "Cancel", "Cancelling run %s to start the one for %s", run.Name, due.UTC().Format(time.RFC3339))
 			}
@@ -219,7 +226,7 @@ func (r *JobScheduleReconciler) startGuarded(ctx context.Context, s *jobsv1alpha
 		return nil, r.skipBusy(ctx, s, due, now, held.Holder)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("taking the guard for the run for %s: %w", due.UTC().Format(time.RFC3339), err)
+		return nil, fmt.Errorf("failed to take the guard for the run for %s of JobSchedule %s: %w", due.UTC().Format(time.RFC3339), client.ObjectKeyFromObject(s), err)
 	}
 	// A run that exists already (started before a restart) holds the guard
 	// under its own name, so Take returned it as ours and create finds it.
@@ -242,11 +249,11 @@ func (r *JobScheduleReconciler) skipBusy(ctx context.Context, s *jobsv1alpha1.Jo
 		run := &jobsv1alpha1.JobRun{}
 		err := r.apiReader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: holder}, run)
 		if client.IgnoreNotFound(err) != nil {
-			return err
+			return fmt.Errorf("failed to get JobRun %s, active for the project of JobSchedule %s: %w", holder, client.ObjectKeyFromObject(s), err)
 		}
 		if err == nil && !run.CurrentPhase().IsTerminal() {
 			if err := annotateCancel(ctx, r.client, run, now); err != nil {
-				return err
+				return fmt.Errorf("failed to replace the active run of JobSchedule %s: %w", client.ObjectKeyFromObject(s), err)
 			}
 		}
 		r.recorder.Eventf(s, nil, corev1.EventTypeNormal, "Replaced", "Cancel", "Cancelling run %s; the run for %s is not started: one run of job type %s may be active for project %s, and the next scheduled time starts once %s has stopped", holder, when, s.Spec.JobType, s.Spec.ProjectID, holder)
@@ -262,13 +269,13 @@ func (r *JobScheduleReconciler) skipBusy(ctx context.Context, s *jobsv1alpha1.Jo
 func (r *JobScheduleReconciler) create(ctx context.Context, s *jobsv1alpha1.JobSchedule, due, now time.Time, run *jobsv1alpha1.JobRun) (*jobsv1alpha1.JobRun, error) {
 	log := logf.FromContext(ctx)
 	if err := controllerutil.SetControllerReference(s, run, r.client.Scheme()); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to make JobSchedule %s the owner of its run %s: %w", client.ObjectKeyFromObject(s), run.Name, err)
 	}
 	if err := r.client.Create(ctx, run); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			return nil, nil // started before a restart: the name is the schedule time's
 		}
-		return nil, fmt.Errorf("starting the run for %s: %w", due.UTC().Format(time.RFC3339), err)
+		return nil, fmt.Errorf("failed to start run %s for %s of JobSchedule %s: %w", run.Name, due.UTC().Format(time.RFC3339), client.ObjectKeyFromObject(s), err)
 	}
 	scheduleDelay.Observe(now.Sub(due).Seconds())
 	log.Info("started scheduled run", "run", run.Name, "scheduledTime", due, "late", now.Sub(due))
@@ -282,7 +289,10 @@ func annotateCancel(ctx context.Context, c client.Client, run *jobsv1alpha1.JobR
 	if !run.RequestCancel(now) {
 		return nil
 	}
-	return c.Patch(ctx, run, patch)
+	if err := c.Patch(ctx, run, patch); err != nil {
+		return fmt.Errorf("failed to request the cancel of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	return nil
 }
 
 // pruneHistory keeps the newest successfulRunsHistoryLimit completed runs
@@ -309,7 +319,7 @@ func (r *JobScheduleReconciler) pruneHistory(ctx context.Context, s *jobsv1alpha
 		})
 		for i := int(group.limit); i < len(group.runs); i++ {
 			if err := client.IgnoreNotFound(r.client.Delete(ctx, group.runs[i], client.Preconditions{UID: &group.runs[i].UID})); err != nil {
-				return err
+				return fmt.Errorf("failed to delete JobRun %s beyond the history limit of JobSchedule %s: %w", group.runs[i].Name, client.ObjectKeyFromObject(s), err)
 			}
 		}
 	}
@@ -328,5 +338,8 @@ func (r *JobScheduleReconciler) patchStatus(ctx context.Context, orig, s *jobsv1
 	if equality.Semantic.DeepEqual(orig.Status, s.Status) {
 		return nil
 	}
-	return r.client.Status().Patch(ctx, s, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	if err := r.client.Status().Patch(ctx, s, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("failed to patch the status of JobSchedule %s: %w", client.ObjectKeyFromObject(s), err)
+	}
+	return nil
 }

@@ -10,14 +10,15 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/internal/guard"
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // projectSchedule makes a schedule a project-1 one with policy.
@@ -31,11 +32,8 @@ func projectSchedule(policy jobsv1alpha1.ConcurrencyPolicy) func(*jobsv1alpha1.J
 // does: take the guard, then create the run.
 func triggerViaAPI(t *testing.T, ns, name string) (*jobsv1alpha1.JobRun, error) {
 	t.Helper()
-	run := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{
-			jobsv1alpha1.LabelTeam: "team-1", jobsv1alpha1.LabelProject: "project-1", jobsv1alpha1.LabelJobType: "demo_sync"}},
-		Spec: jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:user-1"},
-	}
+	run := testrun.Make(ns, name).JobType("demo_sync").Team("team-1").Project("project-1").
+		TriggeredBy("manual:user:user-1").TriggerLabels().Obj()
 	if _, err := guard.New(env.Client, env.Client).Take(context.Background(), run); err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -51,7 +52,7 @@ func (r *JobTypeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 func (r *JobTypeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	jt := &jobsv1alpha1.JobType{}
 	if err := r.client.Get(ctx, req.NamespacedName, jt); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		return ctrl.Result{}, getError(err, "JobType", req.NamespacedName)
 	}
 	orig := jt.DeepCopy()
 	cond := metav1.Condition{
@@ -68,7 +69,7 @@ func (r *JobTypeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, nil
 	}
 	if err := r.client.Status().Patch(ctx, jt, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
-		return ctrl.Result{}, err
+		return ctrl.Result{}, fmt.Errorf("failed to patch the status of JobType %s: %w", client.ObjectKeyFromObject(jt), err)
 	}
 	if prev := meta.FindStatusCondition(orig.Status.Conditions, cond.Type); cond.Status == metav1.ConditionFalse && (prev == nil || prev.Message != cond.Message) {
 		r.recorder.Eventf(jt, nil, corev1.EventTypeWarning, cond.Reason, cond.Reason, "%s", cond.Message)

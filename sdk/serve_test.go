@@ -10,14 +10,14 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/sdk"
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 var env *testenv.Env
@@ -26,13 +26,8 @@ func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
 func newRun(t *testing.T, ns, jobType, params string) *jobsv1alpha1.JobRun {
 	t.Helper()
-	jr := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: "run-"},
-		Spec: jobsv1alpha1.JobRunSpec{
-			JobType: jobType, TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:u1",
-			Params: &runtime.RawExtension{Raw: []byte(params)},
-		},
-	}
+	jr := testrun.Make(ns, "").GenerateName("run-").JobType(jobType).Team("team-1").Project("project-1").
+		TriggeredBy("manual:user:u1").Params(params).Obj()
 	if err := env.Client.Create(testenv.Context(t), jr); err != nil {
 		t.Fatal(err)
 	}

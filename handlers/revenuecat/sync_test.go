@@ -14,15 +14,16 @@ import (
 	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/handlers/revenuecat"
 	"jobrun.dev/jobrun/handlers/revenuecat/rcfake"
 	"jobrun.dev/jobrun/sdk"
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 var env *testenv.Env
@@ -88,15 +89,8 @@ func (f *fixture) customers(n int, seenAt time.Time) {
 
 func (f *fixture) newRun(params string) *jobsv1alpha1.JobRun {
 	f.t.Helper()
-	jr := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: f.ns, GenerateName: "sync-", Labels: map[string]string{
-			jobsv1alpha1.LabelJobType: revenuecat.JobType, jobsv1alpha1.LabelProject: project, jobsv1alpha1.LabelTeam: "team-1",
-		}},
-		Spec: jobsv1alpha1.JobRunSpec{
-			JobType: revenuecat.JobType, TeamID: "team-1", ProjectID: project, TriggeredBy: "manual:user:u1",
-			Params: &runtime.RawExtension{Raw: []byte(params)},
-		},
-	}
+	jr := testrun.Make(f.ns, "").GenerateName("sync-").JobType(revenuecat.JobType).Team("team-1").Project(project).TriggerLabels().
+		TriggeredBy("manual:user:u1").Params(params).Obj()
 	if err := env.Client.Create(context.Background(), jr); err != nil {
 		f.t.Fatal(err)
 	}

@@ -6,21 +6,17 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // These tests send through a real SMTP server on loopback
 // (testenv.MailServer) with a self-signed certificate made here.
 
 func finishedRun() *jobsv1alpha1.JobRun {
-	return &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Name: "run-1", Namespace: "ns", UID: "6f1c2a9e-0b7d-4c1e-9a57-3d2f8e4b5c61"},
-		Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", Notify: true, NotifyEmail: "owner@example.com", TriggeredBy: "manual:user:u1"},
-		Status:     jobsv1alpha1.JobRunStatus{Phase: jobsv1alpha1.JobRunCompleted},
-	}
+	return testrun.Make("ns", "run-1").UID("6f1c2a9e-0b7d-4c1e-9a57-3d2f8e4b5c61").JobType("demo_sync").
+		Notify("owner@example.com").TriggeredBy("manual:user:u1").Phase(jobsv1alpha1.JobRunCompleted).Obj()
 }
 
 func client(m *testenv.MailServer, tls string) SMTP {

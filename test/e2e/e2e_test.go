@@ -28,7 +28,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // namespace makes a namespace for one test with the runner's service account
@@ -79,16 +81,8 @@ func demoSyncJobType(t *testing.T, ns string, mutate ...func(*jobsv1alpha1.JobTy
 // would; mutate adjusts it before it is created.
 func trigger(t *testing.T, ns, params string, mutate ...func(*jobsv1alpha1.JobRun)) *jobsv1alpha1.JobRun {
 	t.Helper()
-	now := metav1.NewMicroTime(time.Now())
-	jr := &jobsv1alpha1.JobRun{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: uuid.NewString(), Labels: map[string]string{
-			jobsv1alpha1.LabelTeam: "team-1", jobsv1alpha1.LabelProject: "project-1", jobsv1alpha1.LabelJobType: "demo_sync",
-		}},
-		Spec: jobsv1alpha1.JobRunSpec{
-			JobType: "demo_sync", TeamID: "team-1", ProjectID: "project-1", TriggeredBy: "manual:user:e2e",
-			Params: &runtime.RawExtension{Raw: []byte(params)}, CreatedAt: &now,
-		},
-	}
+	jr := testrun.Make(ns, uuid.NewString()).JobType("demo_sync").Team("team-1").Project("project-1").TriggerLabels().
+		TriggeredBy("manual:user:e2e").Params(params).CreatedAt(time.Now()).Obj()
 	for _, m := range mutate {
 		m(jr)
 	}

@@ -13,13 +13,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/controllers"
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // The JobRun controller's logs would only be noise here; a failure shows the
@@ -57,15 +58,12 @@ func TestSamplePodsAdmittedUnderRestricted(t *testing.T) {
 		{"demo_maintenance", ""},
 		{"revenuecat_sync", `{"integration_id":"demo"}`},
 	} {
-		run := &jobsv1alpha1.JobRun{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: jobsv1alpha1.JobTypeObjectName(r.jobType) + "-"},
-			Spec: jobsv1alpha1.JobRunSpec{
-				JobType: r.jobType, TeamID: "demo-team", ProjectID: "demo-project", TriggeredBy: "manual:user:demo-user",
-			},
-		}
+		b := testrun.Make(ns, "").GenerateName(jobsv1alpha1.JobTypeObjectName(r.jobType) + "-").
+			JobType(r.jobType).Team("demo-team").Project("demo-project").TriggeredBy("manual:user:demo-user")
 		if r.params != "" {
-			run.Spec.Params = &runtime.RawExtension{Raw: []byte(r.params)}
+			b.Params(r.params)
 		}
+		run := b.Obj()
 		if err := env.Client.Create(ctx, run); err != nil {
 			t.Fatal(err)
 		}

@@ -20,7 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // applyDefault installs config/default as a user would (server-side apply,
@@ -266,10 +268,7 @@ func checkRunnerWrites(t *testing.T, ns, sa string) {
 	ctx := testenv.Context(t)
 
 	newRun := func(name string) *jobsv1alpha1.JobRun {
-		run := &jobsv1alpha1.JobRun{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-			Spec:       jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: "demo-team", ProjectID: "demo-project", TriggeredBy: "manual:user:demo-user"},
-		}
+		run := testrun.Make(ns, name).JobType("demo_sync").Team("demo-team").Project("demo-project").TriggeredBy("manual:user:demo-user").Obj()
 		if err := env.Client.Create(ctx, run); err != nil {
 			t.Fatal(err)
 		}

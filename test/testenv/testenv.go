@@ -39,8 +39,10 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+
 	"jobrun.dev/jobrun/internal/controlplane"
 	"jobrun.dev/jobrun/internal/guard"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // Env is a running control plane for one test package.
@@ -291,11 +293,8 @@ func (e *Env) CreateRunTimeObjects(t testing.TB, ns, leaseName string) {
 	ctx := context.Background()
 	guards := guard.New(e.Client, e.Client)
 	for i, project := range []string{"project-1", "project-2"} {
-		run := &jobsv1alpha1.JobRun{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("run-%d", i+1), Labels: map[string]string{
-				jobsv1alpha1.LabelTeam: "team-1", jobsv1alpha1.LabelProject: project, jobsv1alpha1.LabelJobType: "demo_sync"}},
-			Spec: jobsv1alpha1.JobRunSpec{JobType: "demo_sync", TeamID: "team-1", ProjectID: project, TriggeredBy: "manual:user:user-1"},
-		}
+		run := testrun.Make(ns, fmt.Sprintf("run-%d", i+1)).JobType("demo_sync").Team("team-1").Project(project).
+			TriggeredBy("manual:user:user-1").TriggerLabels().Obj()
 		if _, err := guards.Take(ctx, run); err != nil {
 			t.Fatalf("taking the guard of %s/%s: %v", ns, run.Name, err)
 		}
@@ -304,10 +303,8 @@ func (e *Env) CreateRunTimeObjects(t testing.TB, ns, leaseName string) {
 		}
 	}
 	for _, obj := range []client.Object{
-		&jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "maintenance-1"},
-			Spec: jobsv1alpha1.JobRunSpec{JobType: "demo_maintenance", TriggeredBy: "schedule:nightly"}},
-		&jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: jobsv1alpha1.ConsistencyMarkerName},
-			Spec: jobsv1alpha1.JobRunSpec{JobType: jobsv1alpha1.ConsistencyMarkerJobType, TriggeredBy: "jobrun:consistency-marker"}},
+		testrun.Make(ns, "maintenance-1").JobType("demo_maintenance").TriggeredBy("schedule:nightly").Obj(),
+		testrun.Make(ns, jobsv1alpha1.ConsistencyMarkerName).JobType(jobsv1alpha1.ConsistencyMarkerJobType).TriggeredBy("jobrun:consistency-marker").Obj(),
 		&coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: leaseName},
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("manager-0_1234")}},
 		&coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "not-jobruns"}},
