@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
@@ -52,28 +54,21 @@ func (r *progressReporter) set(processed, total int64, message string) {
 	}
 }
 
-// run writes pending progress, at most once per interval, until ctx ends.
-// A failed write is not retried on its own: the next set or the final flush
-// carries the value again.
+// run writes pending progress, at most once per interval (a limiter with a
+// burst of one), until ctx ends. A failed write is not retried on its own:
+// the next set or the final flush carries the value again.
 func (r *progressReporter) run(ctx context.Context) {
-	var last time.Time
+	limit := rate.NewLimiter(rate.Every(r.interval), 1)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
 		}
-		if wait := r.interval - time.Since(last); wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
+		if limit.Wait(ctx) != nil {
+			return
 		}
 		_ = r.flush(ctx)
-		last = time.Now()
 	}
 }
 

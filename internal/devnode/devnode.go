@@ -98,20 +98,12 @@ func Run(ctx context.Context, o Options) error {
 	podInformers.Start(ctx.Done())
 	otherInformers.Start(ctx.Done())
 	go func() { _ = pc.Run(ctx, 2) }()
-	select {
-	case <-pc.Ready():
-	case <-pc.Done():
-		return pc.Err()
-	case <-ctx.Done():
-		return nil
+	if up, err := waitReady(ctx, pc); !up {
+		return err
 	}
 	go func() { _ = nc.Run(ctx) }()
-	select {
-	case <-nc.Ready():
-	case <-nc.Done():
-		return nc.Err()
-	case <-ctx.Done():
-		return nil
+	if up, err := waitReady(ctx, nc); !up {
+		return err
 	}
 	if err := nodeProvider.UpdateStatus(ctx, nodeSpec); err != nil {
 		return fmt.Errorf("marking the node ready: %w", err)
@@ -154,5 +146,25 @@ func nodeObject(name string) *corev1.Node {
 				{Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse},
 			},
 		},
+	}
+}
+
+// controller is what virtual-kubelet's pod and node controllers share.
+type controller interface {
+	Ready() <-chan struct{}
+	Done() <-chan struct{}
+	Err() error
+}
+
+// waitReady waits until c is ready (up); if c stops first it returns c's
+// error, if ctx ends first nil.
+func waitReady(ctx context.Context, c controller) (up bool, err error) {
+	select {
+	case <-c.Ready():
+		return true, nil
+	case <-c.Done():
+		return false, c.Err()
+	case <-ctx.Done():
+		return false, nil
 	}
 }
