@@ -4,10 +4,18 @@
 // reader looks at (managedFields, kubectl's last-applied annotation), and the
 // strings that many objects share (namespace, label keys and values, job
 // type, team, project, triggered_by, phase, condition types and reasons) are
-// kept once instead of once per object, as the JSON decoder made them.
+// kept once instead of once per object, as the JSON decoder made them. Runs
+// with the same labels share one label map.
+//
+// Objects in a cache are never changed (controller-runtime's reads return
+// copies; the REST API only reads): with shared maps, a change would now
+// show in many objects instead of one.
 package cachetrim
 
 import (
+	"encoding/binary"
+	"slices"
+	"sync"
 	"unique"
 
 	corev1 "k8s.io/api/core/v1"
@@ -25,6 +33,7 @@ const lastApplied = corev1.LastAppliedConfigAnnotation
 // it trims every object's metadata and a JobRun's spec and status strings,
 // in place (the informer's object is not shared yet), and never fails.
 func Transform() toolscache.TransformFunc {
+	runLabels := &labelSets{sets: map[string]map[string]string{}}
 	return func(in any) (any, error) {
 		obj, ok := in.(metav1.Object)
 		if !ok {
@@ -33,9 +42,60 @@ func Transform() toolscache.TransformFunc {
 		trimMeta(obj)
 		if run, ok := in.(*jobsv1alpha1.JobRun); ok {
 			trimRun(run)
+			run.Labels = runLabels.shared(run.Labels)
 		}
 		return in, nil
 	}
+}
+
+// maxLabelSets bounds the label sets remembered: a run's labels are its
+// team, project, job type, phase and schedule, so a cache holds far fewer
+// sets than runs, but nothing stops a user labelling each run apart.
+const maxLabelSets = 4096
+
+// labelSets are the label maps that runs share: a map of four labels takes
+// about 340 bytes, as much as the rest of a pending run's metadata.
+type labelSets struct {
+	mu   sync.Mutex
+	sets map[string]map[string]string
+}
+
+// shared returns the remembered map equal to labels, or remembers labels.
+// When maxLabelSets are remembered, all are forgotten: runs keep the maps
+// they have, and the next ones share new maps.
+func (s *labelSets) shared(labels map[string]string) map[string]string {
+	if len(labels) == 0 {
+		return labels
+	}
+	key := setKey(labels)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m, ok := s.sets[key]; ok {
+		return m
+	}
+	if len(s.sets) >= maxLabelSets {
+		clear(s.sets)
+	}
+	s.sets[key] = labels
+	return labels
+}
+
+// setKey is labels as one string: its keys in order, each key and value
+// preceded by its length, so that no two sets have the same key.
+func setKey(labels map[string]string) string {
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b []byte
+	for _, k := range keys {
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
+		b = binary.AppendUvarint(b, uint64(len(labels[k])))
+		b = append(b, labels[k]...)
+	}
+	return string(b)
 }
 
 // trimMeta drops managedFields and the last-applied annotation and interns

@@ -1,6 +1,7 @@
 package cachetrim
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -60,5 +61,44 @@ func TestTransformPassesTombstones(t *testing.T) {
 	tomb := toolscache.DeletedFinalStateUnknown{Key: "ns/run-1"}
 	if out, err := Transform()(tomb); err != nil || out != tomb {
 		t.Errorf("Transform(tombstone) = %v, %v", out, err)
+	}
+}
+
+// TestTransformSharesRunLabels: runs with equal labels share one map, runs
+// with other labels (even if their keys and values concatenate alike) do
+// not; a pod's labels are its own.
+func TestTransformSharesRunLabels(t *testing.T) {
+	tr := Transform()
+	labelsOf := func(obj metav1.Object) map[string]string {
+		t.Helper()
+		out, err := tr(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.(metav1.Object).GetLabels()
+	}
+	run := func(labels map[string]string) *jobsv1alpha1.JobRun {
+		return &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "r", Labels: labels}}
+	}
+	same := func(a, b map[string]string) bool {
+		return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+	}
+
+	a := labelsOf(run(map[string]string{"team": "t1", "project": "p1"}))
+	b := labelsOf(run(map[string]string{"project": "p1", "team": "t1"}))
+	if !same(a, b) {
+		t.Errorf("equal run labels are two maps")
+	}
+	if c := labelsOf(run(map[string]string{"team": "t1", "project": "p2"})); same(a, c) || c["project"] != "p2" {
+		t.Errorf("other run labels share a map: %v", c)
+	}
+	if d, e := labelsOf(run(map[string]string{"a": "bc"})), labelsOf(run(map[string]string{"ab": "c"})); same(d, e) {
+		t.Errorf("labels a=bc and ab=c share a map: %v", e)
+	}
+	pod := func() *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", Labels: map[string]string{"team": "t1"}}}
+	}
+	if same(labelsOf(pod()), labelsOf(pod())) {
+		t.Errorf("pods share a label map")
 	}
 }
