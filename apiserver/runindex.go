@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/btree"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -34,9 +36,10 @@ import (
 type RunIndex struct {
 	mu    sync.RWMutex
 	trees map[string]*btree.BTreeG[indexEntry]
-	// runs are the indexed runs by namespace/name: where each one sits in
-	// the trees follows from it (indexKeys, sortTime).
-	runs   map[string]*jobsv1alpha1.JobRun
+	// runs are the indexed runs by namespace and name (the run's own
+	// strings: no key to allocate per run): where each one sits in the
+	// trees follows from it (indexKeys, sortTime).
+	runs   map[types.NamespacedName]*jobsv1alpha1.JobRun
 	synced atomic.Pointer[func() bool]
 
 	// seen is the greatest resourceVersion of the JobRun events handled;
@@ -54,24 +57,36 @@ type RunIndex struct {
 	timeout time.Duration
 }
 
+// indexEntry is a run's place in a tree: its sortTime in Unix
+// milliseconds, and the run (whose name breaks ties). Each run has four, so
+// they are small: 16 bytes, not a time.Time and a name besides.
 type indexEntry struct {
-	at   time.Time
-	name string
-	run  *jobsv1alpha1.JobRun
+	at  int64
+	run *jobsv1alpha1.JobRun
 }
 
 // newerFirst orders entries newest first, ties by the greater id first, as
 // the API's list and cursor do.
 func newerFirst(a, b indexEntry) bool {
-	if !a.at.Equal(b.at) {
-		return a.at.After(b.at)
+	if a.at != b.at {
+		return a.at > b.at
 	}
-	return a.name > b.name
+	return a.run.Name > b.run.Name
+}
+
+// pivot is an entry where a walk starts: at t (rounded up to the
+// millisecond, so that no run before t is passed over) with id name.
+func pivot(t time.Time, name string) indexEntry {
+	at := t.Truncate(time.Millisecond)
+	if at.Before(t) {
+		at = at.Add(time.Millisecond)
+	}
+	return indexEntry{at: at.UnixMilli(), run: &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Name: name}}}
 }
 
 // NewRunIndex returns an empty index; Register feeds it.
 func NewRunIndex() *RunIndex {
-	return &RunIndex{trees: map[string]*btree.BTreeG[indexEntry]{}, runs: map[string]*jobsv1alpha1.JobRun{},
+	return &RunIndex{trees: map[string]*btree.BTreeG[indexEntry]{}, runs: map[types.NamespacedName]*jobsv1alpha1.JobRun{},
 		progress: make(chan struct{}), timeout: defaultConsistencyTimeout}
 }
 
@@ -95,7 +110,7 @@ func (x *RunIndex) Register(ctx context.Context, c cache.Informers, w client.Cli
 				obj = tomb.Obj
 			}
 			if run, ok := obj.(*jobsv1alpha1.JobRun); ok {
-				x.remove(run.Namespace + "/" + run.Name)
+				x.remove(client.ObjectKeyFromObject(run))
 				x.observe(run)
 			}
 		},
@@ -137,7 +152,7 @@ func queryKey(q RunQuery) string {
 }
 
 func entryOf(run *jobsv1alpha1.JobRun) indexEntry {
-	return indexEntry{at: sortTime(run), name: run.Name, run: run}
+	return indexEntry{at: sortTime(run).UnixMilli(), run: run}
 }
 
 func (x *RunIndex) set(obj any) {
@@ -246,18 +261,18 @@ func (x *RunIndex) GetRun(ctx context.Context, namespace, name string) (*jobsv1a
 	}
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return x.runs[namespace+"/"+name], nil
+	return x.runs[types.NamespacedName{Namespace: namespace, Name: name}], nil
 }
 
 // put indexes run (or, for a run without a team, drops it).
 func (x *RunIndex) put(run *jobsv1alpha1.JobRun) {
-	id := run.Namespace + "/" + run.Name
+	id := client.ObjectKeyFromObject(run)
 	keys, e := indexKeys(run), entryOf(run)
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	// Most updates (progress) change neither the trees a run is in nor its
 	// place: replace the object where it is.
-	if old, ok := x.runs[id]; ok && (!slices.Equal(indexKeys(old), keys) || !entryOf(old).at.Equal(e.at)) {
+	if old, ok := x.runs[id]; ok && (!slices.Equal(indexKeys(old), keys) || entryOf(old).at != e.at) {
 		x.removeLocked(id)
 	}
 	if len(keys) == 0 {
@@ -274,13 +289,13 @@ func (x *RunIndex) put(run *jobsv1alpha1.JobRun) {
 	x.runs[id] = run
 }
 
-func (x *RunIndex) remove(id string) {
+func (x *RunIndex) remove(id types.NamespacedName) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.removeLocked(id)
 }
 
-func (x *RunIndex) removeLocked(id string) {
+func (x *RunIndex) removeLocked(id types.NamespacedName) {
 	old, ok := x.runs[id]
 	if !ok {
 		return
@@ -319,23 +334,25 @@ func (x *RunIndex) list(q RunQuery) ([]*jobsv1alpha1.JobRun, bool) {
 	// at until with the empty id comes after every run created at until).
 	var from *indexEntry
 	if !q.Until.IsZero() {
-		from = &indexEntry{at: q.Until}
+		p := pivot(q.Until, "")
+		from = &p
 	}
 	if q.After != nil {
-		c := indexEntry{at: q.After.CreatedAt, name: q.After.ID}
+		c := pivot(q.After.CreatedAt, q.After.ID)
 		if from == nil || newerFirst(*from, c) {
 			from = &c
 		}
 	}
 	var runs []*jobsv1alpha1.JobRun
 	visit := func(e indexEntry) bool {
-		if !q.Since.IsZero() && e.at.Before(q.Since) {
+		at := time.UnixMilli(e.at)
+		if !q.Since.IsZero() && at.Before(q.Since) {
 			return false // all the rest are older
 		}
 		run := e.run
 		switch {
-		case q.After != nil && !q.After.precedes(e.at, e.name),
-			!q.Until.IsZero() && !e.at.Before(q.Until),
+		case q.After != nil && !q.After.precedes(at, run.Name),
+			!q.Until.IsZero() && !at.Before(q.Until),
 			q.JobType != "" && run.Spec.JobType != q.JobType,
 			q.Status != "" && string(run.CurrentPhase()) != q.Status,
 			q.ProjectID != "" && run.Spec.ProjectID != q.ProjectID:

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 
 	"jobrun.dev/jobrun/test/testrun"
@@ -43,7 +45,7 @@ func TestRunIndexFollowsUpdates(t *testing.T) {
 		t.Errorf("team list after updates: %d runs, want 1", len(got))
 	}
 
-	x.remove("ns/r1")
+	x.remove(types.NamespacedName{Namespace: "ns", Name: "r1"})
 	if got := list(""); len(got) != 0 || len(x.trees) != 0 {
 		t.Errorf("after delete: %d runs listed, %d trees left", len(got), len(x.trees))
 	}

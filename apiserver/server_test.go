@@ -26,6 +26,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/cachetrim"
 
 	"jobrun.dev/jobrun/test/testenv"
 	"jobrun.dev/jobrun/test/testrun"
@@ -114,10 +115,10 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	opts := ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
-		// The cache as the manager has it (managedFields dropped; Secrets:
+		// The cache as the manager has it (trimmed by cachetrim; Secrets:
 		// API keys only; JobRun lists noted by the run index), over the
 		// test's namespace only.
-		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}, DefaultTransform: cache.TransformStripManagedFields(),
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}, DefaultTransform: cachetrim.Transform(),
 			ByObject:    map[client.Object]cache.ByObject{&corev1.Secret{}: APIKeySecretsCache(ns)},
 			NewInformer: index.NewInformer},
 	}

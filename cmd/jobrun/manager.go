@@ -19,6 +19,7 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/apiserver"
 	"jobrun.dev/jobrun/controllers"
+	"jobrun.dev/jobrun/internal/cachetrim"
 	"jobrun.dev/jobrun/internal/probes"
 	jobscheme "jobrun.dev/jobrun/internal/scheme"
 )
@@ -36,9 +37,9 @@ const leaderElectionID = "jobrun-manager.jobs.jobrun.dev"
 // the manager serves its own namespace, and its RBAC (a Role there) allows
 // no more. A standalone REST API replica watches only its namespace either way.
 func cacheOptions(f *managerFlags, runIndex *apiserver.RunIndex) cache.Options {
-	// Nothing reads managedFields; dropping them keeps the cache of many runs
-	// smaller.
-	opts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	// The cache keeps what the controllers and the REST API read, with the
+	// strings many runs share kept once: a smaller cache of many runs.
+	opts := cache.Options{DefaultTransform: cachetrim.Transform()}
 	if !f.allNamespaces || !f.runControllers {
 		opts.DefaultNamespaces = map[string]cache.Config{f.namespace: {}}
 	}
