@@ -286,7 +286,12 @@ func (s *side) phase(ctx context.Context, k sideKind, label string, rate, second
 		}
 	}
 	s.b.log("sidebyside %s: p50 %s p99 %s, %.2f writes per object: %s", label, out.p50.Round(time.Millisecond), out.p99.Round(time.Millisecond), out.writes, breakdown(out.breakdown))
-	return out, s.clean(ctx)
+	start := time.Now()
+	if err := s.clean(ctx); err != nil {
+		return out, err
+	}
+	s.b.log("sidebyside %s: %d objects and their pods deleted in %s", label, n, time.Since(start).Round(100*time.Millisecond))
+	return out, nil
 }
 
 // settle waits until the controllers have stopped writing (two reads of
@@ -310,10 +315,12 @@ func (s *side) settle(ctx context.Context) (map[string]float64, error) {
 	return prev, nil
 }
 
-// clean deletes the scenario's Jobs and JobRuns and waits until they and
-// their pods are gone, so that one phase's deletions (the garbage
-// collector's, the Job controller's finalizer removals) do not count in the
-// next.
+// clean deletes the scenario's Jobs and JobRuns and, once they are gone,
+// their pods (the garbage collector would, but at kube-controller-manager's
+// default 20 requests/s: 30 s for 600 pods), and waits until the pods are
+// gone and the writes have stopped, so that one phase's deletions (the Job
+// controller's removal of its pods' finalizers, the garbage collector's
+// late tries) do not count in the next.
 func (s *side) clean(ctx context.Context) error {
 	c := s.b.c
 	if err := c.DeleteAllOf(ctx, &batchv1.Job{}, client.InNamespace(sideNS), client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
@@ -322,12 +329,29 @@ func (s *side) clean(ctx context.Context) error {
 	if err := c.DeleteAllOf(ctx, &jobsv1alpha1.JobRun{}, client.InNamespace(sideNS)); err != nil {
 		return err
 	}
+	if err := s.waitGone(ctx, &batchv1.JobList{}, &jobsv1alpha1.JobRunList{}); err != nil {
+		return err
+	}
+	if err := c.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(sideNS)); err != nil {
+		return err
+	}
+	if err := s.waitGone(ctx, &corev1.PodList{}); err != nil {
+		return err
+	}
+	// The garbage collector may still be working through the pods it had
+	// queued (a DELETE that finds one gone is a 404).
+	_, err := s.settle(ctx)
+	return err
+}
+
+// waitGone waits until the lists, in the scenario's namespace, are empty.
+func (s *side) waitGone(ctx context.Context, lists ...client.ObjectList) error {
 	var left int
-	var lerr error
+	var err error
 	if !waitFor(5*time.Minute, 200*time.Millisecond, func() bool {
 		left = 0
-		for _, l := range []client.ObjectList{&batchv1.JobList{}, &jobsv1alpha1.JobRunList{}, &corev1.PodList{}} {
-			if lerr = c.List(ctx, l, client.InNamespace(sideNS)); lerr != nil {
+		for _, l := range lists {
+			if err = s.b.c.List(ctx, l, client.InNamespace(sideNS)); err != nil {
 				return true
 			}
 			left += meta.LenList(l)
@@ -336,7 +360,7 @@ func (s *side) clean(ctx context.Context) error {
 	}) {
 		return fmt.Errorf("sidebyside: %d objects still in %s after 5 minutes", left, sideNS)
 	}
-	return lerr
+	return err
 }
 
 // writes reads kube-apiserver's apiserver_request_total and returns the
