@@ -17,6 +17,9 @@ type Figure struct {
 	Ratio    float64 `json:"ratio,omitempty"`
 	Target   string  `json:"target,omitempty"`
 	Met      *bool   `json:"met,omitempty"`
+	// Breakdown splits Value into its parts, such as writes per object by
+	// verb and resource.
+	Breakdown map[string]float64 `json:"breakdown,omitempty"`
 }
 
 func (b *bench) add(f Figure) {

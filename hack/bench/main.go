@@ -4,7 +4,7 @@
 // prints a table of figures, each beside its natural ceiling measured in the
 // same run, and writes them as JSON.
 //
-//	go run ./hack/bench [-out bench.json] [-list-runs 10000,50000]
+//	go run ./hack/bench [-out bench.json] [-list-runs 10000,50000] [-only sidebyside,dispatch]
 //
 // make bench builds the binaries first. docs/benchmarks.md records a run.
 package main
@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,7 +36,21 @@ import (
 
 const ns = "jobrun-system"
 
-var loadSeconds int
+var (
+	loadSeconds int
+	// only is the scenarios to run, none: all.
+	only map[string]bool
+	// sideRates and sideSeconds are the side-by-side scenario's creation
+	// rates and how long each lasts.
+	sideRates   []int
+	sideSeconds int
+)
+
+// scenarios are the names -only takes, in the order they run.
+var scenarios = []string{"sidebyside", "dispatch", "load", "controller", "progress", "trigger", "list"}
+
+// want reports whether scenario runs in this bench.
+func want(scenario string) bool { return len(only) == 0 || only[scenario] }
 
 type bench struct {
 	cl      *localcluster.Cluster
@@ -48,7 +63,9 @@ type bench struct {
 	figures []Figure
 	// projects gives each scenario that triggers runs projects of its own.
 	projects projects
-	log      func(string, ...any)
+	// side is the side-by-side scenario's table.
+	side []sideRow
+	log  func(string, ...any)
 }
 
 func main() {
@@ -56,7 +73,33 @@ func main() {
 	listRuns := flag.String("list-runs", "10000,50000", "Team sizes of the list scenario, ascending.")
 	dispatchSeconds := flag.Int("dispatch-seconds", 10, "How long triggers arrive at 50/s in the dispatch scenario.")
 	flag.IntVar(&loadSeconds, "load-seconds", 60, "How long 200 clients send mixed REST traffic.")
+	onlyList := flag.String("only", "", "Run only these scenarios, comma-separated, of "+strings.Join(scenarios, ", ")+" (dispatch includes end-to-end, list consistency and memory); empty: all.")
+	rates := flag.String("sidebyside-rates", "20,50,100,200", "Creation rates (per second) of the side-by-side scenario.")
+	flag.IntVar(&sideSeconds, "sidebyside-seconds", 5, "How long Jobs, then JobRuns, are created at each side-by-side rate.")
 	flag.Parse()
+	if *onlyList != "" {
+		only = map[string]bool{}
+		for _, name := range strings.Split(*onlyList, ",") {
+			name = strings.TrimSpace(name)
+			if !slices.Contains(scenarios, name) {
+				fmt.Fprintf(os.Stderr, "bench: -only: no scenario %q (there are %s)\n", name, strings.Join(scenarios, ", "))
+				os.Exit(2)
+			}
+			only[name] = true
+		}
+	}
+	for _, s := range strings.Split(*rates, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "bench: -sidebyside-rates: %q is not a rate\n", s)
+			os.Exit(2)
+		}
+		sideRates = append(sideRates, n)
+	}
+	if sideSeconds < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -sidebyside-seconds must be at least 1")
+		os.Exit(2)
+	}
 	if err := run(*out, *listRuns, *dispatchSeconds); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -116,23 +159,39 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	}
 	b := &bench{cl: cl, c: c, cfg: cfg, api: "http://" + api, metrics: "http://" + metricsAddr + "/metrics", token: tok, log: logf,
 		http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128}}}
-	if err := b.setup(ctx); err != nil {
+	if err := b.setup(ctx, want("dispatch") || want("load") || want("controller") || want("trigger")); err != nil {
 		return err
 	}
 
+	// First, on a cluster nothing else has used yet: jobrun's controller
+	// beside Kubernetes' Job controller, which runs for this scenario only.
+	if want("sidebyside") {
+		if err := b.sideBySide(ctx, sideRates, sideSeconds); err != nil {
+			return err
+		}
+	}
 	// With the controllers: dispatch and end-to-end throughput, then 200
 	// clients of mixed traffic for a minute.
-	if err := b.dispatch(ctx, dispatchSeconds, "dispatch"); err != nil {
-		return err
+	if want("dispatch") {
+		if err := b.dispatch(ctx, dispatchSeconds, "dispatch"); err != nil {
+			return err
+		}
 	}
-	if err := b.load(ctx, loadSeconds); err != nil {
-		return err
+	if want("load") {
+		if err := b.load(ctx, loadSeconds); err != nil {
+			return err
+		}
 	}
 	// The controller alone: with no node, pods are created but never run,
 	// so trigger -> pod created is the controller's own latency.
 	cl.KillNode()
-	if err := b.dispatch(ctx, dispatchSeconds, "controller"); err != nil {
-		return err
+	if want("controller") {
+		if err := b.dispatch(ctx, dispatchSeconds, "controller"); err != nil {
+			return err
+		}
+	}
+	if !want("progress") && !want("trigger") && !want("list") {
+		return b.finish(out)
 	}
 
 	// An API-only manager (no controllers, so runs stay pending): the REST
@@ -144,11 +203,18 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	if err := b.waitReady(ctx); err != nil {
 		return err
 	}
-	if err := b.progress(ctx); err != nil {
-		return err
+	if want("progress") {
+		if err := b.progress(ctx); err != nil {
+			return err
+		}
 	}
-	if err := b.triggers(ctx); err != nil {
-		return err
+	if want("trigger") {
+		if err := b.triggers(ctx); err != nil {
+			return err
+		}
+	}
+	if !want("list") {
+		return b.finish(out)
 	}
 	var sizes []int
 	for _, s := range strings.Split(listRuns, ",") {
@@ -161,8 +227,13 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	if err := b.lists(ctx, sizes); err != nil {
 		return err
 	}
+	return b.finish(out)
+}
 
+// finish prints the figures and writes them to out as JSON.
+func (b *bench) finish(out string) error {
 	b.print()
+	b.printSideBySide()
 	data, _ := json.MarshalIndent(map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "figures": b.figures}, "", "  ")
 	return os.WriteFile(out, data, 0o644)
 }

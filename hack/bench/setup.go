@@ -12,9 +12,9 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
-// setup creates the demo_sync JobType (from the sample, no retries) and the
-// projects the scenarios trigger for (see projects).
-func (b *bench) setup(ctx context.Context) error {
+// setup creates the demo_sync JobType (from the sample, no retries) and,
+// when withProjects, the projects the scenarios trigger for (see projects).
+func (b *bench) setup(ctx context.Context, withProjects bool) error {
 	data, err := os.ReadFile(filepath.Join("config", "samples", "jobs_v1alpha1_jobtype_demo_sync.yaml"))
 	if err != nil {
 		return err
@@ -27,6 +27,9 @@ func (b *bench) setup(ctx context.Context) error {
 	jt.Spec.RetryLimit = ptr.To[int32](0)
 	if err := b.c.Create(ctx, jt); err != nil {
 		return err
+	}
+	if !withProjects {
+		return nil
 	}
 	b.log("creating 24,000 projects (the trigger scenario, which takes what the others leave, uses up to ~15,000 on a fast machine)")
 	return parallel(32, projectCount, func(i int) error {

@@ -125,13 +125,12 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 	}
 
-	kubeFlags := []string{"--kubeconfig=" + kubeconfig, "--authentication-kubeconfig=" + kubeconfig, "--authorization-kubeconfig=" + kubeconfig, "--leader-elect=false", "--secure-port=0"}
 	if _, err := c.procs.start("kube-controller-manager", c.logFile("kube-controller-manager"), nil,
 		filepath.Join(cp.AssetsDir, "kube-controller-manager"),
-		append(kubeFlags, "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,node-lifecycle-controller")...); err != nil {
+		append(c.kubeFlags(), "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,node-lifecycle-controller")...); err != nil {
 		return c, err
 	}
-	if _, err := c.procs.start("kube-scheduler", c.logFile("kube-scheduler"), nil, filepath.Join(cp.AssetsDir, "kube-scheduler"), kubeFlags...); err != nil {
+	if _, err := c.procs.start("kube-scheduler", c.logFile("kube-scheduler"), nil, filepath.Join(cp.AssetsDir, "kube-scheduler"), c.kubeFlags()...); err != nil {
 		return c, err
 	}
 
@@ -173,6 +172,30 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	return c, nil
 }
+
+// kubeFlags are the flags of every kube-controller-manager and
+// kube-scheduler the cluster starts: the admin kubeconfig for everything, no
+// leader election (so two of them never compete for a Lease), no serving
+// port (so two of them never compete for one).
+func (c *Cluster) kubeFlags() []string {
+	return []string{"--kubeconfig=" + c.Kubeconfig, "--authentication-kubeconfig=" + c.Kubeconfig, "--authorization-kubeconfig=" + c.Kubeconfig, "--leader-elect=false", "--secure-port=0"}
+}
+
+const jobControllerName = "kube-controller-manager (job-controller)"
+
+// StartJobController starts a second kube-controller-manager that runs only
+// Kubernetes' Job controller (the first one does not run it), with extra
+// flags such as its client limits: the peer the bench measures jobrun
+// against. It does not wait for the controller's caches: a caller that
+// needs it working waits for a Job's pod.
+func (c *Cluster) StartJobController(extra ...string) error {
+	args := append(append(c.kubeFlags(), "--controllers=job-controller"), extra...)
+	_, err := c.procs.start(jobControllerName, c.logFile("kube-controller-manager-job"), nil, filepath.Join(c.AssetsDir, "kube-controller-manager"), args...)
+	return err
+}
+
+// StopJobController stops what StartJobController started (SIGTERM).
+func (c *Cluster) StopJobController() { c.procs.stop(jobControllerName) }
 
 // startProxy starts the cuttable proxy and writes the components'
 // kubeconfig that goes through it.
