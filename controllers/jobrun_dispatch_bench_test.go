@@ -1,0 +1,378 @@
+package controllers
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	dto "github.com/prometheus/client_model/go"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/test/testenv"
+)
+
+var (
+	dispatchSeconds = flag.Int("dispatch-seconds", 5, "BenchmarkDispatch: how long runs are created at each rate.")
+	dispatchRates   = flag.String("dispatch-rates", "20,50,100", "BenchmarkDispatch: the creation rates (runs/s), comma-separated.")
+	dispatchWorkers = flag.Int("dispatch-workers", 0, "BenchmarkDispatch: the JobRun controller's workers (0: its default).")
+	dispatchBare    = flag.Bool("dispatch-bare", false, "BenchmarkDispatch: create runs without the status label (as kubectl would), not as NewJobRun makes them.")
+	dispatchVerbose = flag.Bool("dispatch-verbose", false, "BenchmarkDispatch: log every kind of request the manager made, with its latency.")
+)
+
+// BenchmarkDispatch measures the JobRun controller alone, as the issue-16
+// comparison with the Job controller does: pending runs (made by
+// NewJobRun, as the REST trigger and the schedules make them) are created
+// straight in the API server at a fixed rate, no kubelet runs (pods are
+// created, never started), and it reports creation → pod created (seen on a
+// watch) p50 and p99, and the manager's requests to the API server per run by
+// kind. It asserts nothing about time. Run it with
+//
+//	go test ./controllers/ -run '^$' -bench Dispatch -benchtime 1x [-dispatch-rates 20,50,100] [-dispatch-seconds 5]
+func BenchmarkDispatch(b *testing.B) {
+	ctrl.SetLogger(logr.Discard())
+	for _, s := range strings.Split(*dispatchRates, ",") {
+		var rate int
+		if _, err := fmt.Sscan(strings.TrimSpace(s), &rate); err != nil || rate <= 0 {
+			b.Fatalf("-dispatch-rates: %q is not a rate", s)
+		}
+		b.Run(fmt.Sprintf("rate=%d", rate), func(b *testing.B) {
+			for b.Loop() {
+				dispatchOnce(b, rate, *dispatchSeconds)
+			}
+		})
+	}
+}
+
+func dispatchOnce(b *testing.B, rate, seconds int) {
+	ctx := context.Background()
+	ns := env.Namespace(b)
+	createJobType(b, ns)
+
+	// The manager's requests, counted by kind on their way out.
+	requests := &requestCounter{}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.QPS = -1 // as cmd/jobrun's restConfig
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return requests.wrap(rt) })
+	skip := true
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 env.Scheme,
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: &skip},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var opts []Option
+	if *dispatchWorkers > 0 {
+		opts = append(opts, WithWorkers(*dispatchWorkers))
+	}
+	// The real clock (the default): runs are timed in real time.
+	if err := NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
+		b.Fatal(err)
+	}
+	stop := testenv.StartManager(b, mgr)
+	defer stop()
+	if !mgr.GetCache().WaitForCacheSync(ctx) {
+		b.Fatal("cache did not sync")
+	}
+
+	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		b.Fatal(err)
+	}
+	podW, err := wc.Watch(ctx, &corev1.PodList{}, client.InNamespace(ns))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer podW.Stop()
+	var mu sync.Mutex
+	podAt := map[string]time.Time{}
+	go func() {
+		for ev := range podW.ResultChan() {
+			if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type == watch.Added {
+				mu.Lock()
+				if _, seen := podAt[p.Labels[jobsv1alpha1.LabelRun]]; !seen {
+					podAt[p.Labels[jobsv1alpha1.LabelRun]] = time.Now()
+				}
+				mu.Unlock()
+			}
+		}
+	}()
+
+	before := gatherReconcileMetrics(b)
+	requests.reset()
+	n := rate * seconds
+	createdAt := make(map[string]time.Time, n)
+	var cmu sync.Mutex
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	start := time.Now()
+	for i := range n {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run := jobsv1alpha1.NewJobRun(ns, fmt.Sprintf("run-%05d", i), jobsv1alpha1.JobRunSpec{
+				JobType: "demo_sync", TeamID: "team-1", ProjectID: fmt.Sprintf("project-%d", i), TriggeredBy: "manual:user:u1",
+			}, time.Now())
+			if *dispatchBare {
+				delete(run.Labels, jobsv1alpha1.LabelStatus)
+			}
+			at := time.Now()
+			if err := env.Client.Create(ctx, run); err != nil {
+				b.Error(err)
+				return
+			}
+			cmu.Lock()
+			createdAt[run.Name] = at
+			cmu.Unlock()
+		}()
+	}
+	tick.Stop()
+	wg.Wait()
+	created := time.Since(start)
+	testenv.Eventually(b, 5*time.Minute, func(context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(podAt) < n {
+			return fmt.Errorf("%d of %d pods created", len(podAt), n)
+		}
+		return nil
+	})
+	// The writes after the pod (status, label, events) land too.
+	requests.waitQuiet(time.Second, time.Minute)
+	after := gatherReconcileMetrics(b)
+
+	mu.Lock()
+	var lat []time.Duration
+	for name, at := range createdAt {
+		lat = append(lat, podAt[name].Sub(at))
+	}
+	mu.Unlock()
+	b.ReportMetric(float64(n)/created.Seconds(), "created/s")
+	b.ReportMetric(msOf(percentileOf(lat, 0.5)), "p50-ms")
+	b.ReportMetric(msOf(percentileOf(lat, 0.99)), "p99-ms")
+	counts := requests.snapshot()
+	var writes, conflicts float64
+	for k, c := range counts {
+		if k.method != http.MethodGet {
+			writes += float64(c.n)
+		}
+		conflicts += float64(c.conflicts)
+	}
+	b.ReportMetric(writes/float64(n), "writes/run")
+	// 409s: a status patch's conflict, a pod create's AlreadyExists.
+	b.ReportMetric(conflicts/float64(n), "409s/run")
+	for _, k := range sortedKeys(counts) {
+		c := counts[k]
+		if k.method == http.MethodGet && !*dispatchVerbose {
+			continue
+		}
+		b.Logf("%-6s %-22s %6.2f/run  409s %5.2f/run  mean %6.1f ms  max %6.0f ms", k.method, k.resource, float64(c.n)/float64(n), float64(c.conflicts)/float64(n), msOf(c.total)/float64(c.n), msOf(c.max))
+	}
+	for name, v := range after {
+		v.sub(before[name])
+		if name == "workqueue_work_duration_seconds" {
+			b.ReportMetric(v.count/float64(n), "reconciles/run")
+		}
+		if v.count > 0 {
+			b.Logf("%-40s %8.2f/run  mean %6.1f ms", name, v.count/float64(n), 1000*v.sum/v.count)
+		}
+	}
+}
+
+// requestKey is a kind of request: its method and what it addresses
+// (resource or resource/subresource).
+type requestKey struct{ method, resource string }
+
+type requestCount struct {
+	n, conflicts int
+	total, max   time.Duration
+}
+
+// requestCounter counts requests by kind, with their latency and conflicts.
+type requestCounter struct {
+	mu     sync.Mutex
+	counts map[requestKey]*requestCount
+	last   time.Time
+}
+
+func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		if req.URL.Query().Get("watch") == "true" {
+			return rt.RoundTrip(req)
+		}
+		start := time.Now()
+		resp, err := rt.RoundTrip(req)
+		d := time.Since(start)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.counts == nil {
+			c.counts = map[requestKey]*requestCount{}
+		}
+		k := requestKey{req.Method, resourceOf(req.URL.Path)}
+		rc := c.counts[k]
+		if rc == nil {
+			rc = &requestCount{}
+			c.counts[k] = rc
+		}
+		rc.n++
+		rc.total += d
+		rc.max = max(rc.max, d)
+		if resp != nil && resp.StatusCode == http.StatusConflict {
+			rc.conflicts++
+		}
+		if req.Method != http.MethodGet {
+			c.last = time.Now()
+		}
+		return resp, err
+	})
+}
+
+// resourceOf is the resource (and subresource) of an API path such as
+// /api/v1/namespaces/ns/pods or /apis/g/v/namespaces/ns/jobruns/name/status.
+func resourceOf(path string) string {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	for i, p := range parts {
+		if p == "namespaces" && i+2 < len(parts) {
+			rest := parts[i+2:]
+			if len(rest) >= 3 {
+				return rest[0] + "/" + rest[2]
+			}
+			return rest[0]
+		}
+	}
+	return path
+}
+
+func (c *requestCounter) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.counts = nil
+}
+
+func (c *requestCounter) snapshot() map[requestKey]requestCount {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[requestKey]requestCount{}
+	for k, v := range c.counts {
+		out[k] = *v
+	}
+	return out
+}
+
+// waitQuiet waits until no write has gone out for quiet, at most limit.
+func (c *requestCounter) waitQuiet(quiet, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		c.mu.Lock()
+		last := c.last
+		c.mu.Unlock()
+		if time.Since(last) >= quiet {
+			return
+		}
+		time.Sleep(quiet / 4)
+	}
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func sortedKeys(m map[requestKey]requestCount) []requestKey {
+	keys := make([]requestKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].method != keys[j].method {
+			return keys[i].method < keys[j].method
+		}
+		return keys[i].resource < keys[j].resource
+	})
+	return keys
+}
+
+// histo is a histogram's or counter's running count and sum.
+type histo struct{ count, sum float64 }
+
+func (h *histo) sub(o histo) { h.count -= o.count; h.sum -= o.sum }
+
+// gatherReconcileMetrics reads the jobrun controller's reconcile and
+// workqueue metrics from controller-runtime's registry (shared by every
+// manager in the process, so callers take differences).
+func gatherReconcileMetrics(b *testing.B) map[string]histo {
+	families, err := crmetrics.Registry.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[string]histo{}
+	for _, f := range families {
+		name := f.GetName()
+		switch name {
+		case "controller_runtime_reconcile_time_seconds", "workqueue_queue_duration_seconds", "workqueue_work_duration_seconds", "controller_runtime_reconcile_total":
+		default:
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if !labelled(m, "jobrun") {
+				continue
+			}
+			key := name
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" {
+					key += "{" + l.GetValue() + "}"
+				}
+			}
+			h := out[key]
+			if hist := m.GetHistogram(); hist != nil {
+				h.count += float64(hist.GetSampleCount())
+				h.sum += hist.GetSampleSum()
+			} else if c := m.GetCounter(); c != nil {
+				h.count += c.GetValue()
+			}
+			out[key] = h
+		}
+	}
+	return out
+}
+
+func labelled(m *dto.Metric, controller string) bool {
+	for _, l := range m.GetLabel() {
+		if (l.GetName() == "controller" || l.GetName() == "name") && l.GetValue() == controller {
+			return true
+		}
+	}
+	return false
+}
+
+func percentileOf(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[int(math.Ceil(p*float64(len(s))))-1]
+}
+
+func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
