@@ -1,9 +1,11 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"slices"
@@ -16,8 +18,10 @@ import (
 	"github.com/go-logr/logr"
 	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -88,6 +92,18 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 	}
 	// The real clock (the default): runs are timed in real time.
 	if err := NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
+		b.Fatal(err)
+	}
+	// When the manager's cache first holds each run: the watch's share.
+	informer, err := mgr.GetCache().GetInformer(ctx, &jobsv1alpha1.JobRun{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: func(obj any) {
+		if run, ok := obj.(*jobsv1alpha1.JobRun); ok {
+			requests.step(run.Name, stepCached)
+		}
+	}}); err != nil {
 		b.Fatal(err)
 	}
 	stop := testenv.StartManager(b, mgr)
@@ -165,10 +181,24 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 
 	mu.Lock()
 	var lat []time.Duration
+	var segments [4][]time.Duration
 	for name, at := range createdAt {
 		lat = append(lat, podAt[name].Sub(at))
+		steps := requests.steps(name)
+		for i, from := range []time.Time{at, steps[stepCached], steps[stepPOST], steps[stepCreated]} {
+			to := podAt[name]
+			if i < 3 {
+				to = steps[i]
+			}
+			if !from.IsZero() && !to.IsZero() {
+				segments[i] = append(segments[i], to.Sub(from))
+			}
+		}
 	}
 	mu.Unlock()
+	for i, what := range []string{"created -> in the manager's cache", "cached -> pod POST sent (queue, reconcile)", "pod POST sent -> answered", "answered -> pod seen on a watch"} {
+		b.Logf("%-44s p50 %7.1f ms  p99 %7.1f ms", what, msOf(percentileOf(segments[i], 0.5)), msOf(percentileOf(segments[i], 0.99)))
+	}
 	b.ReportMetric(float64(n)/created.Seconds(), "created/s")
 	b.ReportMetric(msOf(percentileOf(lat, 0.5)), "p50-ms")
 	b.ReportMetric(msOf(percentileOf(lat, 0.99)), "p99-ms")
@@ -210,11 +240,71 @@ type requestCount struct {
 	total, max   time.Duration
 }
 
-// requestCounter counts requests by kind, with their latency and conflicts.
+// requestCounter counts requests by kind, with their latency and conflicts,
+// and notes when each run reached the steps of its dispatch.
 type requestCounter struct {
 	mu     sync.Mutex
 	counts map[requestKey]*requestCount
 	last   time.Time
+	times  map[string]*[3]time.Time
+}
+
+// The steps of a run's dispatch, after its creation and before its pod is
+// seen on a watch.
+const (
+	stepCached  = iota // in the manager's cache
+	stepPOST           // its first pod create sent
+	stepCreated        // that create answered
+)
+
+// step notes the first time run reached step i.
+func (c *requestCounter) step(run string, i int) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.times == nil {
+		c.times = map[string]*[3]time.Time{}
+	}
+	t := c.times[run]
+	if t == nil {
+		t = &[3]time.Time{}
+		c.times[run] = t
+	}
+	if t[i].IsZero() {
+		t[i] = now
+	}
+}
+
+func (c *requestCounter) steps(run string) [3]time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t := c.times[run]; t != nil {
+		return *t
+	}
+	return [3]time.Time{}
+}
+
+// podRun is the run whose pod a pod create sends; it leaves the request's
+// body as it found it.
+func podRun(req *http.Request) string {
+	if req.Body == nil {
+		return ""
+	}
+	data, err := io.ReadAll(req.Body)
+	req.Body.Close()
+	req.Body = io.NopCloser(bytes.NewReader(data))
+	if err != nil {
+		return ""
+	}
+	// JSON or, as controller-runtime sends built-in kinds, protobuf.
+	obj, _, err := serializer.NewCodecFactory(env.Scheme).UniversalDeserializer().Decode(data, nil, nil)
+	if err != nil {
+		return ""
+	}
+	if pod, ok := obj.(*corev1.Pod); ok {
+		return pod.Labels[jobsv1alpha1.LabelRun]
+	}
+	return ""
 }
 
 func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
@@ -222,9 +312,18 @@ func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 		if req.URL.Query().Get("watch") == "true" {
 			return rt.RoundTrip(req)
 		}
+		var run string
+		if req.Method == http.MethodPost && resourceOf(req.URL.Path) == "pods" {
+			if run = podRun(req); run != "" {
+				c.step(run, stepPOST)
+			}
+		}
 		start := time.Now()
 		resp, err := rt.RoundTrip(req)
 		d := time.Since(start)
+		if run != "" {
+			c.step(run, stepCreated)
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.counts == nil {
@@ -269,6 +368,7 @@ func (c *requestCounter) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.counts = nil
+	c.times = nil
 }
 
 func (c *requestCounter) snapshot() map[requestKey]requestCount {
