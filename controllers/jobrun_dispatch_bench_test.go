@@ -18,10 +18,12 @@ import (
 	"github.com/go-logr/logr"
 	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -112,11 +114,21 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 		b.Fatal("cache did not sync")
 	}
 
+	// A watch the API server closes (it does, under load) is resumed from
+	// its last version: no pod goes unseen.
 	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
 	if err != nil {
 		b.Fatal(err)
 	}
-	podW, err := wc.Watch(ctx, &corev1.PodList{}, client.InNamespace(ns))
+	pods := &corev1.PodList{}
+	if err := wc.List(ctx, pods, client.InNamespace(ns)); err != nil {
+		b.Fatal(err)
+	}
+	podW, err := watchtools.NewRetryWatcherWithContext(ctx, pods.ResourceVersion, &toolscache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			return wc.Watch(ctx, &corev1.PodList{}, client.InNamespace(ns), &client.ListOptions{Raw: &opts})
+		},
+	})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -171,7 +183,7 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 		mu.Lock()
 		defer mu.Unlock()
 		if len(podAt) < n {
-			return fmt.Errorf("%d of %d pods created", len(podAt), n)
+			return fmt.Errorf("%d of %d pods created; the manager's requests: %v", len(podAt), n, requests.snapshot())
 		}
 		return nil
 	})
@@ -218,7 +230,7 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 		if k.method == http.MethodGet && !*dispatchVerbose {
 			continue
 		}
-		b.Logf("%-6s %-22s %6.2f/run  409s %5.2f/run  mean %6.1f ms  max %6.0f ms", k.method, k.resource, float64(c.n)/float64(n), float64(c.conflicts)/float64(n), msOf(c.total)/float64(c.n), msOf(c.max))
+		b.Logf("%-6s %-22s %6.2f/run  409s %5.2f/run  mean %6.1f ms  max %6.0f ms  failed %v", k.method, k.resource, float64(c.n)/float64(n), float64(c.conflicts)/float64(n), msOf(c.total)/float64(c.n), msOf(c.max), c.failed)
 	}
 	for name, v := range after {
 		v.sub(before[name])
@@ -238,6 +250,9 @@ type requestKey struct{ method, resource string }
 type requestCount struct {
 	n, conflicts int
 	total, max   time.Duration
+	// failed counts the answers other than 2xx and 409, by status code (0:
+	// no answer).
+	failed map[int]int
 }
 
 // requestCounter counts requests by kind, with their latency and conflicts,
@@ -338,8 +353,18 @@ func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 		rc.n++
 		rc.total += d
 		rc.max = max(rc.max, d)
-		if resp != nil && resp.StatusCode == http.StatusConflict {
+		switch {
+		case resp != nil && resp.StatusCode == http.StatusConflict:
 			rc.conflicts++
+		case resp == nil || resp.StatusCode >= 300:
+			if rc.failed == nil {
+				rc.failed = map[int]int{}
+			}
+			code := 0
+			if resp != nil {
+				code = resp.StatusCode
+			}
+			rc.failed[code]++
 		}
 		if req.Method != http.MethodGet {
 			c.last = time.Now()
