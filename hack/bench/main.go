@@ -35,7 +35,10 @@ import (
 
 const ns = "jobrun-system"
 
-var loadSeconds int
+var (
+	loadSeconds  int
+	onlyScenario string
+)
 
 type bench struct {
 	cl      *localcluster.Cluster
@@ -56,7 +59,12 @@ func main() {
 	listRuns := flag.String("list-runs", "10000,50000", "Team sizes of the list scenario, ascending.")
 	dispatchSeconds := flag.Int("dispatch-seconds", 10, "How long triggers arrive at 50/s in the dispatch scenario.")
 	flag.IntVar(&loadSeconds, "load-seconds", 60, "How long 200 clients send mixed REST traffic.")
+	flag.StringVar(&onlyScenario, "scenario", "", "Run only this scenario: controller (trigger -> pod created, no node). Empty: all of them.")
 	flag.Parse()
+	if onlyScenario != "" && onlyScenario != "controller" {
+		fmt.Fprintf(os.Stderr, "bench: -scenario %q: only controller can run alone\n", onlyScenario)
+		os.Exit(2)
+	}
 	if err := run(*out, *listRuns, *dispatchSeconds); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -119,6 +127,13 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	if err := b.setup(ctx); err != nil {
 		return err
 	}
+	if onlyScenario == "controller" {
+		cl.KillNode()
+		if err := b.dispatch(ctx, dispatchSeconds, "controller"); err != nil {
+			return err
+		}
+		return b.finish(out)
+	}
 
 	// With the controllers: dispatch and end-to-end throughput, then 200
 	// clients of mixed traffic for a minute.
@@ -162,6 +177,11 @@ func run(out, listRuns string, dispatchSeconds int) error {
 		return err
 	}
 
+	return b.finish(out)
+}
+
+// finish prints the figures and writes them as JSON to out.
+func (b *bench) finish(out string) error {
 	b.print()
 	data, _ := json.MarshalIndent(map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "figures": b.figures}, "", "  ")
 	return os.WriteFile(out, data, 0o644)
