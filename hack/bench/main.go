@@ -37,7 +37,7 @@ const ns = "jobrun-system"
 
 var (
 	loadSeconds  int
-	onlyScenario string
+	dispatchOnly bool
 )
 
 type bench struct {
@@ -59,12 +59,8 @@ func main() {
 	listRuns := flag.String("list-runs", "10000,50000", "Team sizes of the list scenario, ascending.")
 	dispatchSeconds := flag.Int("dispatch-seconds", 10, "How long triggers arrive at 50/s in the dispatch scenario.")
 	flag.IntVar(&loadSeconds, "load-seconds", 60, "How long 200 clients send mixed REST traffic.")
-	flag.StringVar(&onlyScenario, "scenario", "", "Run only this scenario: controller (trigger -> pod created, no node). Empty: all of them.")
+	flag.BoolVar(&dispatchOnly, "dispatch-only", false, "Run only the dispatch scenarios: with the node, then the controller alone (trigger -> pod created, no node).")
 	flag.Parse()
-	if onlyScenario != "" && onlyScenario != "controller" {
-		fmt.Fprintf(os.Stderr, "bench: -scenario %q: only controller can run alone\n", onlyScenario)
-		os.Exit(2)
-	}
 	if err := run(*out, *listRuns, *dispatchSeconds); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -127,27 +123,25 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	if err := b.setup(ctx); err != nil {
 		return err
 	}
-	if onlyScenario == "controller" {
-		cl.KillNode()
-		if err := b.dispatch(ctx, dispatchSeconds, "controller"); err != nil {
-			return err
-		}
-		return b.finish(out)
-	}
 
 	// With the controllers: dispatch and end-to-end throughput, then 200
 	// clients of mixed traffic for a minute.
 	if err := b.dispatch(ctx, dispatchSeconds, "dispatch"); err != nil {
 		return err
 	}
-	if err := b.load(ctx, loadSeconds); err != nil {
-		return err
+	if !dispatchOnly {
+		if err := b.load(ctx, loadSeconds); err != nil {
+			return err
+		}
 	}
 	// The controller alone: with no node, pods are created but never run,
 	// so trigger -> pod created is the controller's own latency.
 	cl.KillNode()
 	if err := b.dispatch(ctx, dispatchSeconds, "controller"); err != nil {
 		return err
+	}
+	if dispatchOnly {
+		return b.finish(out)
 	}
 
 	// An API-only manager (no controllers, so runs stay pending): the REST
