@@ -59,6 +59,9 @@ type JobRunReconciler struct {
 	metrics   *runMetrics
 	workers   int
 	notifier  Notifier
+	// written is the controller's own last write of each run, until the
+	// cache catches up with it.
+	written writtenRuns
 }
 
 // Notifier sends the completion email of a finished run.
@@ -102,6 +105,13 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 	}); err != nil {
 		return fmt.Errorf("failed to index JobRuns by project and job type: %w", err)
 	}
+	runInformer, err := mgr.GetCache().GetInformer(ctx, &jobsv1alpha1.JobRun{})
+	if err != nil {
+		return fmt.Errorf("failed to get the JobRun informer: %w", err)
+	}
+	if _, err := runInformer.AddEventHandler(r.written.seen()); err != nil {
+		return fmt.Errorf("failed to watch JobRuns for the controller's own writes: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(notConsistencyMarker, predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{},
@@ -135,8 +145,14 @@ func (statusPhaseChanged) Update(e event.UpdateEvent) bool {
 func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	run := &jobsv1alpha1.JobRun{}
 	if err := r.client.Get(ctx, req.NamespacedName, run); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.written.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, getError(err, "JobRun", req.NamespacedName)
 	}
+	// The cache may not show this controller's last write yet: start from
+	// that write, not from the version it replaced.
+	run = r.written.fresher(run)
 	if jobsv1alpha1.IsConsistencyMarker(run) {
 		return ctrl.Result{}, nil // not a run
 	}
@@ -373,6 +389,7 @@ func (r *JobRunReconciler) patchStatus(ctx context.Context, run *jobsv1alpha1.Jo
 	if err := r.client.Status().Patch(ctx, run, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("failed to patch the status of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
 	}
+	r.written.wrote(orig.ResourceVersion, run)
 	return nil
 }
 
@@ -390,6 +407,7 @@ func (r *JobRunReconciler) syncStatusLabel(ctx context.Context, run *jobsv1alpha
 	if err := r.client.Patch(ctx, run, client.MergeFrom(orig)); err != nil {
 		return fmt.Errorf("failed to label JobRun %s with its phase %s: %w", client.ObjectKeyFromObject(run), phase, err)
 	}
+	r.written.wrote(orig.ResourceVersion, run)
 	return nil
 }
 

@@ -26,7 +26,7 @@ import (
 // These tests run the controller against a real API server. No kubelet runs
 // here: the tests play its part and write pod status, as a kubelet would.
 
-func createJobType(t *testing.T, ns string, mutate ...func(*jobsv1alpha1.JobType)) *jobsv1alpha1.JobType {
+func createJobType(t testing.TB, ns string, mutate ...func(*jobsv1alpha1.JobType)) *jobsv1alpha1.JobType {
 	t.Helper()
 	jt := &jobsv1alpha1.JobType{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "demo-sync"},

@@ -1,0 +1,171 @@
+package controllers
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+func TestWrittenRunsFresher(t *testing.T) {
+	at := func(uid, rv string) *jobsv1alpha1.JobRun {
+		return &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "run", UID: types.UID(uid), ResourceVersion: rv}}
+	}
+	for _, tc := range []struct {
+		name   string
+		writes [][2]string // before -> after, of run uid-1
+		cached *jobsv1alpha1.JobRun
+		want   string // the resourceVersion fresher returns
+	}{
+		{"nothing written", nil, at("uid-1", "5"), "5"},
+		{"cache shows the version the write replaced", [][2]string{{"5", "6"}}, at("uid-1", "5"), "6"},
+		{"cache caught up", [][2]string{{"5", "6"}}, at("uid-1", "6"), "6"},
+		{"cache moved past the write", [][2]string{{"5", "6"}}, at("uid-1", "9"), "9"},
+		{"status then label: cache shows the first", [][2]string{{"5", "6"}, {"6", "7"}}, at("uid-1", "6"), "7"},
+		{"status then label: cache shows neither", [][2]string{{"5", "6"}, {"6", "7"}}, at("uid-1", "5"), "7"},
+		{"a run of the same name, recreated", [][2]string{{"5", "6"}}, at("uid-2", "5"), "5"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &writtenRuns{}
+			for _, wr := range tc.writes {
+				w.wrote(wr[0], at("uid-1", wr[1]))
+			}
+			got := w.fresher(tc.cached)
+			if got.ResourceVersion != tc.want || got.UID != tc.cached.UID {
+				t.Errorf("fresher: version %s of %s, want %s of %s", got.ResourceVersion, got.UID, tc.want, tc.cached.UID)
+			}
+		})
+	}
+}
+
+func TestWrittenRunsForgetOnceSeen(t *testing.T) {
+	w := &writtenRuns{}
+	run := &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "run", UID: "uid-1", ResourceVersion: "6"}}
+	w.wrote("5", run)
+	h := w.seen()
+	old := run.DeepCopy()
+	old.ResourceVersion = "5"
+	h.OnUpdate(old, old)
+	if w.len() != 1 {
+		t.Fatalf("the replaced version seen: %d runs remembered, want 1", w.len())
+	}
+	h.OnUpdate(old, run)
+	if w.len() != 0 {
+		t.Fatalf("the written version seen: %d runs remembered, want 0", w.len())
+	}
+	w.wrote("6", &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "run", UID: "uid-1", ResourceVersion: "7"}})
+	h.OnDelete(run)
+	if w.len() != 0 {
+		t.Fatalf("the run deleted: %d runs remembered, want 0", w.len())
+	}
+}
+
+// laggingCache is the controller's view of a cache that has not caught up:
+// JobRun reads return the version frozen, everything else goes to the API
+// server. It counts pod creates.
+type laggingCache struct {
+	client.Client
+	frozen     *jobsv1alpha1.JobRun
+	podCreates atomic.Int32
+}
+
+func (c *laggingCache) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if run, ok := obj.(*jobsv1alpha1.JobRun); ok && key == client.ObjectKeyFromObject(c.frozen) {
+		c.frozen.DeepCopyInto(run)
+		return nil
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+func (c *laggingCache) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
+	if _, ok := obj.(*corev1.Pod); ok {
+		c.podCreates.Add(1)
+	}
+	return c.Client.Create(ctx, obj, opts...)
+}
+
+// TestOwnWriteNotRedone: a pass that follows the controller's own status
+// write while the cache still shows the run from before it (its events lag
+// the pod's) starts from that write: it neither creates the pod again nor
+// loses its status patch to a conflict and waits. A write by someone else
+// that the cache has not seen still conflicts.
+func TestOwnWriteNotRedone(t *testing.T) {
+	ns := env.Namespace(t)
+	createJobType(t, ns)
+	run := createRun(t, ns, "run-1")
+	ctx := context.Background()
+	cached := &laggingCache{Client: env.Client, frozen: run.DeepCopy()}
+	o := newOptions([]Option{WithClock(clocktesting.NewFakeClock(time.Now()))})
+	r := &JobRunReconciler{client: cached, apiReader: env.Client, scheme: env.Scheme, recorder: events.NewFakeRecorder(10),
+		clock: o.clock, policy: o.policy, metrics: newRunMetrics(prometheus.NewRegistry()), workers: 1}
+	req := ctrl.Request{NamespacedName: client.ObjectKeyFromObject(run)}
+
+	if _, err := r.Reconcile(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	written, err := getRun(ctx, ns, "run-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if written.Status.Attempts != 1 || cached.podCreates.Load() != 1 {
+		t.Fatalf("first pass: attempts %d, %d pod creates; want 1, 1", written.Status.Attempts, cached.podCreates.Load())
+	}
+	for i := range 2 {
+		res, err := r.Reconcile(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.RequeueAfter == conflictRetryDelay {
+			t.Errorf("pass %d over the controller's own write conflicted (requeued after %s)", i+2, res.RequeueAfter)
+		}
+	}
+	if n := cached.podCreates.Load(); n != 1 {
+		t.Errorf("%d pod creates, want 1: later passes created the pod again", n)
+	}
+	after, err := getRun(ctx, ns, "run-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.ResourceVersion != written.ResourceVersion {
+		t.Errorf("the run was written again (version %s, then %s): %+v", written.ResourceVersion, after.ResourceVersion, after.Status)
+	}
+
+	// The pod starts, and someone else writes (the REST API's cancel)
+	// while the cache still shows the run from before the controller's
+	// write. The pass starts from that write, and its status patch is
+	// refused: it tries again on the cache's next version, never on top of
+	// a write it has not seen.
+	kubelet(t, waitPod(t, ns, "run-1-1"), corev1.PodRunning, 0, "")
+	requestCancel(t, ns, "run-1")
+	res, err := r.Reconcile(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter != conflictRetryDelay {
+		t.Errorf("a pass that missed another writer's write: requeue after %s, want the conflict's %s", res.RequeueAfter, conflictRetryDelay)
+	}
+	if err := env.Client.Get(ctx, req.NamespacedName, cached.frozen); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Reconcile(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	got, err := getRun(ctx, ns, "run-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Phase != jobsv1alpha1.JobRunRunning || got.Status.CancelRequestedAt == nil {
+		t.Errorf("the cache caught up: phase %q, cancelRequestedAt %v; want running, the cancel recorded", got.Status.Phase, got.Status.CancelRequestedAt)
+	}
+}
