@@ -143,16 +143,12 @@ func (statusPhaseChanged) Update(e event.UpdateEvent) bool {
 
 // Reconcile brings one run one step closer to its end.
 func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	run := &jobsv1alpha1.JobRun{}
-	if err := r.client.Get(ctx, req.NamespacedName, run); err != nil {
-		if apierrors.IsNotFound(err) {
-			r.written.forget(req.NamespacedName)
-		}
-		return ctrl.Result{}, getError(err, "JobRun", req.NamespacedName)
-	}
 	// The cache may not show this controller's last write yet: start from
 	// that write, not from the version it replaced.
-	run = r.written.fresher(run)
+	run, err := r.written.read(ctx, r.client, req.NamespacedName)
+	if err != nil {
+		return ctrl.Result{}, getError(err, "JobRun", req.NamespacedName)
+	}
 	if jobsv1alpha1.IsConsistencyMarker(run) {
 		return ctrl.Result{}, nil // not a run
 	}

@@ -1,11 +1,14 @@
 package controllers
 
 import (
+	"context"
 	"slices"
 	"sync"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
@@ -58,16 +61,34 @@ func (w *writtenRuns) wrote(before string, run *jobsv1alpha1.JobRun) {
 		// versions that one replaced are older still.
 		older = append(older, prev.older[:min(len(prev.older), maxOlder-1)]...)
 	}
-	w.runs[key] = writtenRun{run: run.DeepCopy(), older: older}
+	written := run.DeepCopy()
+	written.ManagedFields = nil // as the cache keeps runs
+	w.runs[key] = writtenRun{run: written, older: older}
 }
 
-// fresher is the newer of cached, as the cache has it, and the controller's
-// last write of it: that write when the cache still shows a version it
-// replaced.
-func (w *writtenRuns) fresher(cached *jobsv1alpha1.JobRun) *jobsv1alpha1.JobRun {
-	key := types.NamespacedName{Namespace: cached.Namespace, Name: cached.Name}
+// read reads the run key from the cache c, or the controller's last write
+// of it when the cache still shows a version that write replaced. The cache
+// read and the look at the records are one step: the informer's handler
+// (seen) forgets a record only after the cache holds a later version, so a
+// read never falls between the two.
+func (w *writtenRuns) read(ctx context.Context, c client.Reader, key types.NamespacedName) (*jobsv1alpha1.JobRun, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	run := &jobsv1alpha1.JobRun{}
+	if err := c.Get(ctx, key, run); err != nil {
+		if apierrors.IsNotFound(err) {
+			delete(w.runs, key)
+		}
+		return nil, err
+	}
+	return w.fresherLocked(run), nil
+}
+
+// fresherLocked is the newer of cached, as the cache has it, and the
+// controller's last write of it: that write when the cache still shows a
+// version it replaced. w.mu is held.
+func (w *writtenRuns) fresherLocked(cached *jobsv1alpha1.JobRun) *jobsv1alpha1.JobRun {
+	key := types.NamespacedName{Namespace: cached.Namespace, Name: cached.Name}
 	rec, ok := w.runs[key]
 	switch {
 	case !ok:

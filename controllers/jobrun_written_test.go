@@ -8,8 +8,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -41,11 +43,70 @@ func TestWrittenRunsFresher(t *testing.T) {
 			for _, wr := range tc.writes {
 				w.wrote(wr[0], at("uid-1", wr[1]))
 			}
-			got := w.fresher(tc.cached)
+			got, err := w.read(context.Background(), oneRun{tc.cached}, client.ObjectKeyFromObject(tc.cached))
+			if err != nil {
+				t.Fatal(err)
+			}
 			if got.ResourceVersion != tc.want || got.UID != tc.cached.UID {
 				t.Errorf("fresher: version %s of %s, want %s of %s", got.ResourceVersion, got.UID, tc.want, tc.cached.UID)
 			}
 		})
+	}
+}
+
+// oneRun is a cache that holds one run.
+type oneRun struct{ run *jobsv1alpha1.JobRun }
+
+func (c oneRun) Get(_ context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	if key != client.ObjectKeyFromObject(c.run) {
+		return apierrors.NewNotFound(jobsv1alpha1.GroupVersion.WithResource("jobruns").GroupResource(), key.Name)
+	}
+	c.run.DeepCopyInto(obj.(*jobsv1alpha1.JobRun))
+	return nil
+}
+
+func (c oneRun) List(context.Context, client.ObjectList, ...client.ListOption) error { return nil }
+
+// catchingUp is a cache whose informer delivers the controller's write
+// while a read is under way: its Get returns the version before the write,
+// and the informer's handler runs (in its own goroutine, as an informer's
+// does) before the Get returns, unless the read holds it back.
+type catchingUp struct {
+	before, after *jobsv1alpha1.JobRun
+	handler       toolscache.ResourceEventHandler
+}
+
+func (c catchingUp) Get(_ context.Context, _ client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	c.before.DeepCopyInto(obj.(*jobsv1alpha1.JobRun))
+	delivered := make(chan struct{})
+	go func() {
+		c.handler.OnUpdate(c.before, c.after)
+		close(delivered)
+	}()
+	select {
+	case <-delivered:
+	case <-time.After(100 * time.Millisecond): // held back by the read
+	}
+	return nil
+}
+
+func (c catchingUp) List(context.Context, client.ObjectList, ...client.ListOption) error { return nil }
+
+// TestWrittenRunsReadWhileCaughtUp: the cache catches up with the
+// controller's write between its Get and the look at the records; the read
+// still returns the write, not the older version the Get returned.
+func TestWrittenRunsReadWhileCaughtUp(t *testing.T) {
+	w := &writtenRuns{}
+	before := &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "run", UID: "uid-1", ResourceVersion: "5"}}
+	after := before.DeepCopy()
+	after.ResourceVersion = "6"
+	w.wrote("5", after)
+	got, err := w.read(context.Background(), catchingUp{before: before, after: after, handler: w.seen()}, client.ObjectKeyFromObject(before))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ResourceVersion != "6" {
+		t.Errorf("read version %s, want the controller's write, 6", got.ResourceVersion)
 	}
 }
 

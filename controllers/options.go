@@ -20,7 +20,7 @@ func newOptions(opts []Option) options {
 	o := options{
 		clock:   clock.RealClock{},
 		policy:  PodPolicy{RunnerServiceAccount: DefaultRunnerServiceAccount},
-		workers: 4,
+		workers: 16,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -33,7 +33,7 @@ func newOptions(opts []Option) options {
 func WithClock(c clock.PassiveClock) Option { return func(o *options) { o.clock = c } }
 
 // WithWorkers sets how many runs the JobRun reconciler reconciles at once
-// (default 4).
+// (default 16).
 func WithWorkers(n int) Option { return func(o *options) { o.workers = n } }
 
 // WithRunnerServiceAccount sets the service account of run pods whose

@@ -81,7 +81,7 @@ func (f *managerFlags) bind(fs *flag.FlagSet) {
 	})
 	fs.BoolVar(&f.allNamespaces, "all-namespaces", false, "Reconcile runs, job types and schedules in every namespace (needs cluster-wide RBAC: the chart's manager.clusterWide); default: only in --namespace.")
 	fs.BoolVar(&f.runControllers, "run-controllers", true, "Run the controllers. false with --leader-elect=false and --api-bind-address makes a stateless REST API replica, scaled on its own.")
-	fs.IntVar(&f.workers, "jobrun-workers", 4, "How many runs the JobRun controller reconciles at once.")
+	fs.IntVar(&f.workers, "jobrun-workers", 16, "How many runs the JobRun controller reconciles at once.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "The iss every JWT must carry (the identity provider's issuer URL). Required with --jwks-url; optional with HS256.")
