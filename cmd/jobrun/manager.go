@@ -91,6 +91,7 @@ func newManager(f *managerFlags, runIndex *apiserver.RunIndex) (ctrl.Manager, er
 	if err != nil {
 		return nil, err
 	}
+	cfg.QPS, cfg.Burst = f.clientLimits()
 	scheme, err := jobscheme.New()
 	if err != nil {
 		return nil, err

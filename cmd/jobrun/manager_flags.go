@@ -28,6 +28,8 @@ type managerFlags struct {
 	allowedServiceAccounts  []string
 	allNamespaces           bool
 	workers                 int
+	kubeAPIQPS              float64
+	kubeAPIBurst            int
 	apiAddr                 string
 	namespace               string
 	jwksURL                 string
@@ -82,6 +84,8 @@ func (f *managerFlags) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&f.allNamespaces, "all-namespaces", false, "Reconcile runs, job types and schedules in every namespace (needs cluster-wide RBAC: the chart's manager.clusterWide); default: only in --namespace.")
 	fs.BoolVar(&f.runControllers, "run-controllers", true, "Run the controllers. false with --leader-elect=false and --api-bind-address makes a stateless REST API replica, scaled on its own.")
 	fs.IntVar(&f.workers, "jobrun-workers", 16, "How many runs the JobRun controller reconciles at once.")
+	fs.Float64Var(&f.kubeAPIQPS, "kube-api-qps", -1, "Requests per second the manager may send to the API server on average (a run costs ~2 from creation to pod, ~10 over its life); negative: no limit of its own, the API server's priority and fairness queues them.")
+	fs.IntVar(&f.kubeAPIBurst, "kube-api-burst", 0, "Requests the manager may send at once beyond --kube-api-qps; 0: twice --kube-api-qps.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "The iss every JWT must carry (the identity provider's issuer URL). Required with --jwks-url; optional with HS256.")
@@ -125,10 +129,26 @@ func (f *managerFlags) validate() error {
 			return fmt.Errorf("--api-cors-allowed-origins: %q is not an origin (scheme://host[:port], or *)", o)
 		}
 	}
+	if f.kubeAPIQPS == 0 || f.kubeAPIBurst < 0 {
+		return fmt.Errorf("--kube-api-qps (%g) must be positive, or negative for no limit, and --kube-api-burst (%d) not negative", f.kubeAPIQPS, f.kubeAPIBurst)
+	}
 	if !f.runControllers && f.apiAddr == "" {
 		return fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")
 	}
 	return nil
+}
+
+// clientLimits are the manager's client-side limits on its requests to the
+// API server, as rest.Config's QPS and Burst.
+func (f *managerFlags) clientLimits() (qps float32, burst int) {
+	if f.kubeAPIQPS < 0 {
+		return -1, 0
+	}
+	burst = f.kubeAPIBurst
+	if burst == 0 {
+		burst = int(2 * f.kubeAPIQPS)
+	}
+	return float32(f.kubeAPIQPS), max(burst, 1)
 }
 
 // corsOrigins is --api-cors-allowed-origins as a list.

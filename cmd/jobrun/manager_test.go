@@ -201,6 +201,8 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 		{"--jwks-url=http://idp.example/jwks", "--jwt-issuer=i", "--jwt-audience=a"}, // plain http off loopback
 		{"--jwks-url=idp.example/jwks", "--jwt-issuer=i", "--jwt-audience=a"},        // no scheme
 		{"--jwt-max-token-lifetime=0s"},
+		{"--kube-api-qps=0"},
+		{"--kube-api-burst=-1"},
 	} {
 		if _, err := parseManagerFlags(args); err == nil {
 			t.Errorf("parseManagerFlags(%q) accepted", args)
@@ -229,6 +231,25 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 	}
 	if f, err := parseManagerFlags([]string{"--api-cors-allowed-origins= https://a.example.com, http://localhost:3000 ,"}); err != nil || !slices.Equal(f.corsOrigins(), []string{"https://a.example.com", "http://localhost:3000"}) {
 		t.Errorf("CORS origins: %v (%v)", f, err)
+	}
+	for _, c := range []struct {
+		args  []string
+		qps   float32
+		burst int
+	}{
+		{nil, -1, 0},
+		{[]string{"--kube-api-qps=200"}, 200, 400},
+		{[]string{"--kube-api-qps=200", "--kube-api-burst=300"}, 200, 300},
+		{[]string{"--kube-api-qps=0.2"}, 0.2, 1},
+	} {
+		f, err := parseManagerFlags(c.args)
+		if err != nil {
+			t.Errorf("parseManagerFlags(%q): %v", c.args, err)
+			continue
+		}
+		if qps, burst := f.clientLimits(); qps != c.qps || burst != c.burst {
+			t.Errorf("parseManagerFlags(%q): client limits %g/s burst %d, want %g/s burst %d", c.args, qps, burst, c.qps, c.burst)
+		}
 	}
 	if _, err := parseManagerFlags([]string{"--leader-elect=false", "--leader-elect-lease-duration=1s"}); err != nil {
 		t.Errorf("lease timings are not checked without leader election: %v", err)
