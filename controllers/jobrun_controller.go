@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -21,9 +22,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/guard"
@@ -116,10 +120,34 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(notConsistencyMarker, predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{},
 			predicate.LabelChangedPredicate{}, statusPhaseChanged{}))).
+		// The same events again, to put a new run's first pass (its pod)
+		// ahead of the bookkeeping of runs that have one.
+		Watches(&jobsv1alpha1.JobRun{}, podlessFirst).
 		Owns(&corev1.Pod{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.workers}).
 		Named("jobrun").
 		Complete(r)
+}
+
+// dispatchPriority is the work queue priority of a run that has no pod yet:
+// its pod is what a user waits for; recording that other runs started or
+// ended can wait while the controller is busy (under an overload, until new
+// runs stop arriving faster than it creates their pods).
+const dispatchPriority = 10
+
+// podlessFirst queues a run created without an attempt yet (or found so when
+// the manager starts) at dispatchPriority. The run's other handler queues it
+// too, at the normal priority; the queue keeps the higher one, for one pass
+// (Reconcile's results ask for the normal priority again).
+var podlessFirst = handler.Funcs{
+	CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		run, ok := e.Object.(*jobsv1alpha1.JobRun)
+		pq, isPriorityQueue := q.(priorityqueue.PriorityQueue[reconcile.Request])
+		if !ok || !isPriorityQueue || run.Status.Attempts > 0 || run.CurrentPhase().IsTerminal() || jobsv1alpha1.IsConsistencyMarker(run) {
+			return
+		}
+		pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(dispatchPriority)}, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(run)})
+	},
 }
 
 // notConsistencyMarker leaves out the REST API's consistency marker, a
@@ -141,8 +169,17 @@ func (statusPhaseChanged) Update(e event.UpdateEvent) bool {
 	return oldRun.Status.Phase != newRun.Status.Phase || oldRun.Status.Attempts != newRun.Status.Attempts
 }
 
-// Reconcile brings one run one step closer to its end.
+// Reconcile brings one run one step closer to its end. A pass it asks for
+// later waits at the normal priority, whatever this one's (podlessFirst).
 func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	res, err := r.reconcile(ctx, req)
+	if err == nil {
+		res.Priority = ptr.To(0)
+	}
+	return res, err
+}
+
+func (r *JobRunReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	// The cache may not show this controller's last write yet: start from
 	// that write, not from the version it replaced.
 	run, err := r.written.read(ctx, r.client, req.NamespacedName)

@@ -1,0 +1,75 @@
+package controllers
+
+import (
+	"context"
+	"testing"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/test/testrun"
+)
+
+// TestPodlessFirst: a run created without an attempt yet is queued ahead of
+// the others (also when the manager starts and lists it, and when the run's
+// other handler queued it first); a run with a pod, a finished run and the
+// consistency marker are left to the normal priority.
+func TestPodlessFirst(t *testing.T) {
+	withStatus := func(status jobsv1alpha1.JobRunStatus) *jobsv1alpha1.JobRun {
+		run := testrun.Make("ns", "run").JobType("demo_sync").Obj()
+		run.Status = status
+		return run
+	}
+	for _, tc := range []struct {
+		name          string
+		run           *jobsv1alpha1.JobRun
+		initialList   bool
+		queuedAlready bool
+		want          bool
+	}{
+		{"new run", withStatus(jobsv1alpha1.JobRunStatus{}), false, false, true},
+		{"new run, queued by its other handler", withStatus(jobsv1alpha1.JobRunStatus{}), false, true, true},
+		{"pending run without a pod, listed at start", withStatus(jobsv1alpha1.JobRunStatus{Phase: jobsv1alpha1.JobRunPending}), true, false, true},
+		{"run with a pod", withStatus(jobsv1alpha1.JobRunStatus{Phase: jobsv1alpha1.JobRunPending, Attempts: 1}), false, false, false},
+		{"finished run", withStatus(jobsv1alpha1.JobRunStatus{Phase: jobsv1alpha1.JobRunFailed}), true, false, false},
+		{"consistency marker", testrun.Make("ns", jobsv1alpha1.ConsistencyMarkerName).JobType(jobsv1alpha1.ConsistencyMarkerJobType).Obj(), false, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := priorityqueue.New[reconcile.Request]("test")
+			defer q.ShutDown()
+			req := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(tc.run)}
+			if tc.queuedAlready {
+				q.Add(req)
+			}
+			podlessFirst.Create(context.Background(), event.CreateEvent{Object: tc.run, IsInInitialList: tc.initialList}, q)
+			// Something else queued after it: first out is whatever has
+			// the higher priority.
+			other := reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "ns", Name: "other"}}
+			q.Add(other)
+			got, priority, _ := q.GetWithPriority()
+			if first := got == req; first != tc.want || first && priority != dispatchPriority {
+				t.Errorf("first out: %v at priority %d; want the run first: %v (at %d)", got, priority, tc.want, dispatchPriority)
+			}
+		})
+	}
+}
+
+// TestPodlessFirstForOnePass: a pass asks for its next one at the normal
+// priority, so a run keeps no lead once it has its pod.
+func TestPodlessFirstForOnePass(t *testing.T) {
+	ns := env.Namespace(t)
+	createJobType(t, ns)
+	run := createRun(t, ns, "run-1")
+	r := NewJobRunReconciler(env.NewManager(t, ns))
+	r.client = env.Client
+	res, err := r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKeyFromObject(run)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter == 0 || res.Priority == nil || *res.Priority != 0 {
+		t.Errorf("first pass: requeue after %s at priority %v, want a later pass at priority 0", res.RequeueAfter, res.Priority)
+	}
+}
