@@ -345,11 +345,15 @@ func TestRunStatus(t *testing.T) {
 	if err := env.Client.Create(ctx, run); err != nil {
 		t.Fatal(err)
 	}
-	if run.Status.Phase != "" {
-		t.Errorf("create stored status.phase %q; status must only be written through /status", run.Status.Phase)
+	// The API server shows a status nobody wrote yet as pending (the
+	// schema's defaults, applied on every read): kubectl's STATUS column and
+	// selectors on it need no write of the controller's.
+	if run.Status.Phase != jobsv1alpha1.JobRunPending || run.Status.Attempts != 0 || len(run.Status.Conditions) != 0 {
+		t.Errorf("create stored status %+v; status must only be written through /status, and read as pending", run.Status)
 	}
-	if got := run.CurrentPhase(); got != jobsv1alpha1.JobRunPending {
-		t.Errorf("CurrentPhase of a new run = %q, want pending", got)
+	got := &jobsv1alpha1.JobRun{}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(run), got); err != nil || got.Status.Phase != jobsv1alpha1.JobRunPending {
+		t.Errorf("a new run reads with status.phase %q (%v), want pending", got.Status.Phase, err)
 	}
 
 	// An update of the main resource ignores status.
@@ -358,7 +362,7 @@ func TestRunStatus(t *testing.T) {
 	if err := env.Client.Update(ctx, run); err != nil {
 		t.Fatal(err)
 	}
-	if run.Status.Phase != "" {
+	if run.Status.Phase != jobsv1alpha1.JobRunPending {
 		t.Errorf("update of the main resource stored status.phase %q", run.Status.Phase)
 	}
 
@@ -381,7 +385,6 @@ func TestRunStatus(t *testing.T) {
 	if err := env.Client.Status().Update(ctx, run); err != nil {
 		t.Fatalf("writing a running status: %v", err)
 	}
-	got := &jobsv1alpha1.JobRun{}
 	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(run), got); err != nil {
 		t.Fatal(err)
 	}
@@ -420,6 +423,14 @@ func TestPrinterColumns(t *testing.T) {
 	run.Status.Progress = jobsv1alpha1.NewProgress(45, 200, "Synced 38 users, 7 skipped")
 	if err := env.Client.Status().Update(ctx, run); err != nil {
 		t.Fatal(err)
+	}
+
+	// A run nobody has written the status of yet shows as pending.
+	if err := env.Client.Create(ctx, withProject(newJobRun(ns, "new-run"), "team-1", "project-1")); err != nil {
+		t.Fatal(err)
+	}
+	if out := env.Kubectl(t, "get", "jobruns", "new-run", "-n", ns, "--no-headers"); !regexp.MustCompile(`^new-run\s+demo_sync\s+project-1\s+pending\s+\d+s`).MatchString(out) {
+		t.Errorf("kubectl get jobruns new-run: %q, want it pending", out)
 	}
 
 	tests := []struct {

@@ -275,9 +275,11 @@ const LabelRun = "jobs.jobrun.dev/run"
 //
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.phase) || !(oldSelf.phase in ['completed', 'failed', 'cancelled']) || (has(self.phase) && self.phase == oldSelf.phase)",message="a finished run's phase cannot change"
 type JobRunStatus struct {
-	// phase is pending, running, completed, failed or cancelled. Empty means
-	// pending: nobody has looked at the run yet.
+	// phase is pending, running, completed, failed or cancelled. The API
+	// server shows pending until the controller first writes the status
+	// (which it does once the run's pod runs, or the run ends without one).
 	// +optional
+	// +kubebuilder:default=pending
 	Phase JobRunPhase `json:"phase,omitempty"`
 
 	// progress is what the handler last reported.
@@ -362,6 +364,7 @@ type JobRun struct {
 
 	// status is what happened.
 	// +optional
+	// +kubebuilder:default={}
 	Status JobRunStatus `json:"status,omitempty"`
 }
 
