@@ -198,10 +198,14 @@ func (r *JobRunReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{}, err
 	}
 	var pod *corev1.Pod
-	if run.Status.Attempts > 0 && jobType != nil {
+	switch {
+	case jobType == nil:
+	case run.Status.Attempts > 0:
 		if pod, err = r.currentPod(ctx, run); err != nil {
 			return ctrl.Result{}, err
 		}
+	default:
+		pod = r.unrecordedPod(ctx, run)
 	}
 
 	var paramsErr error
@@ -214,6 +218,10 @@ func (r *JobRunReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctr
 		if d, err = r.createAttempt(ctx, run, jobType, d); err != nil {
 			return ctrl.Result{}, err
 		}
+	}
+	if d.firstAttemptUnrecorded(run) {
+		// A run created without the status label (kubectl) still gets it.
+		return ctrl.Result{RequeueAfter: d.requeueAfter}, r.syncStatusLabel(ctx, run)
 	}
 	// Record the decision before acting on the pod: had the pod gone first
 	// and the status write failed, the next pass would see a lost pod.
@@ -316,6 +324,18 @@ func (r *JobRunReconciler) currentPod(ctx context.Context, run *jobsv1alpha1.Job
 		return nil, nil
 	}
 	return pod, nil
+}
+
+// unrecordedPod returns the first attempt's pod of a run whose status
+// records no attempt yet (see firstAttemptUnrecorded), as the cache shows it,
+// or nil. A pod the cache does not show yet is created again and found to
+// exist; its event brings the next pass.
+func (r *JobRunReconciler) unrecordedPod(ctx context.Context, run *jobsv1alpha1.JobRun) *corev1.Pod {
+	pod := &corev1.Pod{}
+	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: podName(run.Name, 1)}, pod); err != nil || !metav1.IsControlledBy(pod, run) {
+		return nil
+	}
+	return pod
 }
 
 // getConfirmed reads key into obj from the cache, confirming a miss with the

@@ -211,12 +211,16 @@ func TestRunLifecycle(t *testing.T) {
 	if pod.Spec.ServiceAccountName != DefaultRunnerServiceAccount || pod.Spec.RestartPolicy != corev1.RestartPolicyNever {
 		t.Errorf("pod service account %q, restart policy %q", pod.Spec.ServiceAccountName, pod.Spec.RestartPolicy)
 	}
-	if jr.Status.Attempts != 1 || jr.Status.PodName != "run-ok-1" {
-		t.Errorf("status attempts %d pod %q", jr.Status.Attempts, jr.Status.PodName)
+	// Until its pod runs, the pod records the attempt, not the status.
+	if jr.Status.Attempts != 0 || len(jr.Status.Conditions) != 0 {
+		t.Errorf("status before the pod runs: %+v, want nothing written yet", jr.Status)
 	}
 
 	kubelet(t, pod, corev1.PodRunning, 0, "")
 	jr = waitPhase(t, ns, "run-ok", jobsv1alpha1.JobRunRunning)
+	if jr.Status.Attempts != 1 || jr.Status.PodName != "run-ok-1" || !meta.IsStatusConditionTrue(jr.Status.Conditions, jobsv1alpha1.JobRunConditionAccepted) {
+		t.Errorf("status attempts %d pod %q conditions %+v", jr.Status.Attempts, jr.Status.PodName, jr.Status.Conditions)
+	}
 	if jr.Status.StartedAt == nil || !jr.Status.StartedAt.Time.Equal(clock.Now().Truncate(time.Microsecond)) {
 		t.Errorf("startedAt = %v, want the controller's clock %v", jr.Status.StartedAt, clock.Now())
 	}
@@ -460,7 +464,7 @@ func TestConsistencyMarkerIsNotARun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if marker.Status.Phase != "" || len(marker.Status.Conditions) != 0 || marker.Labels[jobsv1alpha1.LabelStatus] != "" {
+	if marker.Status.Phase != jobsv1alpha1.JobRunPending || len(marker.Status.Conditions) != 0 || marker.Labels[jobsv1alpha1.LabelStatus] != "" {
 		t.Errorf("the controller treated the consistency marker as a run: status %+v, labels %v", marker.Status, marker.Labels)
 	}
 	if pods := podsOf(t, ns, jobsv1alpha1.ConsistencyMarkerName); len(pods) != 0 {

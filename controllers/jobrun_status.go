@@ -86,15 +86,29 @@ func decide(o observation) decision {
 
 	if st.Attempts == 0 {
 		if cancel {
+			if o.pod != nil {
+				// A first pod not recorded yet has not run the handler
+				// (the runner waits for the record): stop it now.
+				d.startAttempt(run, 1, now)
+				d.createAttempt = 0
+				d.deletePod = true
+			}
 			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelled, "cancelled before it started", o.now)
 			return d
 		}
-		if d.startTimedOut(o) {
+		if o.pod == nil {
+			if d.startTimedOut(o) {
+				return d
+			}
+			d.startAttempt(run, 1, now)
+			st.Phase = jobsv1alpha1.JobRunPending
 			return d
 		}
+		// The first attempt's pod exists but the status does not record it
+		// yet (see firstAttemptUnrecorded): record it with what its pod says.
 		d.startAttempt(run, 1, now)
+		d.createAttempt = 0
 		st.Phase = jobsv1alpha1.JobRunPending
-		return d
 	}
 
 	pod := o.pod
@@ -280,6 +294,22 @@ func (d *decision) startedFromPod(pod *corev1.Pod) {
 		d.status.StartedAt = ptr.To(metav1.NewMicroTime(started.Time))
 		d.started = true
 	}
+}
+
+// firstAttemptUnrecorded reports whether d would write nothing but the first
+// attempt's bookkeeping (attempts 1, its pod's name, the Accepted and
+// Running=PodPending conditions, phase pending) into a status the controller
+// never wrote: then it is not written. The attempt's pod records it (its
+// name is deterministic, and the next pass finds it in the cache), and the
+// runner starts no handler before the status records its attempt (sdk.Serve),
+// so a pod that vanishes unrecorded ran nothing and is simply created again.
+// The status is written when it says more: the pod runs or fails, the start
+// timeout ends it, a cancel request comes. Dispatch then costs the API server
+// one write (the pod) instead of two.
+func (d *decision) firstAttemptUnrecorded(run *jobsv1alpha1.JobRun) bool {
+	neverWritten := run.Status.Attempts == 0 && len(run.Status.Conditions) == 0
+	return neverWritten && d.status.Attempts == 1 && d.status.Phase == jobsv1alpha1.JobRunPending &&
+		!d.finished && !d.deletePod && len(d.events) == 0 && d.status.Progress == nil
 }
 
 // startAttempt asks for the pod of attempt n.

@@ -106,6 +106,8 @@ func TestDecide(t *testing.T) {
 		requeueAfter  time.Duration
 		// cancelRequestedAt is status.cancelRequestedAt; zero when unset.
 		cancelRequestedAt time.Time
+		// recordLater: the status is not written (firstAttemptUnrecorded).
+		recordLater bool
 	}
 	tests := []struct {
 		name    string
@@ -121,7 +123,28 @@ func TestDecide(t *testing.T) {
 	}{
 		{
 			name: "new run gets its first pod", run: testRun(), jobType: testJobType(), now: t0,
-			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1, createAttempt: 1, requeueAfter: 10 * time.Minute},
+			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1, createAttempt: 1, requeueAfter: 10 * time.Minute, recordLater: true},
+		},
+		{
+			name: "first pod found before the status records it, pending: nothing to record yet", run: testRun(), jobType: testJobType(), pod: testPod(corev1.PodPending, 0, ""), now: t0.Add(time.Second),
+			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 1, requeueAfter: 10*time.Minute - time.Second, recordLater: true},
+		},
+		{
+			name: "first pod runs before the status records it: one write records both", run: testRun(), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0.Add(time.Second),
+			want: want{phase: jobsv1alpha1.JobRunRunning, attempts: 1, started: true, requeueAfter: 600 * time.Second},
+		},
+		{
+			name: "unrecorded first pod never scheduled: start timeout fails the run and records the attempt", run: testRun(), jobType: testJobType(), pod: unschedulablePod(), now: t0.Add(11 * time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunFailed, attempts: 1, deletePod: true, finished: true, reason: corev1.PodReasonUnschedulable,
+				errorText: "run did not start within its start timeout of 10m0s: pod r1-1 was not scheduled: 0/3 nodes are available: 3 Insufficient cpu."},
+		},
+		{
+			name: "unrecorded first pod failed: the attempt counts, retried", run: testRun(), jobType: testJobType(), pod: testPod(corev1.PodFailed, 1, "Error"), now: t0.Add(time.Minute),
+			want: want{phase: jobsv1alpha1.JobRunPending, attempts: 2, createAttempt: 2},
+		},
+		{
+			name: "cancel while the first pod is unrecorded: its handler never started, pod deleted at once", run: testRun(cancelRequested(t0)), jobType: testJobType(), pod: testPod(corev1.PodRunning, 0, ""), now: t0,
+			want: want{phase: jobsv1alpha1.JobRunCancelled, attempts: 1, deletePod: true, finished: true, reason: jobsv1alpha1.ReasonCancelled, cancelRequestedAt: t0},
 		},
 		{
 			name: "missing job type fails the run", run: testRun(), jobType: nil, now: t0,
@@ -269,7 +292,7 @@ func TestDecide(t *testing.T) {
 			got := want{
 				phase: d.status.Phase, attempts: d.status.Attempts, createAttempt: d.createAttempt,
 				deletePod: d.deletePod, finished: d.finished, started: d.started,
-				errorText: d.status.Error, requeueAfter: d.requeueAfter,
+				errorText: d.status.Error, requeueAfter: d.requeueAfter, recordLater: d.firstAttemptUnrecorded(tt.run),
 			}
 			if d.status.CancelRequestedAt != nil {
 				got.cancelRequestedAt = d.status.CancelRequestedAt.Time

@@ -171,62 +171,73 @@ func TestOwnWriteNotRedone(t *testing.T) {
 	r := &JobRunReconciler{client: cached, apiReader: env.Client, scheme: env.Scheme, recorder: events.NewFakeRecorder(10),
 		clock: o.clock, policy: o.policy, metrics: newRunMetrics(prometheus.NewRegistry()), workers: 1}
 	req := ctrl.Request{NamespacedName: client.ObjectKeyFromObject(run)}
+	reconcile := func(what string) ctrl.Result {
+		t.Helper()
+		res, err := r.Reconcile(ctx, req)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return res
+	}
+	version := func() string {
+		t.Helper()
+		got, err := getRun(ctx, ns, "run-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.ResourceVersion
+	}
 
-	if _, err := r.Reconcile(ctx, req); err != nil {
+	// The first pass creates the pod and records nothing yet in the status
+	// (the pod does, until it runs; the run only gets its status label);
+	// the next finds the pod and does nothing.
+	reconcile("first pass")
+	first, err := getRun(ctx, ns, "run-1")
+	if err != nil {
 		t.Fatal(err)
 	}
+	if first.Status.Attempts != 0 || len(first.Status.Conditions) != 0 || cached.podCreates.Load() != 1 {
+		t.Fatalf("first pass: status %+v, %d pod creates; want nothing recorded, 1 create", first.Status, cached.podCreates.Load())
+	}
+	reconcile("second pass")
+	if n := cached.podCreates.Load(); n != 1 || version() != first.ResourceVersion {
+		t.Fatalf("second pass: %d pod creates, run version %s (was %s); want no create, no write", n, version(), first.ResourceVersion)
+	}
+
+	// The pod runs, and someone else writes (a user's annotation) while
+	// the cache still shows the run from before: the pass's status patch
+	// is refused, and it tries again on the cache's next version, never on
+	// top of a write it has not seen.
+	kubelet(t, waitPod(t, ns, "run-1-1"), corev1.PodRunning, 0, "")
+	env.Annotate(t, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "run-1"}}, "example.com/note", "seen")
+	if res := reconcile("pass that missed another writer's write"); res.RequeueAfter != conflictRetryDelay {
+		t.Errorf("a pass that missed another writer's write: requeue after %s, want the conflict's %s", res.RequeueAfter, conflictRetryDelay)
+	}
+	seen := &jobsv1alpha1.JobRun{}
+	if err := env.Client.Get(ctx, req.NamespacedName, seen); err != nil {
+		t.Fatal(err)
+	}
+	cached.frozen = seen.DeepCopy()
+	reconcile("pass once the cache caught up")
 	written, err := getRun(ctx, ns, "run-1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if written.Status.Attempts != 1 || cached.podCreates.Load() != 1 {
-		t.Fatalf("first pass: attempts %d, %d pod creates; want 1, 1", written.Status.Attempts, cached.podCreates.Load())
+	if written.Status.Phase != jobsv1alpha1.JobRunRunning || written.Status.Attempts != 1 || written.Status.PodName != "run-1-1" {
+		t.Fatalf("the cache caught up: phase %q, attempts %d, pod %q; want running, 1, run-1-1 (one write records both)", written.Status.Phase, written.Status.Attempts, written.Status.PodName)
 	}
+
+	// Passes while the cache still shows the version that write replaced
+	// start from the write: no conflict, no second pod, no write again.
 	for i := range 2 {
-		res, err := r.Reconcile(ctx, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if res.RequeueAfter == conflictRetryDelay {
-			t.Errorf("pass %d over the controller's own write conflicted (requeued after %s)", i+2, res.RequeueAfter)
+		if res := reconcile("pass over the controller's own write"); res.RequeueAfter == conflictRetryDelay {
+			t.Errorf("pass %d over the controller's own write conflicted (requeued after %s)", i+1, res.RequeueAfter)
 		}
 	}
 	if n := cached.podCreates.Load(); n != 1 {
 		t.Errorf("%d pod creates, want 1: later passes created the pod again", n)
 	}
-	after, err := getRun(ctx, ns, "run-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if after.ResourceVersion != written.ResourceVersion {
-		t.Errorf("the run was written again (version %s, then %s): %+v", written.ResourceVersion, after.ResourceVersion, after.Status)
-	}
-
-	// The pod starts, and someone else writes (the REST API's cancel)
-	// while the cache still shows the run from before the controller's
-	// write. The pass starts from that write, and its status patch is
-	// refused: it tries again on the cache's next version, never on top of
-	// a write it has not seen.
-	kubelet(t, waitPod(t, ns, "run-1-1"), corev1.PodRunning, 0, "")
-	requestCancel(t, ns, "run-1")
-	res, err := r.Reconcile(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.RequeueAfter != conflictRetryDelay {
-		t.Errorf("a pass that missed another writer's write: requeue after %s, want the conflict's %s", res.RequeueAfter, conflictRetryDelay)
-	}
-	if err := env.Client.Get(ctx, req.NamespacedName, cached.frozen); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Reconcile(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	got, err := getRun(ctx, ns, "run-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.Status.Phase != jobsv1alpha1.JobRunRunning || got.Status.CancelRequestedAt == nil {
-		t.Errorf("the cache caught up: phase %q, cancelRequestedAt %v; want running, the cancel recorded", got.Status.Phase, got.Status.CancelRequestedAt)
+	if v := version(); v != written.ResourceVersion {
+		t.Errorf("the run was written again (version %s, then %s)", written.ResourceVersion, v)
 	}
 }

@@ -214,7 +214,10 @@ func TestScheduleReplace(t *testing.T) {
 	alignClock(t, clock, js)
 	got := stepAndWait(t, clock, js, 0)
 	first := scheduledRunName(got, got.Status.LastScheduleTime.Time)
-	waitPod(t, ns, first+"-1") // active: its pod waits for a kubelet that never comes
+	// Active: its handler runs (a run whose pod has not started yet is
+	// cancelled at once, with no handler to wait for).
+	kubelet(t, waitPod(t, ns, first+"-1"), corev1.PodRunning, 0, "")
+	waitPhase(t, ns, first, jobsv1alpha1.JobRunRunning)
 
 	got = stepAndWait(t, clock, js, time.Minute)
 	second := scheduledRunName(got, got.Status.LastScheduleTime.Time)

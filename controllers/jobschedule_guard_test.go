@@ -96,7 +96,10 @@ func TestProjectScheduleWhileAPIRunActive(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitPod(t, ns, apiRun.Name+"-1") // active: no kubelet runs its pod
+			// Active: its handler runs (Replace would cancel a run whose
+			// pod has not started at once, and then start its own).
+			kubelet(t, waitPod(t, ns, apiRun.Name+"-1"), corev1.PodRunning, 0, "")
+			waitPhase(t, ns, apiRun.Name, jobsv1alpha1.JobRunRunning)
 
 			js := createSchedule(t, ns, "project", "* * * * *", projectSchedule(policy))
 			alignClock(t, clock, js)

@@ -92,6 +92,31 @@ func Serve(ctx context.Context, cfg Config) int {
 		log.Info("run was cancelled before its handler started")
 		return jobsv1alpha1.ExitCodeCancelled
 	}
+	if jr.Status.Attempts < int32(cfg.Attempt) {
+		// The controller records the first attempt once it sees the pod
+		// run, not when it creates it: no handler runs for an attempt the
+		// run does not record, so a pod that vanishes before that ran
+		// nothing, and its run is as if it never had one.
+		log.Info("waiting for the run to record this attempt", "recorded", jr.Status.Attempts)
+		jr = watchUntil(ctx, cfg.Client, key, cfg.CancelPollInterval, func(jr *jobsv1alpha1.JobRun) bool {
+			return jr.Status.Attempts >= int32(cfg.Attempt) || jr.IsCancelRequested() || jr.CurrentPhase().IsTerminal()
+		})
+		switch {
+		case jr == nil:
+			log.Info("stopped before the run recorded this attempt; the handler did not start")
+			return jobsv1alpha1.ExitCodeCancelled
+		case jr.CurrentPhase().IsTerminal():
+			log.Info("run finished before its handler started; nothing to do", "phase", jr.CurrentPhase())
+			return 0
+		case jr.IsCancelRequested():
+			log.Info("run was cancelled before its handler started")
+			return jobsv1alpha1.ExitCodeCancelled
+		}
+	}
+	if jr.Status.Attempts > int32(cfg.Attempt) {
+		log.Info("a later attempt replaced this one; the handler does not start", "recorded", jr.Status.Attempts)
+		return 0
+	}
 	w := &statusWriter{c: cfg.Client, run: jr}
 	handler, ok := cfg.Handlers[jr.Spec.JobType]
 	if !ok {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,7 +25,17 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
+// newRun creates a run whose status records its first attempt, as the
+// controller does once the attempt's pod runs.
 func newRun(t *testing.T, ns, jobType, params string) *jobsv1alpha1.JobRun {
+	t.Helper()
+	jr := newUnrecordedRun(t, ns, jobType, params)
+	recordAttempt(t, jr, 1)
+	return jr
+}
+
+// newUnrecordedRun creates a run whose status records no attempt yet.
+func newUnrecordedRun(t *testing.T, ns, jobType, params string) *jobsv1alpha1.JobRun {
 	t.Helper()
 	jr := testrun.Make(ns, "").GenerateName("run-").JobType(jobType).Team("team-1").Project("project-1").
 		TriggeredBy("manual:user:u1").Params(params).Obj()
@@ -32,6 +43,14 @@ func newRun(t *testing.T, ns, jobType, params string) *jobsv1alpha1.JobRun {
 		t.Fatal(err)
 	}
 	return jr
+}
+
+// recordAttempt writes attempt n into the run's status, as the controller.
+func recordAttempt(t *testing.T, jr *jobsv1alpha1.JobRun, n int32) {
+	t.Helper()
+	if err := testrun.RecordAttempt(testenv.Context(t), env.Client, jr, n); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func watchClient(t *testing.T) client.WithWatch {
@@ -138,7 +157,7 @@ func TestHandlerErrorIsRecorded(t *testing.T) {
 	if got.Status.Progress == nil || got.Status.Progress.Processed != 3 {
 		t.Errorf("last progress not kept: %+v", got.Status.Progress)
 	}
-	if got.Status.Phase != "" {
+	if got.Status.Phase != jobsv1alpha1.JobRunRunning {
 		t.Errorf("the runner wrote phase %q; only the controller decides it", got.Status.Phase)
 	}
 }
@@ -304,4 +323,90 @@ func TestFinalWritesRideOutAnOutage(t *testing.T) {
 	if got.Status.Result == nil || string(got.Status.Result.Raw) != `{"done":3}` {
 		t.Errorf("result after the outage = %v", got.Status.Result)
 	}
+}
+
+// TestHandlerWaitsForItsAttempt: the runner starts no handler before the
+// run's status records its attempt (the controller records the first one
+// when it sees the pod run); a pod whose attempt a later one replaced, or
+// whose run was cancelled or stopped meanwhile, runs nothing.
+func TestHandlerWaitsForItsAttempt(t *testing.T) {
+	// serve starts Serve on jr and returns when the runner says it waits.
+	serve := func(t *testing.T, ctx context.Context, jr *jobsv1alpha1.JobRun, handler sdk.Handler) (done chan int, calls *atomic.Int32) {
+		t.Helper()
+		calls = &atomic.Int32{}
+		cfg := config(t, jr, map[string]sdk.Handler{"gated": func(ctx context.Context, run *sdk.Run) (any, error) {
+			calls.Add(1)
+			return handler(ctx, run)
+		}})
+		waiting := make(chan struct{})
+		var once atomic.Bool
+		cfg.Log = funcr.New(func(prefix, args string) {
+			t.Log(prefix, args)
+			if strings.Contains(args, "waiting for the run to record this attempt") && once.CompareAndSwap(false, true) {
+				close(waiting)
+			}
+		}, funcr.Options{})
+		done = make(chan int, 1)
+		go func() { done <- sdk.Serve(ctx, cfg) }()
+		select {
+		case <-waiting:
+		case code := <-done:
+			t.Fatalf("Serve returned %d (handler called %d times) without waiting for the attempt to be recorded", code, calls.Load())
+		case <-time.After(30 * time.Second):
+			t.Fatal("the runner did not say it waits within 30s")
+		}
+		return done, calls
+	}
+	wait := func(t *testing.T, done chan int) int {
+		t.Helper()
+		select {
+		case code := <-done:
+			return code
+		case <-time.After(30 * time.Second):
+			t.Fatal("Serve did not return within 30s")
+			return 0
+		}
+	}
+
+	t.Run("recorded", func(t *testing.T) {
+		jr := newUnrecordedRun(t, env.Namespace(t), "gated", `{}`)
+		var attemptsSeen atomic.Int32
+		done, calls := serve(t, context.Background(), jr, func(ctx context.Context, run *sdk.Run) (any, error) {
+			attemptsSeen.Store(get(t, jr).Status.Attempts)
+			return map[string]int{"ok": 1}, nil
+		})
+		if n := calls.Load(); n != 0 {
+			t.Fatalf("handler called %d times before the attempt was recorded", n)
+		}
+		recordAttempt(t, jr, 1)
+		if code := wait(t, done); code != 0 || calls.Load() != 1 || attemptsSeen.Load() != 1 {
+			t.Errorf("Serve = %d, handler called %d times, seeing %d attempts; want 0, once, 1", code, calls.Load(), attemptsSeen.Load())
+		}
+	})
+	never := func(context.Context, *sdk.Run) (any, error) { return nil, nil }
+	t.Run("replaced by a later attempt", func(t *testing.T) {
+		jr := newUnrecordedRun(t, env.Namespace(t), "gated", `{}`)
+		done, calls := serve(t, context.Background(), jr, never)
+		recordAttempt(t, jr, 2)
+		if code := wait(t, done); code != 0 || calls.Load() != 0 {
+			t.Errorf("Serve = %d, handler called %d times; want 0, never", code, calls.Load())
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		jr := newUnrecordedRun(t, env.Namespace(t), "gated", `{}`)
+		done, calls := serve(t, context.Background(), jr, never)
+		env.Annotate(t, jr.DeepCopy(), jobsv1alpha1.AnnotationCancelRequested, "now")
+		if code := wait(t, done); code != jobsv1alpha1.ExitCodeCancelled || calls.Load() != 0 {
+			t.Errorf("Serve = %d, handler called %d times; want %d, never", code, calls.Load(), jobsv1alpha1.ExitCodeCancelled)
+		}
+	})
+	t.Run("pod stopped", func(t *testing.T) {
+		jr := newUnrecordedRun(t, env.Namespace(t), "gated", `{}`)
+		ctx, stop := context.WithCancel(context.Background())
+		done, calls := serve(t, ctx, jr, never)
+		stop() // SIGTERM
+		if code := wait(t, done); code != jobsv1alpha1.ExitCodeCancelled || calls.Load() != 0 {
+			t.Errorf("Serve = %d, handler called %d times; want %d, never", code, calls.Load(), jobsv1alpha1.ExitCodeCancelled)
+		}
+	})
 }

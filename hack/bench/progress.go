@@ -16,6 +16,7 @@ import (
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/sdk"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // countingTransport counts status writes and their bytes.
@@ -46,6 +47,10 @@ func (b *bench) progress(ctx context.Context) error {
 	jr := &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: "progress-"},
 		Spec: jobsv1alpha1.JobRunSpec{JobType: "bench_progress", TriggeredBy: "manual:user:bench", Params: &runtime.RawExtension{Raw: []byte(`{}`)}}}
 	if err := b.c.Create(ctx, jr); err != nil {
+		return err
+	}
+	// No controller runs here: record the attempt as it would.
+	if err := testrun.RecordAttempt(ctx, b.c, jr, 1); err != nil {
 		return err
 	}
 	const calls = 100000

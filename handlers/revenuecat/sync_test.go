@@ -94,6 +94,9 @@ func (f *fixture) newRun(params string) *jobsv1alpha1.JobRun {
 	if err := env.Client.Create(context.Background(), jr); err != nil {
 		f.t.Fatal(err)
 	}
+	if err := testrun.RecordAttempt(context.Background(), env.Client, jr, 1); err != nil {
+		f.t.Fatal(err)
+	}
 	return jr
 }
 

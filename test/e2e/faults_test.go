@@ -377,8 +377,8 @@ func TestAPIServerOutage(t *testing.T) {
 	if frozen.Status.Result != nil || frozen.Status.Phase != jobsv1alpha1.JobRunRunning {
 		t.Errorf("during the outage the run is %s with result %s: someone reached the API server", frozen.Status.Phase, frozen.Status.Result)
 	}
-	if got, err := get(context.Background(), during); err != nil || got.Status.Phase != "" || pods.count(during.Name) != 0 {
-		t.Errorf("a run created during the outage was acted on: phase %q, %d pods (%v)", got.Status.Phase, pods.count(during.Name), err)
+	if got, err := get(context.Background(), during); err != nil || len(got.Status.Conditions) != 0 || got.Status.Phase != jobsv1alpha1.JobRunPending || pods.count(during.Name) != 0 {
+		t.Errorf("a run created during the outage was acted on: status %+v, %d pods (%v)", got.Status, pods.count(during.Name), err)
 	}
 	if err := cluster.RestoreAPI(); err != nil {
 		t.Fatal(err)

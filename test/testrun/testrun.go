@@ -6,12 +6,15 @@
 package testrun
 
 import (
+	"context"
+	"fmt"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
@@ -115,4 +118,13 @@ func (w *Wrapper) ResourceVersion(rv string) *Wrapper {
 func (w *Wrapper) Phase(phase jobsv1alpha1.JobRunPhase) *Wrapper {
 	w.run.Status.Phase = phase
 	return w
+}
+
+// RecordAttempt writes attempt n into run's status as the controller does
+// once the attempt's pod runs (phase running, the attempt, its pod's name):
+// the runner (sdk.Serve) starts no handler before that. For tests and
+// benchmarks that run the runner without the controller.
+func RecordAttempt(ctx context.Context, c client.Client, run *jobsv1alpha1.JobRun, n int32) error {
+	patch := fmt.Sprintf(`{"status":{"phase":%q,"attempts":%d,"podName":"%s-%d"}}`, jobsv1alpha1.JobRunRunning, n, run.Name, n)
+	return c.Status().Patch(ctx, run.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(patch)))
 }
