@@ -117,11 +117,11 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		return fmt.Errorf("failed to watch JobRuns for the controller's own writes: %w", err)
 	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(notConsistencyMarker, predicate.Or(
+		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(notConsistencyMarker, leftToPodlessFirst, predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{},
 			predicate.LabelChangedPredicate{}, statusPhaseChanged{}))).
-		// The same events again, to put a new run's first pass (its pod)
-		// ahead of the bookkeeping of runs that have one.
+		// A new run's first pass (its pod) ahead of the bookkeeping of
+		// runs that have one.
 		Watches(&jobsv1alpha1.JobRun{}, podlessFirst).
 		Owns(&corev1.Pod{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.workers}).
@@ -136,18 +136,36 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 const dispatchPriority = 10
 
 // podlessFirst queues a run created without an attempt yet (or found so when
-// the manager starts) at dispatchPriority. The run's other handler queues it
-// too, at the normal priority; the queue keeps the higher one, for one pass
-// (Reconcile's results ask for the normal priority again).
+// the manager starts) at dispatchPriority (at the normal one when the queue
+// has no priorities), for one pass: Reconcile's results ask for the normal
+// priority again. It is the only handler that queues such a run's creation
+// (leftToPodlessFirst): queued twice, the run could be taken by a worker
+// between the two, and then passed over again at once, before the cache
+// shows the pod the first pass created (a pod create refused as existing).
 var podlessFirst = handler.Funcs{
 	CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-		run, ok := e.Object.(*jobsv1alpha1.JobRun)
-		pq, isPriorityQueue := q.(priorityqueue.PriorityQueue[reconcile.Request])
-		if !ok || !isPriorityQueue || run.Status.Attempts > 0 || run.CurrentPhase().IsTerminal() || jobsv1alpha1.IsConsistencyMarker(run) {
+		if !podless(e.Object) {
 			return
 		}
-		pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(dispatchPriority)}, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(run)})
+		req := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)}
+		if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+			pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(dispatchPriority)}, req)
+			return
+		}
+		q.Add(req)
 	},
+}
+
+// leftToPodlessFirst keeps the JobRun handler from queueing the creations
+// podlessFirst queues.
+var leftToPodlessFirst = predicate.Funcs{CreateFunc: func(e event.CreateEvent) bool { return !podless(e.Object) }}
+
+// podless reports whether o is a run, not the consistency marker, that has
+// not ended and whose status records no attempt: its next pass creates or
+// finds its first pod.
+func podless(o client.Object) bool {
+	run, ok := o.(*jobsv1alpha1.JobRun)
+	return ok && run.Status.Attempts == 0 && !run.CurrentPhase().IsTerminal() && !jobsv1alpha1.IsConsistencyMarker(run)
 }
 
 // notConsistencyMarker leaves out the REST API's consistency marker, a
