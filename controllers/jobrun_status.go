@@ -88,7 +88,7 @@ func decide(o observation) decision {
 		if cancel {
 			if o.pod != nil {
 				// A first pod not recorded yet has not run the handler
-				// (the runner waits for the record): stop it now.
+				// (its runner records the attempt first): stop it now.
 				d.startAttempt(run, 1, now)
 				d.createAttempt = 0
 				d.deletePod = true
@@ -301,8 +301,9 @@ func (d *decision) startedFromPod(pod *corev1.Pod) {
 // Running=PodPending conditions, phase pending) into a status the controller
 // never wrote: then it is not written. The attempt's pod records it (its
 // name is deterministic, and the next pass finds it in the cache), and the
-// runner starts no handler before the status records its attempt (sdk.Serve),
-// so a pod that vanishes unrecorded ran nothing and is simply created again.
+// runner records its attempt itself before the handler starts (sdk.Serve;
+// the runner policy lets it write exactly that), so a pod that vanishes
+// unrecorded ran nothing and is simply created again.
 // The status is written when it says more: the pod runs or fails, the start
 // timeout ends it, a cancel request comes. Dispatch then costs the API server
 // one write (the pod) instead of two.

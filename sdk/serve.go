@@ -92,30 +92,23 @@ func Serve(ctx context.Context, cfg Config) int {
 		log.Info("run was cancelled before its handler started")
 		return jobsv1alpha1.ExitCodeCancelled
 	}
-	if jr.Status.Attempts < int32(cfg.Attempt) {
-		// The controller records the first attempt once it sees the pod
-		// run, not when it creates it: no handler runs for an attempt the
-		// run does not record, so a pod that vanishes before that ran
-		// nothing, and its run is as if it never had one.
-		log.Info("waiting for the run to record this attempt", "recorded", jr.Status.Attempts)
-		jr = watchUntil(ctx, cfg.Client, key, cfg.CancelPollInterval, func(jr *jobsv1alpha1.JobRun) bool {
-			return jr.Status.Attempts >= int32(cfg.Attempt) || jr.IsCancelRequested() || jr.CurrentPhase().IsTerminal()
-		})
-		switch {
-		case jr == nil:
-			log.Info("stopped before the run recorded this attempt; the handler did not start")
-			return jobsv1alpha1.ExitCodeCancelled
-		case jr.CurrentPhase().IsTerminal():
-			log.Info("run finished before its handler started; nothing to do", "phase", jr.CurrentPhase())
-			return 0
-		case jr.IsCancelRequested():
-			log.Info("run was cancelled before its handler started")
-			return jobsv1alpha1.ExitCodeCancelled
-		}
-	}
 	if jr.Status.Attempts > int32(cfg.Attempt) {
 		log.Info("a later attempt replaced this one; the handler does not start", "recorded", jr.Status.Attempts)
 		return 0
+	}
+	if jr.Status.Attempts < int32(cfg.Attempt) {
+		// The controller records the first attempt once it sees the pod
+		// run, not when it creates it: the runner records its attempt
+		// itself before the handler starts, so that no handler runs for an
+		// attempt the run does not count (a pod that vanished unrecorded
+		// ran nothing, and is simply created again).
+		record := fmt.Sprintf(`{"status":{"attempts":%d,"podName":%q}}`, cfg.Attempt, fmt.Sprintf("%s-%d", cfg.Name, cfg.Attempt))
+		if err := retryTransient(ctx, func(ctx context.Context) error {
+			return cfg.Client.Status().Patch(ctx, jr.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(record)))
+		}); err != nil {
+			log.Error(err, "recording this attempt in the run; the handler does not start")
+			return jobsv1alpha1.ExitCodeRunnerError
+		}
 	}
 	w := &statusWriter{c: cfg.Client, run: jr}
 	handler, ok := cfg.Handlers[jr.Spec.JobType]

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -325,88 +324,42 @@ func TestFinalWritesRideOutAnOutage(t *testing.T) {
 	}
 }
 
-// TestHandlerWaitsForItsAttempt: the runner starts no handler before the
-// run's status records its attempt (the controller records the first one
-// when it sees the pod run); a pod whose attempt a later one replaced, or
-// whose run was cancelled or stopped meanwhile, runs nothing.
-func TestHandlerWaitsForItsAttempt(t *testing.T) {
-	// serve starts Serve on jr and returns when the runner says it waits.
-	serve := func(t *testing.T, ctx context.Context, jr *jobsv1alpha1.JobRun, handler sdk.Handler) (done chan int, calls *atomic.Int32) {
-		t.Helper()
-		calls = &atomic.Int32{}
-		cfg := config(t, jr, map[string]sdk.Handler{"gated": func(ctx context.Context, run *sdk.Run) (any, error) {
-			calls.Add(1)
-			return handler(ctx, run)
-		}})
-		waiting := make(chan struct{})
-		var once atomic.Bool
-		cfg.Log = funcr.New(func(prefix, args string) {
-			t.Log(prefix, args)
-			if strings.Contains(args, "waiting for the run to record this attempt") && once.CompareAndSwap(false, true) {
-				close(waiting)
-			}
-		}, funcr.Options{})
-		done = make(chan int, 1)
-		go func() { done <- sdk.Serve(ctx, cfg) }()
-		select {
-		case <-waiting:
-		case code := <-done:
-			t.Fatalf("Serve returned %d (handler called %d times) without waiting for the attempt to be recorded", code, calls.Load())
-		case <-time.After(30 * time.Second):
-			t.Fatal("the runner did not say it waits within 30s")
-		}
-		return done, calls
-	}
-	wait := func(t *testing.T, done chan int) int {
-		t.Helper()
-		select {
-		case code := <-done:
-			return code
-		case <-time.After(30 * time.Second):
-			t.Fatal("Serve did not return within 30s")
-			return 0
-		}
-	}
-
-	t.Run("recorded", func(t *testing.T) {
-		jr := newUnrecordedRun(t, env.Namespace(t), "gated", `{}`)
-		var attemptsSeen atomic.Int32
-		done, calls := serve(t, context.Background(), jr, func(ctx context.Context, run *sdk.Run) (any, error) {
-			attemptsSeen.Store(get(t, jr).Status.Attempts)
+// TestRunnerRecordsItsAttempt: the controller records the first attempt only
+// when it sees the pod run; the runner records its attempt itself (attempts
+// and podName, nothing else) before the handler starts, so that no handler
+// runs for an attempt the run does not count. A pod whose attempt a later
+// one replaced runs nothing.
+func TestRunnerRecordsItsAttempt(t *testing.T) {
+	t.Run("unrecorded", func(t *testing.T) {
+		jr := newUnrecordedRun(t, env.Namespace(t), "recorded", `{}`)
+		var seen *jobsv1alpha1.JobRun
+		cfg := config(t, jr, map[string]sdk.Handler{"recorded": func(ctx context.Context, run *sdk.Run) (any, error) {
+			seen = get(t, jr)
 			return map[string]int{"ok": 1}, nil
-		})
-		if n := calls.Load(); n != 0 {
-			t.Fatalf("handler called %d times before the attempt was recorded", n)
+		}})
+		if code := sdk.Serve(context.Background(), cfg); code != 0 {
+			t.Fatalf("Serve = %d, want 0", code)
 		}
-		recordAttempt(t, jr, 1)
-		if code := wait(t, done); code != 0 || calls.Load() != 1 || attemptsSeen.Load() != 1 {
-			t.Errorf("Serve = %d, handler called %d times, seeing %d attempts; want 0, once, 1", code, calls.Load(), attemptsSeen.Load())
+		if seen == nil || seen.Status.Attempts != 1 || seen.Status.PodName != jr.Name+"-1" {
+			t.Fatalf("the handler ran with the run's status %+v, want attempt 1 and its pod recorded", seen)
+		}
+		if seen.Status.Phase != jobsv1alpha1.JobRunPending || len(seen.Status.Conditions) != 0 {
+			t.Errorf("the runner wrote more than its attempt: %+v", seen.Status)
 		}
 	})
-	never := func(context.Context, *sdk.Run) (any, error) { return nil, nil }
 	t.Run("replaced by a later attempt", func(t *testing.T) {
-		jr := newUnrecordedRun(t, env.Namespace(t), "gated", `{}`)
-		done, calls := serve(t, context.Background(), jr, never)
+		jr := newUnrecordedRun(t, env.Namespace(t), "replaced", `{}`)
 		recordAttempt(t, jr, 2)
-		if code := wait(t, done); code != 0 || calls.Load() != 0 {
-			t.Errorf("Serve = %d, handler called %d times; want 0, never", code, calls.Load())
+		called := false
+		cfg := config(t, jr, map[string]sdk.Handler{"replaced": func(context.Context, *sdk.Run) (any, error) {
+			called = true
+			return nil, nil
+		}})
+		if code := sdk.Serve(context.Background(), cfg); code != 0 || called {
+			t.Errorf("Serve = %d, handler called: %v; want 0, never", code, called)
 		}
-	})
-	t.Run("cancelled", func(t *testing.T) {
-		jr := newUnrecordedRun(t, env.Namespace(t), "gated", `{}`)
-		done, calls := serve(t, context.Background(), jr, never)
-		env.Annotate(t, jr.DeepCopy(), jobsv1alpha1.AnnotationCancelRequested, "now")
-		if code := wait(t, done); code != jobsv1alpha1.ExitCodeCancelled || calls.Load() != 0 {
-			t.Errorf("Serve = %d, handler called %d times; want %d, never", code, calls.Load(), jobsv1alpha1.ExitCodeCancelled)
-		}
-	})
-	t.Run("pod stopped", func(t *testing.T) {
-		jr := newUnrecordedRun(t, env.Namespace(t), "gated", `{}`)
-		ctx, stop := context.WithCancel(context.Background())
-		done, calls := serve(t, ctx, jr, never)
-		stop() // SIGTERM
-		if code := wait(t, done); code != jobsv1alpha1.ExitCodeCancelled || calls.Load() != 0 {
-			t.Errorf("Serve = %d, handler called %d times; want %d, never", code, calls.Load(), jobsv1alpha1.ExitCodeCancelled)
+		if got := get(t, jr); got.Status.Attempts != 2 {
+			t.Errorf("attempts %d after the replaced pod's runner, want 2", got.Status.Attempts)
 		}
 	})
 }

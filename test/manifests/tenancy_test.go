@@ -330,7 +330,7 @@ func checkRunnerWrites(t *testing.T, ns, sa string) {
 	} {
 		t.Run(field, func(t *testing.T) {
 			err := patch(own, `{"progress":{"processed":2,"total":10,"summary":"2/10"},`+strings.TrimPrefix(status, "{"))
-			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "a runner may only write status.progress, status.result and status.error; this request changes status."+field) {
+			if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "a runner may only write status.progress, status.result and status.error (and record its own attempt); this request changes status."+field) {
 				t.Errorf("runner writing status.%s: err = %v, want Forbidden naming it", field, err)
 			}
 		})
@@ -341,5 +341,52 @@ func checkRunnerWrites(t *testing.T, ns, sa string) {
 	}
 	if got.Status.Phase != jobsv1alpha1.JobRunRunning || got.Status.Attempts != 1 || got.Status.Progress == nil || got.Status.Progress.Processed != 10 {
 		t.Errorf("run status after the runner's writes: %+v", got.Status)
+	}
+
+	// A run whose status does not record its first attempt yet (the
+	// controller records it when it sees the pod run): its runner records
+	// its own attempt, and nothing else of the kind.
+	unrecorded := testrun.Make(ns, "runner-rec-"+suffix).JobType("demo_sync").Team("demo-team").Project("demo-project").TriggeredBy("manual:user:demo-user").Obj()
+	if err := env.Client.Create(ctx, unrecorded); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), unrecorded) })
+	recPod := restrictedRunnerPod(unrecorded, sa)
+	if err := env.Client.Create(ctx, recPod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), recPod) })
+	recRunner := runnerClient(t, recPod)
+	recPatch := func(status string) error {
+		return recRunner.Status().Patch(ctx, unrecorded.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(`{"status":`+status+`}`)))
+	}
+	for _, attack := range []struct{ status, field string }{
+		{`{"attempts":2,"podName":"` + unrecorded.Name + `-2"}`, "podName, status.attempts"}, // another attempt than its pod's
+		{`{"attempts":1,"podName":"x"}`, "podName"},                                          // another pod
+		{`{"attempts":1}`, "attempts"},                                                       // without its pod
+		{`{"attempts":1,"podName":"` + recPod.Name + `","phase":"running"}`, "phase"},        // and the phase
+	} {
+		err := recPatch(attack.status)
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "this request changes status."+attack.field) {
+			t.Errorf("runner writing %s: err = %v, want Forbidden naming status.%s", attack.status, err, attack.field)
+		}
+	}
+	// The other run: not its own, whatever it writes.
+	if err := recPatch(`{"attempts":1,"podName":"` + recPod.Name + `"}`); err != nil {
+		t.Fatalf("runner recording its own attempt: %v", err)
+	}
+	if err := recRunner.Status().Patch(ctx, other.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(`{"status":{"attempts":1,"podName":"`+recPod.Name+`"}}`))); !apierrors.IsForbidden(err) {
+		t.Errorf("runner recording its attempt in another run: err = %v, want Forbidden", err)
+	}
+	// A later attempt recorded (the controller retried): the runner of the
+	// earlier pod may not take the run back to its attempt.
+	if err := env.Client.Status().Patch(ctx, unrecorded.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(`{"status":{"attempts":2,"podName":"`+unrecorded.Name+`-2"}}`))); err != nil {
+		t.Fatal(err)
+	}
+	if err := recPatch(`{"attempts":1,"podName":"` + recPod.Name + `"}`); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "this request changes status.podName, status.attempts") {
+		t.Errorf("runner of attempt 1 recording it over attempt 2: err = %v, want Forbidden", err)
+	}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(unrecorded), got); err != nil || got.Status.Attempts != 2 || got.Status.PodName != unrecorded.Name+"-2" {
+		t.Errorf("run after the refused writes: %+v (%v), want attempt 2 recorded", got.Status, err)
 	}
 }
