@@ -104,6 +104,7 @@ func newManager(f *managerFlags, runIndex *apiserver.RunIndex) (ctrl.Manager, er
 		Scheme:                        scheme,
 		Metrics:                       metricsOpts,
 		HealthProbeBindAddress:        f.probeAddr,
+		PprofBindAddress:              f.pprofAddr,
 		LeaderElection:                f.leaderElect,
 		LeaderElectionID:              leaderElectionID,
 		LeaderElectionNamespace:       f.leaderElectionNamespace,

@@ -19,6 +19,7 @@ type managerFlags struct {
 	metricsAddr             string
 	metricsSecure           bool
 	probeAddr               string
+	pprofAddr               string
 	leaderElect             bool
 	leaderElectionNamespace string
 	leaseDuration           time.Duration
@@ -67,6 +68,7 @@ func (f *managerFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8443", "Address of the Prometheus metrics endpoint; 0 disables it.")
 	fs.BoolVar(&f.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, for callers authenticated and authorized by the API server.")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+	fs.StringVar(&f.pprofAddr, "pprof-bind-address", "", "Address of Go's /debug/pprof endpoints (profiles, the heap after a GC with ?gc=1), such as 127.0.0.1:6060; empty: not served. Unauthenticated: bind it to loopback.")
 	fs.BoolVar(&f.leaderElect, "leader-elect", true, "Elect a leader, so that only one of several replicas reconciles.")
 	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader-election Lease. Empty: the pod's own namespace (in a cluster).")
 	fs.DurationVar(&f.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "How long a leader's Lease lasts without renewal: how long standbys wait after a leader crashed.")

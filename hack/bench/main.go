@@ -58,6 +58,8 @@ type bench struct {
 	cfg     *rest.Config
 	api     string
 	metrics string
+	// pprof is the API-only manager's /debug/pprof (the memory figures).
+	pprof   string
 	http    *http.Client
 	token   string
 	figures []Figure
@@ -197,7 +199,12 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	// An API-only manager (no controllers, so runs stay pending): the REST
 	// path alone, the list cache, the runner's progress writes.
 	cl.KillManager()
-	if err := cl.StartManager("--run-controllers=false", "--leader-elect=false"); err != nil {
+	pprofAddr, err := localcluster.FreeAddrs(1)
+	if err != nil {
+		return err
+	}
+	b.pprof = "http://" + pprofAddr[0] + "/debug/pprof"
+	if err := cl.StartManager("--run-controllers=false", "--leader-elect=false", "--pprof-bind-address="+pprofAddr[0]); err != nil {
 		return err
 	}
 	if err := b.waitReady(ctx); err != nil {

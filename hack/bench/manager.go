@@ -64,3 +64,25 @@ func (b *bench) scrape(name string) (sum float64, found bool, err error) {
 	}
 	return sum, found, nil
 }
+
+// liveHeap is the manager's live Go heap: HeapAlloc right after a garbage
+// collection, which /debug/pprof/heap?gc=1 runs first. Read at any other
+// time, the heap holds garbage of an unknown age, more than the live data
+// itself between two collections.
+func (b *bench) liveHeap() (float64, error) {
+	resp, err := b.http.Get(b.pprof + "/heap?gc=1&debug=1")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("no HeapAlloc in %s/heap?debug=1 (status %s)", b.pprof, resp.Status)
+}
