@@ -86,7 +86,7 @@ func (f *managerFlags) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&f.allNamespaces, "all-namespaces", false, "Reconcile runs, job types and schedules in every namespace (needs cluster-wide RBAC: the chart's manager.clusterWide); default: only in --namespace.")
 	fs.BoolVar(&f.runControllers, "run-controllers", true, "Run the controllers. false with --leader-elect=false and --api-bind-address makes a stateless REST API replica, scaled on its own.")
 	fs.IntVar(&f.workers, "jobrun-workers", 16, "How many runs the JobRun controller reconciles at once.")
-	fs.Float64Var(&f.kubeAPIQPS, "kube-api-qps", -1, "Requests per second the manager may send to the API server on average (a run costs ~2 from creation to pod, ~10 over its life); negative: no limit of its own, the API server's priority and fairness queues them.")
+	fs.Float64Var(&f.kubeAPIQPS, "kube-api-qps", -1, "Requests per second the manager may send to the API server on average (a run costs 1 write from creation to pod, ~7 writes and a few reads over its life); negative: no limit of its own, the API server's priority and fairness queues them.")
 	fs.IntVar(&f.kubeAPIBurst, "kube-api-burst", 0, "Requests the manager may send at once beyond --kube-api-qps; 0: twice --kube-api-qps.")
 	fs.StringVar(&f.apiAddr, "api-bind-address", "", "Address of the Jobs REST API, such as 127.0.0.1:8080; empty: not served. Needs $JOBRUN_JWT_SECRET.")
 	fs.StringVar(&f.jwksURL, "jwks-url", "", "URL of the identity provider's JSON Web Key Set: accept RS256/ES256 JWTs signed by its keys instead of HS256 ones.")
