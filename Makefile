@@ -118,7 +118,7 @@ docker-build: ## Build the same image with a Docker engine.
 ##@ Tools (built from Go modules into bin/, skipped when up to date)
 
 .PHONY: tools
-tools: ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm, and a real node's kubelet, kube-proxy and Debian packages.
+tools: tools-pg ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm, a real node's kubelet, kube-proxy and Debian packages, and PostgreSQL's server binaries.
 	hack/build-tools.sh all
 
 .PHONY: tools-dev
@@ -128,6 +128,10 @@ tools-dev: ## Build what make dev needs (adds kube-controller-manager, kube-sche
 .PHONY: tools-node
 tools-node: ## Build kubelet and kube-proxy and, as root, apt-get install containerd, runc, CNI plugins and iptables when missing (the real-node test's needs; part of tools).
 	hack/build-tools.sh node
+
+.PHONY: tools-pg
+tools-pg: ## Find PostgreSQL's server binaries (initdb, pg_ctl, postgres) for the tests' throwaway databases; as root, apt-get install postgresql when missing (its service not started), else say what to install and fail.
+	hack/build-tools.sh postgres
 
 .PHONY: tools-gen
 tools-gen:

@@ -12,6 +12,14 @@
 #   bin/crds/  third-party CRDs the chart's tests validate against (the
 #       Prometheus Operator's ServiceMonitor), taken from its Go module
 #
+# The `postgres` set is not built: it makes sure the distribution's PostgreSQL
+# server binaries (initdb, pg_ctl, postgres) are there, for the tests'
+# throwaway databases (internal/pgtest). It looks where internal/pgtest looks
+# ($JOBRUN_PG_BINDIR, /usr/lib/postgresql/<newest version>/bin, /usr/local/bin,
+# PATH); when they are missing it installs Debian's postgresql package as root
+# with apt-get (without starting its service), else says what to install and
+# fails.
+#
 # A binary is rebuilt only when the recipe that made it changed: each one has a
 # stamp file holding the hash of its inputs (versions, the tools module's go.sum).
 # Built binaries are also kept, by that hash, in $JOBRUN_TOOLS_CACHE (default
@@ -22,7 +30,8 @@
 # Usage: hack/build-tools.sh [all|dev|node|NAME...]
 #   dev:  what `make dev` needs: the control plane and controller-gen
 #   node: kubelet, kube-proxy and the Debian packages of a real node
-#   all:  dev + helm + crds + node (what `make test` needs)
+#   all:  dev + helm + crds + node (what `make test` needs, with postgres)
+#   postgres: the PostgreSQL server binaries (make tools-pg)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -155,8 +164,70 @@ node_packages() {
 	log "installed ${missing[*]} in $((SECONDS - start))s"
 }
 
+# pg_bindir prints the directory that holds initdb, pg_ctl and postgres, in
+# internal/pgtest's order (FindBinaries); it fails when none does.
+pg_bindir() {
+	local dirs=() d
+	if [[ -n ${JOBRUN_PG_BINDIR:-} ]]; then
+		dirs=("$JOBRUN_PG_BINDIR")
+	else
+		# Newest major version first.
+		while read -r d; do dirs+=("$d"); done < <(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5,5 -rn)
+		dirs+=(/usr/local/bin)
+		IFS=: read -ra d <<<"$PATH"
+		dirs+=("${d[@]}")
+	fi
+	for d in "${dirs[@]}"; do
+		if [[ -n $d && -x $d/initdb && -x $d/pg_ctl && -x $d/postgres ]]; then
+			echo "$d"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# postgres_binaries installs Debian's PostgreSQL server (~20-40 s) when
+# pg_bindir finds none: only as root with apt-get, and without starting the
+# package's own cluster (a policy-rc.d that refuses service starts, unless the
+# machine already has one). Otherwise it says what to install and fails: the
+# tests that need PostgreSQL cannot run without it.
+postgres_binaries() {
+	local dir
+	if dir=$(pg_bindir); then
+		return
+	fi
+	if [[ -n ${JOBRUN_PG_BINDIR:-} ]]; then
+		log "JOBRUN_PG_BINDIR=$JOBRUN_PG_BINDIR lacks initdb, pg_ctl or postgres: point it at a PostgreSQL server's bin directory, or unset it"
+		exit 1
+	fi
+	if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+		log "the tests need PostgreSQL's server binaries (initdb, pg_ctl, postgres), not found in /usr/lib/postgresql/*/bin, /usr/local/bin or PATH; not root or no apt-get, so not installed. Install them with: sudo apt-get install -y postgresql (Debian, Ubuntu), or set JOBRUN_PG_BINDIR to the bin directory of a PostgreSQL server"
+		exit 1
+	fi
+	log "installing postgresql with apt-get (its service not started)"
+	local start=$SECONDS own_policy=
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		own_policy=1
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null ||
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null; }
+	if [[ -n $own_policy ]]; then
+		rm -f /usr/sbin/policy-rc.d
+		trap - EXIT
+	fi
+	if ! dir=$(pg_bindir); then
+		log "installed postgresql, but still found no initdb, pg_ctl and postgres in /usr/lib/postgresql/*/bin, /usr/local/bin or PATH"
+		exit 1
+	fi
+	log "installed postgresql ($dir) in $((SECONDS - start))s"
+}
+
 build() {
 	case $1 in
+	postgres) postgres_binaries ;;
 	crds) third_party_crds ;;
 	kube-apiserver | kubectl | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) build_k8s "$1" ;;
 	node-packages) node_packages ;;

@@ -21,11 +21,16 @@ type Process struct {
 
 // Start starts cmd with its output in logFile, in a process group of its
 // own (so a signal reaches the whole group, and a Ctrl-C in the terminal
-// reaches the parent only), SIGKILLed if the parent dies. logFile is closed
+// reaches the parent only), SIGKILLed if the parent dies. The rest of
+// cmd.SysProcAttr is kept (a Credential, say: Go sets the parent-death signal
+// after changing the user, which would otherwise clear it). logFile is closed
 // when the process has exited, or at once if it cannot start.
 func Start(name string, cmd *exec.Cmd, logFile *os.File) (*Process, error) {
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Pdeathsig = true, syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, err

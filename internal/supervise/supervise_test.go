@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -56,5 +57,31 @@ func TestStopKillsAfterGrace(t *testing.T) {
 	p.Stop(300*time.Millisecond, func() { graceOver = true })
 	if !graceOver || !p.Exited() {
 		t.Errorf("a process ignoring SIGTERM: grace over %v, exited %v", graceOver, p.Exited())
+	}
+}
+
+// TestStartKeepsCredential: a caller's SysProcAttr.Credential survives Start
+// (internal/pgtest runs PostgreSQL as an unprivileged user this way).
+func TestStartKeepsCredential(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("changing the user needs root")
+	}
+	logPath := filepath.Join(t.TempDir(), "log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("id", "-u")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	p, err := Start("id", cmd, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if b, _ := os.ReadFile(logPath); strings.TrimSpace(string(b)) != "65534" {
+		t.Errorf("id -u printed %q, want 65534", b)
+	}
+	if cmd.SysProcAttr.Pdeathsig != syscall.SIGKILL || !cmd.SysProcAttr.Setpgid {
+		t.Errorf("SysProcAttr %+v: no process group or parent-death signal", cmd.SysProcAttr)
 	}
 }
