@@ -283,7 +283,7 @@ func (r *JobRunReconciler) createAttempt(ctx context.Context, run *jobsv1alpha1.
 	case apierrors.IsForbidden(err):
 		return podRefused(observation{run: run, jobType: jt, now: r.clock.Now()}, d, err), nil
 	default:
-		return d, fmt.Errorf("failed to create pod %s for JobRun %s: %w", podName(run.Name, d.createAttempt), client.ObjectKeyFromObject(run), err)
+		return d, fmt.Errorf("failed to create pod %s for JobRun %s: %w", jobsv1alpha1.PodName(run.Name, d.createAttempt), client.ObjectKeyFromObject(run), err)
 	}
 }
 
@@ -332,7 +332,7 @@ func (r *JobRunReconciler) jobType(ctx context.Context, run *jobsv1alpha1.JobRun
 // server confirms it does not exist: a pod created a moment ago may not be in
 // the cache yet.
 func (r *JobRunReconciler) currentPod(ctx context.Context, run *jobsv1alpha1.JobRun) (*corev1.Pod, error) {
-	key := client.ObjectKey{Namespace: run.Namespace, Name: podName(run.Name, run.Status.Attempts)}
+	key := client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.PodName(run.Name, run.Status.Attempts)}
 	pod := &corev1.Pod{}
 	found, err := r.getConfirmed(ctx, key, pod)
 	switch {
@@ -350,7 +350,7 @@ func (r *JobRunReconciler) currentPod(ctx context.Context, run *jobsv1alpha1.Job
 // exist; its event brings the next pass.
 func (r *JobRunReconciler) unrecordedPod(ctx context.Context, run *jobsv1alpha1.JobRun) *corev1.Pod {
 	pod := &corev1.Pod{}
-	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: podName(run.Name, 1)}, pod); err != nil || !metav1.IsControlledBy(pod, run) {
+	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.PodName(run.Name, 1)}, pod); err != nil || !metav1.IsControlledBy(pod, run) {
 		return nil
 	}
 	return pod
@@ -410,7 +410,7 @@ func buildPod(run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, attempt int32,
 	tmpl := jt.Spec.Template.DeepCopy()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:        podName(run.Name, attempt),
+			Name:        jobsv1alpha1.PodName(run.Name, attempt),
 			Namespace:   run.Namespace,
 			Labels:      tmpl.Labels,
 			Annotations: tmpl.Annotations,

@@ -179,7 +179,7 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 	}
 	warmupStart := time.Now()
 	testenv.Eventually(b, time.Minute, func(ctx context.Context) error {
-		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: podName(warmup.Name, 1)}, &corev1.Pod{})
+		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: jobsv1alpha1.PodName(warmup.Name, 1)}, &corev1.Pod{})
 	})
 	b.Logf("warm-up run's pod after %v (the controllers start)", time.Since(warmupStart).Round(time.Millisecond))
 	requests.waitQuiet(200*time.Millisecond, 10*time.Second)

@@ -47,13 +47,6 @@ type decision struct {
 	started, finished bool
 }
 
-// podName is the deterministic name of a run's pod for one attempt: a
-// restarted controller or a stale cache can never create a second pod for the
-// same attempt, because the API server refuses the duplicate name.
-func podName(runName string, attempt int32) string {
-	return fmt.Sprintf("%s-%d", runName, attempt)
-}
-
 // decide is the pure heart of the JobRun controller: observed world in,
 // desired status and actions out. It never moves a terminal run.
 func decide(o observation) decision {
@@ -118,7 +111,7 @@ func decide(o observation) decision {
 			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelled, "pod deleted after the cancel request", o.now)
 			return d
 		}
-		d.attemptFailed(run, o.jobType, jobsv1alpha1.ReasonPodLost, fmt.Sprintf("pod %s disappeared before the handler finished", podName(run.Name, st.Attempts)), now)
+		d.attemptFailed(run, o.jobType, jobsv1alpha1.ReasonPodLost, fmt.Sprintf("pod %s disappeared before the handler finished", jobsv1alpha1.PodName(run.Name, st.Attempts)), now)
 		return d
 	case pod.Status.Phase == corev1.PodSucceeded:
 		d.startedFromPod(pod)
@@ -135,7 +128,7 @@ func decide(o observation) decision {
 			// The runner stopped its handler, but nobody asked: its pod was
 			// terminated (deleted, drained, preempted). An interrupted
 			// attempt, retried if the job type allows, never a cancel.
-			reason, message = jobsv1alpha1.ReasonPodLost, fmt.Sprintf("pod %s was terminated while the handler ran (no cancel was requested)", podName(run.Name, st.Attempts))
+			reason, message = jobsv1alpha1.ReasonPodLost, fmt.Sprintf("pod %s was terminated while the handler ran (no cancel was requested)", jobsv1alpha1.PodName(run.Name, st.Attempts))
 		}
 		d.attemptFailed(run, o.jobType, reason, message, now)
 		return d
@@ -317,7 +310,7 @@ func (d *decision) firstAttemptUnrecorded(run *jobsv1alpha1.JobRun) bool {
 func (d *decision) startAttempt(run *jobsv1alpha1.JobRun, n int32, now metav1.Time) {
 	d.createAttempt = n
 	d.status.Attempts = n
-	d.status.PodName = podName(run.Name, n)
+	d.status.PodName = jobsv1alpha1.PodName(run.Name, n)
 	d.setCondition(jobsv1alpha1.JobRunConditionRunning, metav1.ConditionFalse, jobsv1alpha1.ReasonPodPending, "pod "+d.status.PodName+" is starting", now)
 }
 

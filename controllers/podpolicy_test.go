@@ -194,7 +194,7 @@ func TestTemplateNotAllowedGetsNoPod(t *testing.T) {
 		startManager(t, ns, clocktesting.NewFakeClock(time.Now()), WithAllowedServiceAccounts("reporting"))
 		jt := createJobType(t, ns, func(jt *jobsv1alpha1.JobType) { jt.Spec.Template.Spec.ServiceAccountName = "reporting" })
 		createRun(t, ns, "run-1")
-		if pod := waitPod(t, ns, podName("run-1", 1)); pod.Spec.ServiceAccountName != "reporting" {
+		if pod := waitPod(t, ns, jobsv1alpha1.PodName("run-1", 1)); pod.Spec.ServiceAccountName != "reporting" {
 			t.Errorf("pod service account = %q, want reporting", pod.Spec.ServiceAccountName)
 		}
 		testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {

@@ -102,7 +102,7 @@ func Serve(ctx context.Context, cfg Config) int {
 		// itself before the handler starts, so that no handler runs for an
 		// attempt the run does not count (a pod that vanished unrecorded
 		// ran nothing, and is simply created again).
-		record := fmt.Sprintf(`{"status":{"attempts":%d,"podName":%q}}`, cfg.Attempt, fmt.Sprintf("%s-%d", cfg.Name, cfg.Attempt))
+		record := fmt.Sprintf(`{"status":{"attempts":%d,"podName":%q}}`, cfg.Attempt, jobsv1alpha1.PodName(cfg.Name, int32(cfg.Attempt)))
 		if err := retryTransient(ctx, func(ctx context.Context) error {
 			return cfg.Client.Status().Patch(ctx, jr.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(record)))
 		}); err != nil {

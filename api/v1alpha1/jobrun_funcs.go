@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -100,4 +101,12 @@ func GuardName(jobType, projectID string) string {
 // (ConsistencyMarkerName), which is not a run.
 func IsConsistencyMarker(o metav1.Object) bool {
 	return o.GetName() == ConsistencyMarkerName
+}
+
+// PodName is the deterministic name of a run's pod for one attempt: a
+// restarted controller or a stale cache can never create a second pod for the
+// same attempt, because the API server refuses the duplicate name. The
+// runner policy relies on it too (the pod of attempt N of run R is R-N).
+func PodName(runName string, attempt int32) string {
+	return fmt.Sprintf("%s-%d", runName, attempt)
 }

@@ -125,6 +125,6 @@ func (w *Wrapper) Phase(phase jobsv1alpha1.JobRunPhase) *Wrapper {
 // the runner (sdk.Serve) starts no handler before that. For tests and
 // benchmarks that run the runner without the controller.
 func RecordAttempt(ctx context.Context, c client.Client, run *jobsv1alpha1.JobRun, n int32) error {
-	patch := fmt.Sprintf(`{"status":{"phase":%q,"attempts":%d,"podName":"%s-%d"}}`, jobsv1alpha1.JobRunRunning, n, run.Name, n)
+	patch := fmt.Sprintf(`{"status":{"phase":%q,"attempts":%d,"podName":%q}}`, jobsv1alpha1.JobRunRunning, n, jobsv1alpha1.PodName(run.Name, n))
 	return c.Status().Patch(ctx, run.DeepCopy(), client.RawPatch(types.MergePatchType, []byte(patch)))
 }
