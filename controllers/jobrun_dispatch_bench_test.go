@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math"
 	"net/http"
 	"slices"
 	"sort"
@@ -35,6 +34,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/benchstat"
 	"jobrun.dev/jobrun/test/testenv"
 )
 
@@ -189,32 +189,23 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 	n := rate * seconds
 	createdAt := make(map[string]time.Time, n)
 	var cmu sync.Mutex
-	var wg sync.WaitGroup
-	tick := time.NewTicker(time.Second / time.Duration(rate))
 	start := time.Now()
-	for i := range n {
-		<-tick.C
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			run := jobsv1alpha1.NewJobRun(ns, fmt.Sprintf("run-%05d", i), jobsv1alpha1.JobRunSpec{
-				JobType: "demo_sync", TeamID: "team-1", ProjectID: fmt.Sprintf("project-%d", i), TriggeredBy: "manual:user:u1",
-			}, time.Now())
-			if *dispatchBare {
-				delete(run.Labels, jobsv1alpha1.LabelStatus)
-			}
-			at := time.Now()
-			if err := c.Create(ctx, run); err != nil {
-				b.Error(err)
-				return
-			}
-			cmu.Lock()
-			createdAt[run.Name] = at
-			cmu.Unlock()
-		}()
-	}
-	tick.Stop()
-	wg.Wait()
+	benchstat.AtRate(time.Second/time.Duration(rate), n, func(i int) {
+		run := jobsv1alpha1.NewJobRun(ns, fmt.Sprintf("run-%05d", i), jobsv1alpha1.JobRunSpec{
+			JobType: "demo_sync", TeamID: "team-1", ProjectID: fmt.Sprintf("project-%d", i), TriggeredBy: "manual:user:u1",
+		}, time.Now())
+		if *dispatchBare {
+			delete(run.Labels, jobsv1alpha1.LabelStatus)
+		}
+		at := time.Now()
+		if err := c.Create(ctx, run); err != nil {
+			b.Error(err)
+			return
+		}
+		cmu.Lock()
+		createdAt[run.Name] = at
+		cmu.Unlock()
+	})
 	created := time.Since(start)
 	testenv.Eventually(b, 5*time.Minute, func(context.Context) error {
 		mu.Lock()
@@ -274,11 +265,11 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 		}
 	}
 	for i, what := range []string{"created -> in the manager's cache", "cached -> pod POST sent (queue, reconcile)", "pod POST sent -> answered", "answered -> pod seen on a watch"} {
-		b.Logf("%-44s p50 %7.1f ms  p99 %7.1f ms", what, msOf(percentileOf(segments[i], 0.5)), msOf(percentileOf(segments[i], 0.99)))
+		b.Logf("%-44s p50 %7.1f ms  p99 %7.1f ms", what, benchstat.Millis(benchstat.Percentile(segments[i], 0.5)), benchstat.Millis(benchstat.Percentile(segments[i], 0.99)))
 	}
 	b.ReportMetric(float64(n)/created.Seconds(), "created/s")
-	b.ReportMetric(msOf(percentileOf(lat, 0.5)), "p50-ms")
-	b.ReportMetric(msOf(percentileOf(lat, 0.99)), "p99-ms")
+	b.ReportMetric(benchstat.Millis(benchstat.Percentile(lat, 0.5)), "p50-ms")
+	b.ReportMetric(benchstat.Millis(benchstat.Percentile(lat, 0.99)), "p99-ms")
 	counts := requests.snapshot()
 	var writes, conflicts float64
 	for k, c := range counts {
@@ -295,7 +286,7 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 		if k.method == http.MethodGet && !*dispatchVerbose {
 			continue
 		}
-		b.Logf("%-6s %-22s %6.2f/run  409s %5.2f/run  mean %6.1f ms  max %6.0f ms  failed %v", k.method, k.resource, float64(c.n)/float64(n), float64(c.conflicts)/float64(n), msOf(c.total)/float64(c.n), msOf(c.max), c.failed)
+		b.Logf("%-6s %-22s %6.2f/run  409s %5.2f/run  mean %6.1f ms  max %6.0f ms  failed %v", k.method, k.resource, float64(c.n)/float64(n), float64(c.conflicts)/float64(n), benchstat.Millis(c.total)/float64(c.n), benchstat.Millis(c.max), c.failed)
 	}
 	for name, v := range after {
 		v.sub(before[name])
@@ -580,14 +571,3 @@ func labelled(m *dto.Metric, controller string) bool {
 	}
 	return false
 }
-
-func percentileOf(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[int(math.Ceil(p*float64(len(s))))-1]
-}
-
-func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"jobrun.dev/jobrun/internal/benchstat"
 )
 
 // readLoad sends consistent reads from 200 clients, lists and then gets,
@@ -69,7 +71,7 @@ func (b *bench) readLoad(label string) error {
 		requests1, _ := b.metricSum("rest_client_requests_total")
 		n := float64(len(lat))
 		b.add(Figure{Scenario: "consistency", Name: fmt.Sprintf("%s: reads/s from %d clients, %s (%d failed)", x.name, clients, label, failed.Load()), Value: n / seconds, Unit: "req/s"})
-		b.add(Figure{Scenario: "consistency", Name: fmt.Sprintf("%s under load p50 / p99 = %.1f ms /", x.name, ms(percentile(lat, 0.5))), Value: ms(percentile(lat, 0.99)), Unit: "ms"})
+		b.add(Figure{Scenario: "consistency", Name: fmt.Sprintf("%s under load p50 / p99 = %.1f ms /", x.name, benchstat.Millis(benchstat.Percentile(lat, 0.5))), Value: benchstat.Millis(benchstat.Percentile(lat, 0.99)), Unit: "ms"})
 		b.add(Figure{Scenario: "consistency", Name: fmt.Sprintf("%s: consistency rounds (marker writes) per 1,000 (before: %s)", x.name, x.today), Value: (rounds1 - rounds0) / n * 1000, Unit: "req"})
 		b.add(Figure{Scenario: "consistency", Name: fmt.Sprintf("%s: all manager API-server requests per 1,000", x.name), Value: (requests1 - requests0) / n * 1000, Unit: "req"})
 	}

@@ -2,9 +2,6 @@ package main
 
 import (
 	"fmt"
-	"math"
-	"slices"
-	"time"
 )
 
 // Figure is one measured value, with its ceiling when it has one.
@@ -46,14 +43,3 @@ func (b *bench) print() {
 		fmt.Printf("%-12s %-52s %12.4g %-8s %12s %7s  %s\n", f.Scenario, f.Name, f.Value, f.Unit, ceiling, ratio, target)
 	}
 }
-
-func percentile(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[int(math.Ceil(p*float64(len(s))))-1]
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

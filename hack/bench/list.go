@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/benchstat"
 )
 
 // lists fills the team bench-list to each size and measures list latency
@@ -63,9 +64,9 @@ func (b *bench) lists(ctx context.Context, sizes []int) error {
 			name string
 			d    []time.Duration
 		}{{"first page", first}, {"project+type filter, first page", filtered}, {"page 100 via cursor", deepLat}} {
-			p99 := ms(percentile(x.d, 0.99))
-			b.add(Figure{Scenario: "list", Name: fmt.Sprintf("GET jobs %s p50, %s", x.name, label), Value: ms(percentile(x.d, 0.5)), Unit: "ms", Ceiling: ms(percentile(ceiling, 0.5))})
-			f := Figure{Scenario: "list", Name: fmt.Sprintf("GET jobs %s p99, %s", x.name, label), Value: p99, Unit: "ms", Ceiling: ms(percentile(ceiling, 0.99))}
+			p99 := benchstat.Millis(benchstat.Percentile(x.d, 0.99))
+			b.add(Figure{Scenario: "list", Name: fmt.Sprintf("GET jobs %s p50, %s", x.name, label), Value: benchstat.Millis(benchstat.Percentile(x.d, 0.5)), Unit: "ms", Ceiling: benchstat.Millis(benchstat.Percentile(ceiling, 0.5))})
+			f := Figure{Scenario: "list", Name: fmt.Sprintf("GET jobs %s p99, %s", x.name, label), Value: p99, Unit: "ms", Ceiling: benchstat.Millis(benchstat.Percentile(ceiling, 0.99))}
 			if size >= 50000 {
 				f.Target, f.Met = "p99 < 5 ms at 50k", met(p99 < 5)
 			}

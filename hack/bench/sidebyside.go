@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/benchstat"
 )
 
 const (
@@ -287,24 +288,17 @@ func (s *side) phase(ctx context.Context, k sideKind, label string, rate, second
 	createdAt := make(map[string]time.Time, n)
 	var cmu sync.Mutex
 	var errs []error
-	var wg sync.WaitGroup
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	for i := range n {
-		<-tick.C
-		wg.Go(func() {
-			key, err := k.create(ctx, fmt.Sprintf("%s-%05d", label, i))
-			at := time.Now()
-			cmu.Lock()
-			defer cmu.Unlock()
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
-			createdAt[key] = at
-		})
-	}
-	tick.Stop()
-	wg.Wait()
+	benchstat.AtRate(time.Second/time.Duration(rate), n, func(i int) {
+		key, err := k.create(ctx, fmt.Sprintf("%s-%05d", label, i))
+		at := time.Now()
+		cmu.Lock()
+		defer cmu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		createdAt[key] = at
+	})
 	if len(errs) > 0 {
 		return sidePhase{}, fmt.Errorf("sidebyside %s: %d creates failed, the first: %w", label, len(errs), errs[0])
 	}
@@ -333,7 +327,7 @@ func (s *side) phase(ctx context.Context, k sideKind, label string, rate, second
 		}
 	}
 	s.mu.Unlock()
-	out := sidePhase{p50: percentile(lat, 0.5), p99: percentile(lat, 0.99), seenP50: percentile(seenLat, 0.5), breakdown: map[string]float64{}}
+	out := sidePhase{p50: benchstat.Percentile(lat, 0.5), p99: benchstat.Percentile(lat, 0.99), seenP50: benchstat.Percentile(seenLat, 0.5), breakdown: map[string]float64{}}
 	for key, v := range after {
 		d := v - before[key]
 		if key == k.ownCreate {
@@ -534,12 +528,12 @@ func (b *bench) addSideRow(r sideRow) {
 	if r.rate == 50 || r.rate == 100 {
 		target, ok = "<= the Job controller's", met(r.run.p99 <= r.job.p99)
 	}
-	b.add(Figure{Scenario: "sidebyside", Name: at + ", Job controller: create -> first pod p50", Value: ms(r.job.p50), Unit: "ms"})
-	b.add(Figure{Scenario: "sidebyside", Name: at + ", Job controller: create -> first pod p99", Value: ms(r.job.p99), Unit: "ms"})
-	b.add(Figure{Scenario: "sidebyside", Name: at + ", jobrun: create -> first pod p50", Value: ms(r.run.p50), Unit: "ms", Ceiling: ms(r.job.p50)})
-	b.add(Figure{Scenario: "sidebyside", Name: at + ", jobrun: create -> first pod p99", Value: ms(r.run.p99), Unit: "ms", Ceiling: ms(r.job.p99), Target: target, Met: ok})
-	b.add(Figure{Scenario: "sidebyside", Name: at + ", Job controller: create -> the Job seen on a watch p50", Value: ms(r.job.seenP50), Unit: "ms"})
-	b.add(Figure{Scenario: "sidebyside", Name: at + ", jobrun: create -> the JobRun seen on a watch p50", Value: ms(r.run.seenP50), Unit: "ms", Ceiling: ms(r.job.seenP50)})
+	b.add(Figure{Scenario: "sidebyside", Name: at + ", Job controller: create -> first pod p50", Value: benchstat.Millis(r.job.p50), Unit: "ms"})
+	b.add(Figure{Scenario: "sidebyside", Name: at + ", Job controller: create -> first pod p99", Value: benchstat.Millis(r.job.p99), Unit: "ms"})
+	b.add(Figure{Scenario: "sidebyside", Name: at + ", jobrun: create -> first pod p50", Value: benchstat.Millis(r.run.p50), Unit: "ms", Ceiling: benchstat.Millis(r.job.p50)})
+	b.add(Figure{Scenario: "sidebyside", Name: at + ", jobrun: create -> first pod p99", Value: benchstat.Millis(r.run.p99), Unit: "ms", Ceiling: benchstat.Millis(r.job.p99), Target: target, Met: ok})
+	b.add(Figure{Scenario: "sidebyside", Name: at + ", Job controller: create -> the Job seen on a watch p50", Value: benchstat.Millis(r.job.seenP50), Unit: "ms"})
+	b.add(Figure{Scenario: "sidebyside", Name: at + ", jobrun: create -> the JobRun seen on a watch p50", Value: benchstat.Millis(r.run.seenP50), Unit: "ms", Ceiling: benchstat.Millis(r.job.seenP50)})
 	b.add(Figure{Scenario: "sidebyside", Name: at + ", Job controller: API-server writes per Job", Value: r.job.writes, Unit: "writes", Breakdown: r.job.breakdown})
 	b.add(Figure{Scenario: "sidebyside", Name: at + ", jobrun: API-server writes per JobRun", Value: r.run.writes, Unit: "writes", Ceiling: r.job.writes, Breakdown: r.run.breakdown})
 }
@@ -557,7 +551,7 @@ func (b *bench) printSideBySide() {
 	for _, r := range b.side {
 		fmt.Printf("| %d/s for %d s, p50 / p99 | %s / %s ms | %s / %s ms | %s / %s | %.1f / %.1f ms |\n", r.rate, r.seconds,
 			msStr(r.job.p50), msStr(r.job.p99), msStr(r.run.p50), msStr(r.run.p99),
-			ratio(r.run.p50, r.job.p50), ratio(r.run.p99, r.job.p99), ms(r.job.seenP50), ms(r.run.seenP50))
+			ratio(r.run.p50, r.job.p50), ratio(r.run.p99, r.job.p99), benchstat.Millis(r.job.seenP50), benchstat.Millis(r.run.seenP50))
 	}
 	fmt.Println("\nAPI-server writes per object from creation until the counters settle once its pod is created (kube-apiserver apiserver_request_total,")
 	fmt.Println("POST/PUT/PATCH/APPLY/DELETE, after minus before, the bench's own creates subtracted, leases and nodes left out):")
