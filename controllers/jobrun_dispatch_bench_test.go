@@ -27,11 +27,8 @@ import (
 	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/benchstat"
@@ -81,17 +78,7 @@ func dispatchOnce(b *testing.B, rate, seconds int) {
 	cfg := rest.CopyConfig(env.Config)
 	cfg.QPS = -1 // as cmd/jobrun's restConfig
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return requests.wrap(rt) })
-	skip := true
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: &skip},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
+	mgr := env.NewManagerWithConfig(b, cfg, ns)
 	var opts []Option
 	if *dispatchWorkers > 0 {
 		opts = append(opts, WithWorkers(*dispatchWorkers))

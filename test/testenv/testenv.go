@@ -234,8 +234,15 @@ func Eventually(t testing.TB, timeout time.Duration, cond func(ctx context.Conte
 // go test -count=N).
 func (e *Env) NewManager(t testing.TB, ns string) manager.Manager {
 	t.Helper()
+	return e.NewManagerWithConfig(t, e.Config, ns)
+}
+
+// NewManagerWithConfig is NewManager talking to the API server through cfg
+// (a copy of e.Config with its transport wrapped, say, to count requests).
+func (e *Env) NewManagerWithConfig(t testing.TB, cfg *rest.Config, ns string) manager.Manager {
+	t.Helper()
 	skipNameValidation := true
-	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 e.Scheme,
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
