@@ -42,6 +42,14 @@ const (
 	// AnnotationScheduledTime is the schedule time (RFC 3339) a JobSchedule
 	// started the run for; spec.createdAt minus it is how late it started.
 	AnnotationScheduledTime = "jobs.jobrun.dev/scheduled-time"
+
+	// FinalizerArchive keeps a run in the API server until it is archived.
+	// With an archive configured, the REST API and the JobSchedule
+	// controller create runs with it (the JobRun controller adds it to runs
+	// created without, such as by kubectl) and the JobRun controller
+	// removes it once the run's row is written (or, without an archive, at
+	// once).
+	FinalizerArchive = "jobs.jobrun.dev/archive"
 )
 
 // The consistency marker: one JobRun per namespace, named
@@ -227,6 +235,11 @@ const (
 	// JobRunConditionCancelRequested is True once a cancel request was seen;
 	// status.cancelRequestedAt says when, to the microsecond.
 	JobRunConditionCancelRequested = "CancelRequested"
+	// JobRunConditionArchived is True once a finished run is in the run
+	// archive (PostgreSQL; the manager's --archive-dsn), False (reason
+	// ArchivePending) while archiving it failed and is retried. Only with an
+	// archive configured.
+	JobRunConditionArchived = "Archived"
 
 	// ReasonAccepted: the JobType exists and the run may start.
 	ReasonAccepted = "Accepted"
@@ -265,6 +278,15 @@ const (
 	ReasonCancelGracePeriodExceeded = "CancelGracePeriodExceeded"
 	// ReasonCancelRequested: someone asked the run to stop.
 	ReasonCancelRequested = "CancelRequested"
+	// ReasonArchived: the run's row is in the archive.
+	ReasonArchived = "Archived"
+	// ReasonArchivePending: writing the run's row failed (the archive is
+	// down or slow); it is retried with a backoff, and the run is not
+	// deleted until it is archived.
+	ReasonArchivePending = "ArchivePending"
+	// ReasonDeleted: the run was deleted before it finished (kubectl
+	// delete); with an archive it is archived as cancelled first.
+	ReasonDeleted = "Deleted"
 )
 
 // LabelRun is on the pods of a run: the run's name.

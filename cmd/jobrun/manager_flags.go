@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -42,7 +43,18 @@ type managerFlags struct {
 	jwtSecretFile           string
 	smtp                    notify.SMTP
 	smtpPasswordFile        string
+	archive                 archiveFlags
 	zap                     zap.Options
+}
+
+// archiveFlags configure the run archive (PostgreSQL).
+type archiveFlags struct {
+	// dsn is the archive's connection string; empty: no archive.
+	dsn string
+	// liveTTL is how long a finished, archived run stays in the API server.
+	liveTTL time.Duration
+	// retention is how long the archive keeps a finished run; 0: forever.
+	retention time.Duration
 }
 
 // parseManagerFlags parses and checks the manager role's arguments.
@@ -102,6 +114,9 @@ func (f *managerFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.smtpPasswordFile, "smtp-password-file", "", "File holding the mail server password (mounted from a Secret).")
 	fs.StringVar(&f.smtp.TLS, "smtp-tls", "starttls", "starttls (required), tls (implicit) or none (loopback only).")
 	fs.DurationVar(&f.smtp.RetryWindow, "smtp-retry-window", notify.DefaultRetryWindow, "How long after a run ends its email is retried while the mail server fails (backoff 5s doubling to 5m); the first failure after it is final.")
+	fs.StringVar(&f.archive.dsn, "archive-dsn", os.Getenv("JOBRUN_ARCHIVE_DSN"), "PostgreSQL connection string of the run archive, such as postgres://jobrun@db:5432/jobrun?sslmode=verify-full (default $JOBRUN_ARCHIVE_DSN, which the chart sets from a Secret). Empty: no archive; finished runs stay in the API server until their JobType's TTL or history limit deletes them.")
+	fs.DurationVar(&f.archive.liveTTL, "archive-live-ttl", time.Hour, "With an archive: how long a finished, archived run stays in the API server (kubectl) before it is deleted; the REST API goes on serving it from the archive. A JobType's shorter ttlSecondsAfterFinished wins.")
+	fs.DurationVar(&f.archive.retention, "archive-retention", 90*24*time.Hour, "With an archive: how long it keeps a run after the run finished; older rows are deleted in small batches. 0: forever.")
 	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the manager reconciles (unless --all-namespaces) and the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
@@ -133,6 +148,9 @@ func (f *managerFlags) validate() error {
 	}
 	if f.kubeAPIQPS == 0 || f.kubeAPIBurst < 0 {
 		return fmt.Errorf("--kube-api-qps (%g) must be positive, or negative for no limit, and --kube-api-burst (%d) not negative", f.kubeAPIQPS, f.kubeAPIBurst)
+	}
+	if f.archive.dsn != "" && (f.archive.liveTTL <= 0 || f.archive.retention < 0) {
+		return fmt.Errorf("--archive-live-ttl (%s) must be positive and --archive-retention (%s) not negative", f.archive.liveTTL, f.archive.retention)
 	}
 	if !f.runControllers && f.apiAddr == "" {
 		return fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")
