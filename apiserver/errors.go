@@ -54,7 +54,10 @@ func badRequest(format string, args ...any) *apiError {
 // to the log (logError), not to the caller.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
+	archiveErr, fromArchive := asArchiveError(err)
 	switch {
+	case fromArchive:
+		ae = archiveErr
 	case errors.As(err, &ae):
 	case apierrors.IsNotFound(err):
 		ae = errorf(http.StatusNotFound, codeNotFound, "not found")

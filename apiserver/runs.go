@@ -63,7 +63,15 @@ func (rr runsResource) visibleRun(r *http.Request, perm string, live bool) (*job
 	if live {
 		run = &jobsv1alpha1.JobRun{}
 		err := rr.s.reader.Get(r.Context(), client.ObjectKey{Namespace: rr.s.namespace, Name: id}, run)
-		if apierrors.IsNotFound(err) {
+		if apierrors.IsNotFound(err) && rr.s.archived {
+			// Gone from the API server: archived (finished), or none.
+			if run, err = rr.s.lister.GetRun(r.Context(), rr.s.namespace, id); err != nil {
+				return nil, err
+			}
+			if run == nil {
+				return nil, notFound
+			}
+		} else if apierrors.IsNotFound(err) {
 			return nil, notFound
 		}
 		if err != nil {

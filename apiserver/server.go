@@ -46,6 +46,10 @@ type Options struct {
 	Writer client.Client
 	// Lister serves run lists (a RunIndex fed by an informer).
 	Lister RunLister
+	// Archive, if set, serves finished runs that left the API server
+	// (NewArchiveReader): lists merge it with Lister, gets fall back to
+	// it, and triggered runs carry its finalizer until they are archived.
+	Archive RunLister
 	// Auth authenticates bearer credentials.
 	Auth Authenticator
 	// Log receives request logs.
@@ -70,9 +74,11 @@ type Server struct {
 	cache     client.Reader
 	writer    client.Client
 	lister    RunLister
-	log       logr.Logger
-	now       func() time.Time
-	guards    *guard.Guards
+	// archived: there is an archive (Options.Archive).
+	archived bool
+	log      logr.Logger
+	now      func() time.Time
+	guards   *guard.Guards
 	// auth is the middleware that requires a credential; each route that
 	// needs one uses it, so that routing (404, 405) and CORS preflights
 	// come first.
@@ -95,8 +101,12 @@ func New(o Options) (*Server, error) {
 	if o.Cache == nil {
 		o.Cache = o.Reader
 	}
-	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: o.Lister, log: o.Log, now: o.Now,
-		guards: guard.New(o.Reader, o.Writer), auth: authenticate(o.Auth)}
+	lister, err := withArchive(o)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: lister, archived: o.Archive != nil,
+		log: o.Log, now: o.Now, guards: guard.New(o.Reader, o.Writer), auth: authenticate(o.Auth)}
 	r := chi.NewRouter()
 	s.router = r
 	r.Use(middleware.RequestID, s.logRequests, instrument, recoverJSON)

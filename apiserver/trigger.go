@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -96,6 +97,10 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 		JobType: req.JobType, TeamID: team, ProjectID: req.ProjectID, Params: params,
 		Notify: req.Notify, NotifyEmail: p.Email, TriggeredBy: p.TriggeredBy(),
 	}, s.now())
+	if s.archived {
+		// Created with the archive's finalizer: no write to add it later.
+		controllerutil.AddFinalizer(run, jobsv1alpha1.FinalizerArchive)
+	}
 	return s.createGuarded(ctx, run)
 }
 

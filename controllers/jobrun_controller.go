@@ -66,6 +66,11 @@ type JobRunReconciler struct {
 	// written is the controller's own last write of each run, until the
 	// cache catches up with it.
 	written writtenRuns
+	// archive, if set, receives finished runs; archiveLiveTTL is how long
+	// they stay in the API server after (jobrun_archive.go).
+	archive        Archive
+	archiveLiveTTL time.Duration
+	archiveBackoff archiveBackoff
 }
 
 // Notifier sends the completion email of a finished run.
@@ -78,15 +83,17 @@ type Notifier interface {
 func NewJobRunReconciler(mgr ctrl.Manager, opts ...Option) *JobRunReconciler {
 	o := newOptions(opts)
 	return &JobRunReconciler{
-		client:    mgr.GetClient(),
-		apiReader: mgr.GetAPIReader(),
-		scheme:    mgr.GetScheme(),
-		recorder:  mgr.GetEventRecorder("jobrun-controller"),
-		clock:     o.clock,
-		policy:    o.policy,
-		metrics:   defaultRunMetrics,
-		workers:   o.workers,
-		notifier:  o.notifier,
+		client:         mgr.GetClient(),
+		apiReader:      mgr.GetAPIReader(),
+		scheme:         mgr.GetScheme(),
+		recorder:       mgr.GetEventRecorder("jobrun-controller"),
+		clock:          o.clock,
+		policy:         o.policy,
+		metrics:        defaultRunMetrics,
+		workers:        o.workers,
+		notifier:       o.notifier,
+		archive:        o.archive,
+		archiveLiveTTL: o.archiveLiveTTL,
 	}
 }
 
@@ -238,9 +245,12 @@ func (r *JobRunReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctr
 		}
 	}
 	if d.firstAttemptUnrecorded(run) {
-		// A run created without the status label (kubectl) still gets it.
-		return ctrl.Result{RequeueAfter: d.requeueAfter}, r.syncStatusLabel(ctx, run)
+		// A run created without the status label (kubectl) still gets it,
+		// and the archive's finalizer.
+		return ctrl.Result{RequeueAfter: d.requeueAfter}, r.syncMetadata(ctx, run)
 	}
+	// A finishing run's row goes to the archive before its end is recorded.
+	r.archiveOnFinish(ctx, run, &d)
 	// Record the decision before acting on the pod: had the pod gone first
 	// and the status write failed, the next pass would see a lost pod.
 	if err := r.patchStatus(ctx, run, d.status); err != nil {
@@ -310,7 +320,7 @@ func (r *JobRunReconciler) act(ctx context.Context, run *jobsv1alpha1.JobRun, po
 	if d.finished {
 		r.metrics.finished(run)
 	}
-	return r.syncStatusLabel(ctx, run)
+	return r.syncMetadata(ctx, run)
 }
 
 // jobType finds the run's JobType, confirming a cache miss with the API
@@ -464,29 +474,18 @@ func (r *JobRunReconciler) patchStatus(ctx context.Context, run *jobsv1alpha1.Jo
 	return nil
 }
 
-// syncStatusLabel keeps the status label equal to the phase, for selectors.
-func (r *JobRunReconciler) syncStatusLabel(ctx context.Context, run *jobsv1alpha1.JobRun) error {
-	phase := string(run.CurrentPhase())
-	if run.Labels[jobsv1alpha1.LabelStatus] == phase {
-		return nil
-	}
-	orig := run.DeepCopy()
-	if run.Labels == nil {
-		run.Labels = map[string]string{}
-	}
-	run.Labels[jobsv1alpha1.LabelStatus] = phase
-	if err := r.client.Patch(ctx, run, client.MergeFrom(orig)); err != nil {
-		return fmt.Errorf("failed to label JobRun %s with its phase %s: %w", client.ObjectKeyFromObject(run), phase, err)
-	}
-	r.written.wrote(orig.ResourceVersion, run)
-	return nil
-}
-
 // reconcileFinished keeps a finished run's pod from running on and deletes
 // the run once its TTL has passed or its history limit is exceeded; the
 // garbage collector then deletes its pods.
 func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alpha1.JobRun) (ctrl.Result, error) {
-	if err := r.syncStatusLabel(ctx, run); err != nil {
+	archiveRetry, err := r.archiveFinished(ctx, run)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.syncMetadata(ctx, run); err != nil {
+		if apierrors.IsConflict(err) {
+			return ctrl.Result{RequeueAfter: conflictRetryDelay}, nil
+		}
 		return ctrl.Result{}, err
 	}
 	if err := r.stopPods(ctx, run); err != nil {
@@ -495,30 +494,44 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 	if err := r.releaseGuard(ctx, run); err != nil {
 		return ctrl.Result{}, err
 	}
+	if run.DeletionTimestamp != nil {
+		// Deleted (kubectl, a schedule's history, the garbage collector):
+		// once archived, its finalizer is gone and so is the run.
+		return ctrl.Result{RequeueAfter: archiveRetry}, nil
+	}
 	// A run is not deleted while its email is still owed.
 	if wait, err := r.notify(ctx, run); err != nil || wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, err
 	}
+	if !r.deletable(run) {
+		return ctrl.Result{RequeueAfter: archiveRetry}, nil
+	}
 	jt := &jobsv1alpha1.JobType{}
 	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}, jt); err != nil {
-		if apierrors.IsNotFound(err) {
-			// Without its JobType a run has no TTL; it stays until deleted.
-			return ctrl.Result{}, nil
+		if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, fmt.Errorf("failed to get JobType %s for finished JobRun %s: %w", jobsv1alpha1.JobTypeObjectName(run.Spec.JobType), client.ObjectKeyFromObject(run), err)
 		}
-		return ctrl.Result{}, fmt.Errorf("failed to get JobType %s for finished JobRun %s: %w", jobsv1alpha1.JobTypeObjectName(run.Spec.JobType), client.ObjectKeyFromObject(run), err)
+		// Without its JobType a run has no TTL of its own; it stays until
+		// deleted, or the archive's live TTL ends.
+		jt = nil
+	}
+	ttl := r.liveTTL(jt)
+	if ttl == 0 {
+		return ctrl.Result{}, nil
 	}
 	now := r.clock.Now()
 	finishedAt := run.CreatedAt()
 	if run.Status.CompletedAt != nil {
 		finishedAt = run.Status.CompletedAt.Time
 	}
-	ttl := time.Duration(ptr.Deref(jt.Spec.TTLSecondsAfterFinished, 604800)) * time.Second
 	if left := finishedAt.Add(ttl).Sub(now); left > 0 {
 		// Not yet due: prune the (project, job type) history instead, which
 		// may include this run, and look again when the TTL ends.
-		deletedSelf, err := r.pruneHistory(ctx, run, jt)
-		if err != nil || deletedSelf {
-			return ctrl.Result{}, err
+		if jt != nil {
+			deletedSelf, err := r.pruneHistory(ctx, run, jt)
+			if err != nil || deletedSelf {
+				return ctrl.Result{}, err
+			}
 		}
 		return ctrl.Result{RequeueAfter: left}, nil
 	}
@@ -612,7 +625,7 @@ func (r *JobRunReconciler) pruneHistory(ctx context.Context, run *jobsv1alpha1.J
 		if old.UID == run.UID {
 			old = run
 		}
-		if notificationOwed(old) {
+		if notificationOwed(old) || !r.deletable(old) {
 			continue
 		}
 		logf.FromContext(ctx).Info("deleting finished run beyond the history limit", "deleted", old.Name, "limit", limit)

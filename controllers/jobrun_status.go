@@ -56,6 +56,13 @@ func decide(o observation) decision {
 	st.ObservedGeneration = run.Generation
 	now := metav1.NewTime(o.now)
 
+	if run.DeletionTimestamp != nil {
+		// Deleted before it finished, and held by a finalizer (the
+		// archive's): it ends here, cancelled, its pod stopped.
+		d.deletePod = o.pod != nil
+		d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonDeleted, "the run was deleted before it finished", o.now)
+		return d
+	}
 	if o.jobType == nil {
 		d.setCondition(jobsv1alpha1.JobRunConditionAccepted, metav1.ConditionFalse, jobsv1alpha1.ReasonJobTypeNotFound,
 			fmt.Sprintf("no JobType serves job type %q (looked for JobType %q in namespace %s)", run.Spec.JobType, jobsv1alpha1.JobTypeObjectName(run.Spec.JobType), run.Namespace), now)

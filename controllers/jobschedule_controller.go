@@ -48,14 +48,16 @@ type JobScheduleReconciler struct {
 	guards    *guard.Guards
 	recorder  events.EventRecorder
 	clock     clock.PassiveClock
+	// archived: runs are created with the archive's finalizer.
+	archived bool
 }
 
 // NewJobScheduleReconciler returns a reconciler using mgr's client and
-// recorder; of opts it uses the clock.
+// recorder; of opts it uses the clock and whether there is an archive.
 func NewJobScheduleReconciler(mgr ctrl.Manager, opts ...Option) *JobScheduleReconciler {
 	o := newOptions(opts)
 	return &JobScheduleReconciler{client: mgr.GetClient(), apiReader: mgr.GetAPIReader(), guards: guard.New(mgr.GetAPIReader(), mgr.GetClient()),
-		recorder: mgr.GetEventRecorder("jobschedule-controller"), clock: o.clock}
+		recorder: mgr.GetEventRecorder("jobschedule-controller"), clock: o.clock, archived: o.archive != nil}
 }
 
 // SetupWithManager watches schedules and the runs they own.
@@ -182,6 +184,10 @@ func (r *JobScheduleReconciler) startDue(ctx context.Context, s *jobsv1alpha1.Jo
 		return nil, nil
 	}
 	run := s.NewRun(name, due, now)
+	if r.archived {
+		// Created with the archive's finalizer: no write to add it later.
+		controllerutil.AddFinalizer(run, jobsv1alpha1.FinalizerArchive)
+	}
 	if s.Spec.ProjectID != "" {
 		return r.startGuarded(ctx, s, due, now, run, active)
 	}

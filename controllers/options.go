@@ -1,6 +1,10 @@
 package controllers
 
-import "k8s.io/utils/clock"
+import (
+	"time"
+
+	"k8s.io/utils/clock"
+)
 
 // Option configures jobrun's reconcilers. Every constructor takes the same
 // options and uses the ones that concern it, so the manager passes one list
@@ -14,6 +18,9 @@ type options struct {
 	policy   PodPolicy
 	workers  int
 	notifier Notifier
+	// archive, if set, receives finished runs (WithArchive).
+	archive        Archive
+	archiveLiveTTL time.Duration
 }
 
 func newOptions(opts []Option) options {
