@@ -85,6 +85,6 @@ func runUninstall(ctx context.Context, args []string) error {
 	log.Info("deleting what jobrun made", "namespace", f.opts.Namespace, "allNamespaces", f.opts.AllNamespaces,
 		"leaderLease", f.opts.LeaseNamespace+"/"+f.opts.LeaseName, "timeout", f.opts.Timeout.String())
 	n, err := uninstall.Run(ctx, c, f.opts, log)
-	log.Info("done", "jobRuns", n.Runs, "guardLeases", n.Guards, "leaderLease", n.LeaderLease)
+	log.Info("done", "jobRuns", n.Runs, "unarchivedJobRuns", n.Unarchived, "guardLeases", n.Guards, "leaderLease", n.LeaderLease)
 	return err
 }

@@ -7,6 +7,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // uninstallCmd runs `jobrun uninstall args...` with the admin kubeconfig
@@ -102,5 +108,50 @@ func TestUninstallRejectsBadFlags(t *testing.T) {
 	}
 	if f, err := parseUninstallFlags([]string{"--namespace=a", "--leader-election-namespace=b"}); err != nil || f.opts.Namespace != "a" || f.opts.LeaseNamespace != "b" {
 		t.Errorf("explicit namespaces: %+v, %v", f, err)
+	}
+}
+
+// TestUninstallRemovesArchiveFinalizers: runs held by the archive's
+// finalizer (no manager is left to archive them) are deleted anyway, the
+// finalizer removed and counted; a run's other finalizers stay.
+func TestUninstallRemovesArchiveFinalizers(t *testing.T) {
+	ns := env.Namespace(t)
+	ctx := context.Background()
+	for _, name := range []string{"run-a", "run-b"} {
+		run := testrun.Make(ns, name).JobType("demo_sync").Team("team-1").Project("project-1").TriggeredBy("manual:user:u1").Obj()
+		run.Finalizers = []string{jobsv1alpha1.FinalizerArchive}
+		if name == "run-b" {
+			run.Finalizers = []string{"example.com/first", jobsv1alpha1.FinalizerArchive}
+		}
+		if err := env.Client.Create(ctx, run); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// run-b's other finalizer is removed by its owner while uninstall waits.
+	go func() {
+		time.Sleep(3 * time.Second)
+		run := &jobsv1alpha1.JobRun{}
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "run-b"}, run); err != nil {
+			return
+		}
+		if !slices.Equal(run.Finalizers, []string{"example.com/first"}) {
+			t.Errorf("run-b's finalizers %v while uninstall runs, want only example.com/first", run.Finalizers)
+		}
+		run.Finalizers = nil
+		_ = env.Client.Update(ctx, run)
+	}()
+	out, err := uninstallCmd(t, nil, "--namespace", ns)
+	if err != nil {
+		t.Fatalf("jobrun uninstall: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, `"unarchivedJobRuns":2`) {
+		t.Errorf("the log does not count 2 unarchived runs:\n%s", out)
+	}
+	list := &jobsv1alpha1.JobRunList{}
+	if err := env.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 0 {
+		t.Errorf("%d runs left", len(list.Items))
 	}
 }

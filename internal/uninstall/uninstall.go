@@ -5,14 +5,17 @@
 // `jobrun uninstall` runs it, and so does the Helm chart's post-delete hook.
 //
 // Guards are not owned by their runs (see internal/guard), so they are
-// deleted here rather than left to the garbage collector. JobRuns carry no
-// finalizers: deleting them needs no manager.
+// deleted here rather than left to the garbage collector. With a run
+// archive, runs carry the archive's finalizer until the manager archived
+// them; the manager is gone by now, so the cleanup removes it: runs not yet
+// archived are deleted unarchived (counted in Counts.Unarchived and logged).
 package uninstall
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -51,6 +55,9 @@ type Options struct {
 type Counts struct {
 	// Runs is the JobRuns deleted (the consistency marker included).
 	Runs int
+	// Unarchived is the runs whose archive finalizer the cleanup removed:
+	// deleted without having been archived.
+	Unarchived int
 	// Guards is the guard Leases deleted.
 	Guards int
 	// LeaderLease says whether the leader-election Lease was deleted.
@@ -145,7 +152,34 @@ func deleteRuns(ctx context.Context, c client.Client, o Options, n *Counts, log 
 		n.Runs += count
 		log.Info("deleted JobRuns", "namespace", ns, "count", count)
 	}
+	// Runs held by the archive's finalizer: no manager is left to archive
+	// them. (A later pass sees those deleted above.)
+	for i := range list.Items {
+		r := &list.Items[i]
+		if r.DeletionTimestamp == nil || !slices.Contains(r.Finalizers, jobsv1alpha1.FinalizerArchive) {
+			continue
+		}
+		if err := removeFinalizer(ctx, c, r, jobsv1alpha1.FinalizerArchive); err != nil {
+			return 0, err
+		}
+		n.Unarchived++
+		log.Info("removed the archive finalizer of a run not archived; it is deleted unarchived", "namespace", r.Namespace, "run", r.Name)
+	}
 	return len(list.Items), nil
+}
+
+// removeFinalizer removes finalizer f from obj with a JSON patch that tests
+// it is where it was read, so that no other finalizer is dropped; a run
+// gone or changed meanwhile is left to the next pass.
+func removeFinalizer(ctx context.Context, c client.Client, obj *metav1.PartialObjectMetadata, f string) error {
+	i := slices.Index(obj.Finalizers, f)
+	path := fmt.Sprintf("/metadata/finalizers/%d", i)
+	patch := fmt.Sprintf(`[{"op":"test","path":%q,"value":%q},{"op":"remove","path":%q}]`, path, f, path)
+	err := c.Patch(ctx, obj, client.RawPatch(types.JSONPatchType, []byte(patch)))
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsInvalid(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("removing the archive finalizer of JobRun %s/%s: %w", obj.Namespace, obj.Name, err)
+	}
+	return nil
 }
 
 // deleteGuards deletes the guard Leases of namespace ns (named GuardPrefix...
