@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/archive"
 )
 
 // archiveLister is the API's one view of live and archived runs: the live
@@ -178,4 +180,39 @@ func asArchiveError(err error) (*apiError, bool) {
 		return ae.apiError(), true
 	}
 	return nil, false
+}
+
+// ArchiveReader is the run archive as the REST API reads it
+// (internal/archive.Store).
+type ArchiveReader interface {
+	List(ctx context.Context, q archive.Query) ([]*jobsv1alpha1.JobRun, bool, error)
+	Get(ctx context.Context, namespace, id string) (*jobsv1alpha1.JobRun, error)
+}
+
+// archiveReadTimeout bounds one archive read: a slow archive answers 503
+// within it rather than holding the request to its end.
+const archiveReadTimeout = 5 * time.Second
+
+// NewArchiveLister serves a as a RunLister (Options.Archive); it never makes
+// a consistency round: the archive is written before a run leaves the API
+// server, and read after the live index (archiveLister).
+func NewArchiveLister(a ArchiveReader) RunLister { return archiveRunLister{a} }
+
+type archiveRunLister struct{ a ArchiveReader }
+
+func (l archiveRunLister) ListRuns(ctx context.Context, q RunQuery) ([]*jobsv1alpha1.JobRun, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, archiveReadTimeout)
+	defer cancel()
+	aq := archive.Query{Namespace: q.Namespace, TeamID: q.TeamID, JobType: q.JobType, Status: q.Status, ProjectID: q.ProjectID,
+		Since: q.Since, Until: q.Until, Limit: q.Limit}
+	if q.After != nil {
+		aq.AfterCreatedAt, aq.AfterID = q.After.CreatedAt, q.After.ID
+	}
+	return l.a.List(ctx, aq)
+}
+
+func (l archiveRunLister) GetRun(ctx context.Context, namespace, name string) (*jobsv1alpha1.JobRun, error) {
+	ctx, cancel := context.WithTimeout(ctx, archiveReadTimeout)
+	defer cancel()
+	return l.a.Get(ctx, namespace, name)
 }

@@ -98,6 +98,8 @@ type apiOptions struct {
 	corsOrigins []string
 	// jwt, if set, authenticates JWTs instead of HS256(secret).
 	jwt Authenticator
+	// archive, if set, is the run archive (Options.Archive).
+	archive ArchiveReader
 }
 
 // startAPIWith is startAPIVia wired as o says.
@@ -153,7 +155,11 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if o.jwt != nil {
 		jwtAuth = o.jwt
 	}
-	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Ready: func(ctx context.Context) bool { return index.Synced(ctx) && keys.Synced(ctx) }, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
+	var archived RunLister
+	if o.archive != nil {
+		archived = NewArchiveLister(o.archive)
+	}
+	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Archive: archived, Ready: func(ctx context.Context) bool { return index.Synced(ctx) && keys.Synced(ctx) }, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
 		Auth: Authenticators{JWT: jwtAuth, APIKey: keys}, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

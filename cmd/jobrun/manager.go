@@ -70,13 +70,17 @@ func runManager(ctx context.Context, args []string) error {
 	if err := setupProbes(mgr); err != nil {
 		return err
 	}
+	arch, err := setupArchive(ctx, mgr, f)
+	if err != nil {
+		return err
+	}
 	if f.runControllers {
-		if err := setupControllers(ctx, mgr, f); err != nil {
+		if err := setupControllers(ctx, mgr, f, arch); err != nil {
 			return err
 		}
 	}
 	if f.apiAddr != "" {
-		if err := setupAPI(ctx, mgr, f, runIndex); err != nil {
+		if err := setupAPI(ctx, mgr, f, runIndex, arch); err != nil {
 			return err
 		}
 	}
@@ -132,10 +136,13 @@ func setupProbes(mgr ctrl.Manager) error {
 
 // setupControllers adds the JobRun, JobType and JobSchedule reconcilers to
 // mgr, all with the same options.
-func setupControllers(ctx context.Context, mgr ctrl.Manager, f *managerFlags) error {
+func setupControllers(ctx context.Context, mgr ctrl.Manager, f *managerFlags, arch *archiveConn) error {
 	opts, err := reconcilerOptions(f)
 	if err != nil {
 		return err
+	}
+	if arch != nil {
+		opts = append(opts, controllers.WithArchive(arch, f.archive.liveTTL))
 	}
 	if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("setting up the JobRun controller: %w", err)
@@ -171,7 +178,7 @@ func reconcilerOptions(f *managerFlags) ([]controllers.Option, error) {
 
 // setupAPI adds the REST API to mgr as a runnable, with its run index (on
 // mgr's cache) and its authenticators of JWTs and API keys.
-func setupAPI(ctx context.Context, mgr ctrl.Manager, f *managerFlags, runIndex *apiserver.RunIndex) error {
+func setupAPI(ctx context.Context, mgr ctrl.Manager, f *managerFlags, runIndex *apiserver.RunIndex, arch *archiveConn) error {
 	jwtAuth, err := jwtAuthenticator(ctx, f)
 	if err != nil {
 		return err
@@ -183,9 +190,13 @@ func setupAPI(ctx context.Context, mgr ctrl.Manager, f *managerFlags, runIndex *
 	if err != nil {
 		return err
 	}
+	var archived apiserver.RunLister
+	if arch != nil {
+		archived = apiserver.NewArchiveLister(arch)
+	}
 	api, err := apiserver.New(apiserver.Options{
 		Addr: f.apiAddr, Namespace: f.namespace,
-		Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex,
+		Reader: mgr.GetAPIReader(), Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: runIndex, Archive: archived,
 		Ready: func(ctx context.Context) bool { return runIndex.Synced(ctx) && apiKeys.Synced(ctx) },
 		Auth: apiserver.Authenticators{
 			JWT:    jwtAuth,
