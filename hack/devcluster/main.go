@@ -38,7 +38,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.root, "root", ".", "Repository root (CRDs, config/, bin/).")
-	flag.StringVar(&o.dir, "dir", ".dev", "Folder for the kubeconfig, logs and pods' work folders (git-ignored).")
+	flag.StringVar(&o.dir, "dir", ".dev", "Folder for the kubeconfig, logs, pods' work folders and the archive's PostgreSQL data (postgres/, kept between runs) (git-ignored).")
 	flag.StringVar(&o.namespace, "namespace", "jobrun-system", "Namespace of jobrun's objects and the manager's lease.")
 	flag.StringVar(&o.binary, "jobrun", "bin/jobrun", "The jobrun binary: manager, dev node agent and the image jobrun:dev.")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", "127.0.0.1:8081", "Manager's /healthz and /readyz.")

@@ -25,7 +25,8 @@ import (
 // TestDevCluster runs the local default end to end: everything comes up, the
 // samples are there for kubectl, the sample run goes to completed with live
 // progress, the manager is ready, and cancelling (what Ctrl-C does) leaves
-// nothing running.
+// nothing running. The archive's PostgreSQL is off here (options' zero
+// value); TestDevClusterArchive covers it.
 func TestDevCluster(t *testing.T) {
 	root := testenv.Root()
 	tmp := t.TempDir()
