@@ -32,10 +32,14 @@ help: ## Show the targets.
 
 ##@ Development
 
+# More flags of hack/devcluster, e.g. DEV_ARGS=--postgres-port=15433 or
+# DEV_ARGS=--archive=false.
+DEV_ARGS ?=
+
 .PHONY: dev
-dev: tools-dev build ## Run jobrun locally: a real control plane on loopback, the CRDs, the samples and the manager. Ctrl-C stops it.
+dev: tools-dev tools-pg build ## Run jobrun locally: a real control plane on loopback, the CRDs, the samples, the manager and a PostgreSQL for the run archive (data kept in .dev/postgres). Ctrl-C stops it.
 	go build -o $(BIN)/devcluster ./hack/devcluster
-	$(BIN)/devcluster --root $(CURDIR) --jobrun $(BIN)/jobrun
+	$(BIN)/devcluster --root $(CURDIR) --jobrun $(BIN)/jobrun $(DEV_ARGS)
 
 .PHONY: generate
 generate: tools-gen ## Generate the API types' DeepCopy methods.
@@ -130,7 +134,7 @@ tools-node: ## Build kubelet and kube-proxy and, as root, apt-get install contai
 	hack/build-tools.sh node
 
 .PHONY: tools-pg
-tools-pg: ## Find PostgreSQL's server binaries (initdb, pg_ctl, postgres) for the tests' throwaway databases; as root, apt-get install postgresql when missing (its service not started), else say what to install and fail.
+tools-pg: ## Find PostgreSQL's server binaries (initdb, pg_ctl, postgres) for make dev's archive and the tests' throwaway databases; as root, apt-get install postgresql when missing (its service not started), else say what to install and fail.
 	hack/build-tools.sh postgres
 
 .PHONY: tools-gen

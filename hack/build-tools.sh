@@ -13,8 +13,9 @@
 #       Prometheus Operator's ServiceMonitor), taken from its Go module
 #
 # The `postgres` set is not built: it makes sure the distribution's PostgreSQL
-# server binaries (initdb, pg_ctl, postgres) are there, for the tests'
-# throwaway databases (internal/pgtest). It looks where internal/pgtest looks
+# server binaries (initdb, pg_ctl, postgres) are there, for make dev's archive
+# and the tests' throwaway databases (internal/pgserver, which internal/pgtest
+# and internal/localcluster use). It looks where internal/pgserver looks
 # ($JOBRUN_PG_BINDIR, /usr/lib/postgresql/<newest version>/bin, /usr/local/bin,
 # PATH); when they are missing it installs Debian's postgresql package as root
 # with apt-get (without starting its service), else says what to install and
@@ -165,7 +166,7 @@ node_packages() {
 }
 
 # pg_bindir prints the directory that holds initdb, pg_ctl and postgres, in
-# internal/pgtest's order (FindBinaries); it fails when none does.
+# internal/pgserver's order (FindBinaries); it fails when none does.
 pg_bindir() {
 	local dirs=() d
 	if [[ -n ${JOBRUN_PG_BINDIR:-} ]]; then
@@ -201,7 +202,7 @@ postgres_binaries() {
 		exit 1
 	fi
 	if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
-		log "the tests need PostgreSQL's server binaries (initdb, pg_ctl, postgres), not found in /usr/lib/postgresql/*/bin, /usr/local/bin or PATH; not root or no apt-get, so not installed. Install them with: sudo apt-get install -y postgresql (Debian, Ubuntu), or set JOBRUN_PG_BINDIR to the bin directory of a PostgreSQL server"
+		log "make dev and the tests need PostgreSQL's server binaries (initdb, pg_ctl, postgres), not found in /usr/lib/postgresql/*/bin, /usr/local/bin or PATH; not root or no apt-get, so not installed. Install them with: sudo apt-get install -y postgresql (Debian, Ubuntu), or set JOBRUN_PG_BINDIR to the bin directory of a PostgreSQL server"
 		exit 1
 	fi
 	log "installing postgresql with apt-get (its service not started)"

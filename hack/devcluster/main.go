@@ -1,7 +1,9 @@
 // Command devcluster is jobrun's local default (`make dev`): a real control
 // plane on loopback with jobrun installed and running (internal/localcluster),
-// the samples applied, until Ctrl-C (or SIGTERM) stops everything in reverse
-// order.
+// the samples applied, and a PostgreSQL for the run archive whose data is
+// kept in <dir>/postgres between runs (the control plane starts empty each
+// time; the archive keeps history), until Ctrl-C (or SIGTERM) stops
+// everything in reverse order, PostgreSQL last.
 package main
 
 import (
@@ -17,6 +19,7 @@ import (
 	"syscall"
 
 	"jobrun.dev/jobrun/internal/localcluster"
+	"jobrun.dev/jobrun/internal/pgserver"
 )
 
 type options struct {
@@ -28,18 +31,22 @@ type options struct {
 	metricsAddr   string
 	apiAddr       string
 	attachControl bool
+	archive       bool
+	postgresPort  int
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.root, "root", ".", "Repository root (CRDs, config/, bin/).")
-	flag.StringVar(&o.dir, "dir", ".dev", "Folder for the kubeconfig, logs and pods' work folders (git-ignored).")
+	flag.StringVar(&o.dir, "dir", ".dev", "Folder for the kubeconfig, logs, pods' work folders and the archive's PostgreSQL data (postgres/, kept between runs) (git-ignored).")
 	flag.StringVar(&o.namespace, "namespace", "jobrun-system", "Namespace of jobrun's objects and the manager's lease.")
 	flag.StringVar(&o.binary, "jobrun", "bin/jobrun", "The jobrun binary: manager, dev node agent and the image jobrun:dev.")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", "127.0.0.1:8081", "Manager's /healthz and /readyz.")
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", "127.0.0.1:8082", "Manager's /metrics (plain HTTP on loopback).")
 	flag.StringVar(&o.apiAddr, "api-bind-address", "127.0.0.1:8080", "The Jobs REST API.")
 	flag.BoolVar(&o.attachControl, "attach-control-plane-output", false, "Print etcd's and kube-apiserver's logs.")
+	flag.BoolVar(&o.archive, "archive", true, "Start a local PostgreSQL (the distribution's server binaries, make tools-pg; data kept in <dir>/postgres) and run the manager with --archive-dsn pointing at it.")
+	flag.IntVar(&o.postgresPort, "postgres-port", 15432, "The archive's PostgreSQL port on 127.0.0.1; 0: a free one.")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -67,11 +74,18 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	dir := abs(root, o.dir)
+	var archive *localcluster.ArchiveOptions
+	if o.archive {
+		archive = &localcluster.ArchiveOptions{Dir: filepath.Join(dir, "postgres"), Port: o.postgresPort}
+	}
 	c, err := localcluster.Start(ctx, localcluster.Options{
 		Root: root, Dir: dir, Namespace: o.namespace, Binary: abs(root, o.binary),
 		ProbeAddr: o.probeAddr, MetricsAddr: o.metricsAddr, APIAddr: o.apiAddr, Samples: true,
-		AttachControlPlaneOutput: o.attachControl, Log: logf,
+		AttachControlPlaneOutput: o.attachControl, Archive: archive, Log: logf,
 	})
+	if errors.Is(err, pgserver.ErrPortTaken) {
+		return fmt.Errorf("%w\n(another port: make dev DEV_ARGS=--postgres-port=15433; no archive: make dev DEV_ARGS=--archive=false)", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -84,6 +98,12 @@ func run(ctx context.Context, o options) (err error) {
 		return fmt.Errorf("minting a dev token: %w", err)
 	}
 	token := strings.TrimSpace(string(out))
+	archiveLine := "The run archive is off (--archive=false)."
+	if c.ArchiveDSN != "" {
+		archiveLine = fmt.Sprintf(`The run archive is on: PostgreSQL on 127.0.0.1, data kept in %s between runs,
+the manager runs with --archive-dsn:
+  psql "%s"`, archive.Dir, c.ArchiveDSN)
+	}
 	fmt.Fprintf(os.Stderr, `
 jobrun is running on a local control plane (%s).
 
@@ -99,11 +119,13 @@ The Jobs REST API on http://%s (team demo-team, project demo-project), with a de
   export JOBRUN_TOKEN=%s
   curl -H "Authorization: Bearer $JOBRUN_TOKEN" http://%s/v1/teams/demo-team/jobs
 
-Logs (manager, dev node agent, controller-manager, scheduler): %s/logs
+%s
+
+Logs (manager, dev node agent, controller-manager, scheduler, postgres): %s/logs
 Job pods' output: %s/pods/<namespace>/<pod>/handler.log
 Press Ctrl-C to stop everything.
 `, c.Config.Host, c.Kubeconfig, c.Kubectl, o.namespace, c.Kubectl, o.namespace, root, c.Kubectl, o.namespace, o.probeAddr, o.metricsAddr,
-		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, dir, dir)
+		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, archiveLine, dir, dir)
 	// The marker tells scripts and tests that everything is up.
 	ready := filepath.Join(dir, "ready")
 	if err := os.WriteFile(ready, []byte(c.Config.Host+"\n"), 0o644); err != nil {

@@ -10,27 +10,27 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"jobrun.dev/jobrun/internal/pgserver"
 	"jobrun.dev/jobrun/test/testenv"
 )
 
 // TestDevCluster runs the local default end to end: everything comes up, the
 // samples are there for kubectl, the sample run goes to completed with live
 // progress, the manager is ready, and cancelling (what Ctrl-C does) leaves
-// nothing running.
+// nothing running. The archive's PostgreSQL is off here (options' zero
+// value); TestDevClusterArchive covers it.
 func TestDevCluster(t *testing.T) {
 	root := testenv.Root()
 	tmp := t.TempDir()
-	manager := filepath.Join(tmp, "jobrun")
-	build := exec.Command("go", "build", "-o", manager, "./cmd/jobrun")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the manager: %v\n%s", err, out)
-	}
+	manager := buildManager(t, tmp)
 
 	o := options{
 		root:        root,
@@ -238,6 +238,160 @@ func TestDevCluster(t *testing.T) {
 		conn.Close()
 		t.Errorf("kube-apiserver at %s still answers", host)
 	}
+}
+
+// buildManager builds the jobrun binary into dir.
+func buildManager(t *testing.T, dir string) string {
+	t.Helper()
+	manager := filepath.Join(dir, "jobrun")
+	build := exec.Command("go", "build", "-o", manager, "./cmd/jobrun")
+	build.Dir = testenv.Root()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the manager: %v\n%s", err, out)
+	}
+	return manager
+}
+
+// TestDevClusterArchive: make dev's PostgreSQL keeps its data between runs
+// in <dir>/postgres, the manager runs with --archive-dsn pointing at it, and
+// each Ctrl-C leaves no process of it (nor of anything else) running.
+func TestDevClusterArchive(t *testing.T) {
+	root := testenv.Root()
+	// As root PostgreSQL runs as another user, who must be able to enter the
+	// directory (t.TempDir is closed to others).
+	tmp, err := os.MkdirTemp("", "jobrun-devcluster-")
+	if err == nil {
+		err = os.Chmod(tmp, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	dir := filepath.Join(tmp, "dev")
+	_, port, _ := net.SplitHostPort(testenv.FreeAddr(t))
+	pgPort, _ := strconv.Atoi(port)
+	o := options{
+		root:         root,
+		dir:          dir,
+		namespace:    "jobrun-system",
+		binary:       buildManager(t, tmp),
+		probeAddr:    testenv.FreeAddr(t),
+		metricsAddr:  testenv.FreeAddr(t),
+		apiAddr:      testenv.FreeAddr(t),
+		archive:      true,
+		postgresPort: pgPort,
+	}
+	wantDSN := "postgres://postgres@127.0.0.1:" + port + "/jobrun?sslmode=disable"
+
+	// session runs devcluster until ready, calls use with the manager's
+	// --archive-dsn, then stops it as Ctrl-C does and checks that nothing
+	// is left running.
+	session := func(use func(conn *pgx.Conn)) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		var runErr error
+		go func() {
+			defer close(done)
+			runErr = run(ctx, o)
+		}()
+		stopped := false
+		defer func() {
+			if !stopped {
+				cancel()
+				<-done
+			}
+		}()
+		testenv.Eventually(t, 90*time.Second, func(context.Context) error {
+			select {
+			case <-done:
+				t.Fatalf("devcluster returned before it was ready: %v", runErr)
+			default:
+			}
+			_, err := os.Stat(filepath.Join(dir, "ready"))
+			return err
+		})
+
+		children := childPIDs(t, os.Getpid())
+		var dsn string
+		var postgres []int
+		for _, pid := range children {
+			args := cmdline(pid)
+			if len(args) > 1 && filepath.Base(args[0]) == "jobrun" && args[1] == "manager" {
+				for _, a := range args {
+					if v, ok := strings.CutPrefix(a, "--archive-dsn="); ok {
+						dsn = v
+					}
+				}
+			}
+			if len(args) > 0 && filepath.Base(args[0]) == "postgres" {
+				postgres = append(postgres, pid)
+				postgres = append(postgres, pgserver.ChildPids(pid)...)
+			}
+		}
+		if dsn != wantDSN {
+			t.Fatalf("the manager's --archive-dsn = %q, want %q", dsn, wantDSN)
+		}
+		if len(postgres) < 2 {
+			t.Fatalf("devcluster's children %v: want a postgres postmaster with its workers", children)
+		}
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel2()
+		conn, err := pgx.Connect(ctx2, dsn)
+		if err != nil {
+			t.Fatalf("connecting to the manager's --archive-dsn: %v", err)
+		}
+		var dataDir string
+		if err := conn.QueryRow(ctx2, "SHOW data_directory").Scan(&dataDir); err != nil {
+			t.Fatal(err)
+		}
+		if want := filepath.Join(dir, "postgres", "data"); dataDir != want {
+			t.Errorf("PostgreSQL's data_directory = %s, want %s", dataDir, want)
+		}
+		use(conn)
+		conn.Close(context.Background())
+
+		stopped = true
+		cancel()
+		select {
+		case <-done:
+			if runErr != nil {
+				t.Errorf("devcluster stopped with %v", runErr)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("devcluster did not stop within 60s")
+		}
+		for _, pid := range append(children, postgres...) {
+			if err := syscall.Kill(pid, 0); err == nil && !isZombie(pid) {
+				t.Errorf("process %d (%q) still running after devcluster stopped", pid, cmdline(pid))
+			}
+		}
+		if c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, time.Second); err == nil {
+			c.Close()
+			t.Errorf("PostgreSQL still answers on 127.0.0.1:%s", port)
+		}
+	}
+
+	session(func(conn *pgx.Conn) {
+		if _, err := conn.Exec(context.Background(), "CREATE TABLE kept (id text PRIMARY KEY); INSERT INTO kept VALUES ('from the first session')"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	session(func(conn *pgx.Conn) {
+		var got string
+		if err := conn.QueryRow(context.Background(), "SELECT id FROM kept").Scan(&got); err != nil || got != "from the first session" {
+			t.Errorf("the second session's archive database: %q, %v; want the first session's row", got, err)
+		}
+	})
+}
+
+// cmdline is the command line of process pid.
+func cmdline(pid int) []string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(data) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
 }
 
 // httpGet GETs url and returns the status code and body; a failed request

@@ -27,6 +27,7 @@ import (
 
 	"jobrun.dev/jobrun/internal/controlplane"
 	"jobrun.dev/jobrun/internal/cutproxy"
+	"jobrun.dev/jobrun/internal/pgserver"
 	"jobrun.dev/jobrun/internal/supervise"
 )
 
@@ -57,9 +58,25 @@ type Options struct {
 	CuttableAPI bool
 	// AttachControlPlaneOutput prints etcd's and kube-apiserver's logs.
 	AttachControlPlaneOutput bool
+	// Archive, when set, starts a PostgreSQL for the run archive before
+	// everything else and gives every manager --archive-dsn pointing at it;
+	// Stop stops it last. nil: no PostgreSQL, no archive.
+	Archive *ArchiveOptions
 	// Log receives progress lines.
 	Log func(format string, args ...any)
 }
+
+// ArchiveOptions configure the cluster's PostgreSQL (Options.Archive).
+type ArchiveOptions struct {
+	// Dir holds its data, kept: a later Start on the same Dir finds the
+	// archive's history there.
+	Dir string
+	// Port is its port on 127.0.0.1; 0: a free one.
+	Port int
+}
+
+// ArchiveDatabase is the database the archive's PostgreSQL holds it in.
+const ArchiveDatabase = "jobrun"
 
 // Cluster is a running local cluster.
 type Cluster struct {
@@ -73,6 +90,9 @@ type Cluster struct {
 	// JWTSecret is the REST API's HS256 secret, made up for this cluster;
 	// it is also in Dir/jwt-secret.
 	JWTSecret string
+	// ArchiveDSN connects to the archive's database (Options.Archive); empty
+	// without one.
+	ArchiveDSN string
 
 	opts  Options
 	procs processes
@@ -80,6 +100,7 @@ type Cluster struct {
 	// or a copy through proxy.
 	componentKubeconfig string
 	proxy               *cutproxy.Proxy
+	postgres            *pgserver.Server
 
 	mu       sync.Mutex
 	managers map[string]*Manager // by process name
@@ -98,9 +119,20 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	// A kubeconfig left by an earlier run points at a dead server.
 	_ = os.Remove(kubeconfig)
 
+	// PostgreSQL first: a missing binary or a taken port fails at once, and
+	// it stops last.
+	var pg *pgserver.Server
+	if o.Archive != nil {
+		if pg, err = startArchive(*o.Archive, filepath.Join(o.Dir, "logs", "postgres.log"), o.Log); err != nil {
+			return nil, err
+		}
+	}
 	o.Log("starting etcd and kube-apiserver")
 	cp, err := controlplane.Start(controlplane.Options{Root: o.Root, AttachOutput: o.AttachControlPlaneOutput})
-	c = &Cluster{ControlPlane: cp, Kubeconfig: kubeconfig, opts: o}
+	c = &Cluster{ControlPlane: cp, Kubeconfig: kubeconfig, opts: o, postgres: pg}
+	if pg != nil {
+		c.ArchiveDSN = pg.DSN
+	}
 	c.procs.log = o.Log
 	defer func() {
 		if err != nil {
@@ -171,6 +203,19 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return c, err
 	}
 	return c, nil
+}
+
+// startArchive starts the archive's PostgreSQL on its kept directory, with
+// its log at logFile.
+func startArchive(o ArchiveOptions, logFile string, log func(string, ...any)) (*pgserver.Server, error) {
+	log("starting PostgreSQL for the run archive (data in %s, log %s)", o.Dir, logFile)
+	start := time.Now()
+	pg, err := pgserver.Start(pgserver.Options{Dir: o.Dir, Port: o.Port, Database: ArchiveDatabase, LogFile: logFile})
+	if err != nil {
+		return nil, fmt.Errorf("the run archive's PostgreSQL: %w", err)
+	}
+	log("PostgreSQL (pid %d) ready on 127.0.0.1:%d after %s", pg.Pid(), pg.Port, time.Since(start).Round(time.Millisecond))
+	return pg, nil
 }
 
 // kubeFlags are the flags of every kube-controller-manager and
@@ -402,6 +447,9 @@ func (c *Cluster) startManager(name, probeAddr, metricsAddr, apiAddr string, ext
 	if apiAddr != "" {
 		args = append(args, "--api-bind-address="+apiAddr)
 	}
+	if c.ArchiveDSN != "" {
+		args = append(args, "--archive-dsn="+c.ArchiveDSN)
+	}
 	args = append(append(args, c.opts.ManagerArgs...), extra...)
 	log := "manager"
 	if name != managerName {
@@ -492,16 +540,21 @@ func (c *Cluster) ManagerPID() int {
 func (c *Cluster) Exited() <-chan string { return c.procs.exitedChan() }
 
 // Stop stops the manager, the agent, the scheduler, the controller-manager,
-// kube-apiserver and etcd, in that order, and removes the kubeconfig.
+// kube-apiserver, etcd and the archive's PostgreSQL, in that order, and
+// removes the kubeconfig. The archive's data stays.
 func (c *Cluster) Stop() error {
 	c.procs.stopAll()
 	if c.proxy != nil {
 		c.proxy.Cut()
 	}
 	c.opts.Log("stopping kube-apiserver and etcd")
-	err := c.ControlPlane.Stop()
+	errs := []error{c.ControlPlane.Stop()}
 	_ = os.Remove(c.Kubeconfig)
-	return err
+	if c.postgres != nil {
+		c.opts.Log("stopping PostgreSQL (pid %d)", c.postgres.Pid())
+		errs = append(errs, c.postgres.Stop())
+	}
+	return errors.Join(errs...)
 }
 
 // process is one child.

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"jobrun.dev/jobrun/internal/pgserver"
 )
 
 func connect(t *testing.T, dsn string) *pgx.Conn {
@@ -196,7 +198,7 @@ func TestStopLeavesNothing(t *testing.T) {
 	conn := connect(t, s.DSN) // a backend, left open on purpose
 	_ = conn
 	pid, dir, port := s.Pid(), s.Dir, s.Port
-	pids := append(childPids(pid), pid)
+	pids := append(pgserver.ChildPids(pid), pid)
 	if len(pids) < 3 {
 		t.Fatalf("postmaster %d has children %v; want its workers and a backend", pid, pids[:len(pids)-1])
 	}
@@ -219,7 +221,7 @@ func TestStopHungServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid, dir, port := s.Pid(), s.Dir, s.Port
-	pids := append(childPids(pid), pid)
+	pids := append(pgserver.ChildPids(pid), pid)
 	t.Cleanup(func() { _ = s.Stop() })
 	for _, p := range pids {
 		// A child may be gone already (the backend of New's readiness query).
@@ -240,7 +242,7 @@ func TestStopHungServer(t *testing.T) {
 func assertGone(t *testing.T, pids []int, dir string, port int) {
 	t.Helper()
 	for _, p := range pids {
-		if alive(p) {
+		if pgserver.Alive(p) {
 			t.Errorf("process %d still running after Stop", p)
 		}
 	}
@@ -312,20 +314,5 @@ func TestMissingBinaries(t *testing.T) {
 	_, err = FindBinaries()
 	if err == nil || !strings.Contains(err.Error(), BinDirEnv) || !strings.Contains(err.Error(), partial+" lacks postgres") {
 		t.Errorf("FindBinaries with %s=%s (no postgres): %v", BinDirEnv, partial, err)
-	}
-}
-
-// TestVersionDirs: the newest major version first, numerically.
-func TestVersionDirs(t *testing.T) {
-	lib := t.TempDir()
-	for _, v := range []string{"9.6", "15", "16", "common"} {
-		if err := os.MkdirAll(filepath.Join(lib, v, "bin"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := versionDirs(lib)
-	want := []string{filepath.Join(lib, "16", "bin"), filepath.Join(lib, "15", "bin"), filepath.Join(lib, "9.6", "bin")}
-	if !slices.Equal(got, want) {
-		t.Errorf("versionDirs = %v, want %v", got, want)
 	}
 }

@@ -113,6 +113,9 @@ func TestChartBadValues(t *testing.T) {
 		{"token lifetime as a number", []string{"-f", hs256, "--set", "auth.jwt.maxTokenLifetime=24"}, "maxTokenLifetime"},
 		{"CORS origin without a scheme", []string{"-f", hs256, "--set", "api.cors.allowedOrigins[0]=app.example.com"}, "api/cors/allowedOrigins"},
 		{"file", []string{"-f", filepath.Join("testdata", "bad-values.yaml")}, "smtp/tls"},
+		{"archive without its Secret", []string{"-f", hs256, "--set", "archive.enabled=true"}, "archive.enabled is true but archive.existingSecret is empty"},
+		{"archive live TTL of zero", []string{"-f", hs256, "--set", "archive.liveTTL=0s"}, "archive/liveTTL"},
+		{"archive retention in days", []string{"-f", hs256, "--set", "archive.retention=90d"}, "archive/retention"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -70,6 +70,28 @@ that says which value to set.
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
 {{- end }}
+{{- if and .Values.archive.enabled (not .Values.archive.existingSecret) }}
+{{- fail "archive.enabled is true but archive.existingSecret is empty: name the Secret that holds the archive's PostgreSQL DSN (key archive.secretKey, default dsn; a CloudNativePG cluster's <cluster>-app Secret with archive.secretKey: uri)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The run archive's settings, in the manager and the standalone REST API alike
+(included only with archive.enabled): the DSN from the Secret (never in args
+or values), the durations as flags.
+*/}}
+{{- define "jobrun.archiveArgs" -}}
+- --archive-live-ttl={{ .Values.archive.liveTTL }}
+- --archive-retention={{ .Values.archive.retention }}
+{{- end }}
+
+{{- define "jobrun.archiveEnv" -}}
+env:
+  - name: JOBRUN_ARCHIVE_DSN
+    valueFrom:
+      secretKeyRef:
+        name: {{ .Values.archive.existingSecret }}
+        key: {{ .Values.archive.secretKey }}
 {{- end }}
 
 {{/*
