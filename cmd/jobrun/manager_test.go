@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"jobrun.dev/jobrun/internal/cutproxy"
+	"jobrun.dev/jobrun/internal/pgtest"
 	"jobrun.dev/jobrun/test/testenv"
 )
 
@@ -337,4 +340,89 @@ func TestManagerStopsWhenJWKSCannotBeFetched(t *testing.T) {
 	if !strings.Contains(string(out), "loading the JWKS at "+idp.URL+"/jwks") || !strings.Contains(string(out), "502") {
 		t.Errorf("the manager's message does not say which key set failed and how:\n%s", out)
 	}
+}
+
+// TestManagerStartsWithoutItsArchive: a manager whose archive database does
+// not answer starts, is ready (probes and REST API), answers 503 where the
+// archive is needed, and opens the archive once the database answers: the
+// archive never keeps jobrun down.
+func TestManagerStartsWithoutItsArchive(t *testing.T) {
+	ns := env.Namespace(t)
+	bin, err := buildJobrun()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(pgtest.Start(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := cutproxy.New(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Cut)
+	proxy.Cut()
+	u.Host = proxy.Addr()
+	u.RawQuery = "connect_timeout=1&sslmode=disable"
+	probe, api := testenv.FreeAddr(t), testenv.FreeAddr(t)
+	secret := "0123456789abcdef0123456789abcdef"
+	cmd := exec.Command(bin, "manager", "--kubeconfig", env.Kubeconfig, "--leader-elect=false",
+		"--metrics-bind-address=0", "--health-probe-bind-address", probe, "--api-bind-address", api, "--namespace", ns)
+	cmd.Env = append(os.Environ(), "JOBRUN_JWT_SECRET="+secret, "JOBRUN_ARCHIVE_DSN="+u.String())
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("manager exited with %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Error("manager did not stop on SIGTERM")
+		}
+	})
+	testenv.Eventually(t, 30*time.Second, expectOK("http://"+probe+"/readyz"))
+	testenv.Eventually(t, 30*time.Second, expectOK("http://"+api+"/readyz"))
+	mint := exec.Command(bin, "token", "--team", "team-1")
+	mint.Env = append(os.Environ(), "JOBRUN_JWT_SECRET="+secret)
+	tok, err := mint.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	getRun := func(ctx context.Context) (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api+"/v1/jobs/no-such-run", nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	// Not live, and the archive cannot say: 503, not 404.
+	if code, err := getRun(context.Background()); err != nil || code != http.StatusServiceUnavailable {
+		t.Fatalf("GET of a run not live while the archive is unreachable: %d %v, want 503", code, err)
+	}
+	for _, addr := range []string{probe, api} {
+		if err := expectOK("http://" + addr + "/readyz")(context.Background()); err != nil {
+			t.Fatalf("not ready while the archive is unreachable: %v", err)
+		}
+	}
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	// The manager opens it on its own (retries up to 30 s apart).
+	testenv.Eventually(t, 90*time.Second, func(ctx context.Context) error {
+		code, err := getRun(ctx)
+		if err != nil || code != http.StatusNotFound {
+			return fmt.Errorf("GET of a run nowhere: %d %v, want 404 once the archive is open", code, err)
+		}
+		return nil
+	})
 }
