@@ -67,6 +67,10 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("archive: %w", err)
 	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("archive: connecting: %w", err)
+	}
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
