@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -55,10 +57,18 @@ func (s *Store) Upsert(ctx context.Context, runs ...*jobsv1alpha1.JobRun) error 
 		params, progress, result                      = make([]*string, 0, n), make([]*string, 0, n), make([]*string, 0, n)
 		attempts                                      = make([]int32, 0, n)
 	)
-	for i, run := range runs {
-		if last[[2]string{run.Namespace, run.Name}] != i {
-			continue
+	// Rows in key order: two replicas writing overlapping runs lock them
+	// in the same order, so they wait for each other instead of
+	// deadlocking.
+	order := slices.Collect(maps.Values(last))
+	slices.SortFunc(order, func(a, b int) int {
+		if c := strings.Compare(runs[a].Namespace, runs[b].Namespace); c != 0 {
+			return c
 		}
+		return strings.Compare(runs[a].Name, runs[b].Name)
+	})
+	for _, i := range order {
+		run := runs[i]
 		r, err := toRow(run)
 		if err != nil {
 			return err
