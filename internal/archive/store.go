@@ -114,6 +114,9 @@ const getSQL = `SELECT ` + columns + ` FROM archived_runs WHERE namespace = $1 A
 // Get returns the archived run namespace/id, or nil, nil when there is
 // none.
 func (s *Store) Get(ctx context.Context, namespace, id string) (*jobsv1alpha1.JobRun, error) {
+	if !storable(namespace) || !storable(id) {
+		return nil, nil
+	}
 	run, err := scanRow(s.pool.QueryRow(ctx, getSQL, namespace, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
@@ -214,6 +217,14 @@ func ceilMilli(t time.Time) time.Time {
 func (s *Store) List(ctx context.Context, q Query) ([]*jobsv1alpha1.JobRun, bool, error) {
 	if q.Namespace == "" || q.TeamID == "" {
 		return nil, false, errNoTeam
+	}
+	for _, v := range []string{q.Namespace, q.TeamID, q.JobType, q.Status, q.ProjectID} {
+		if !storable(v) {
+			return nil, false, nil // PostgreSQL refuses the text; no row holds it
+		}
+	}
+	if !storable(q.AfterID) {
+		return nil, false, fmt.Errorf("archive: cursor id %q: not UTF-8 text", q.AfterID)
 	}
 	query, args := listSQL(q)
 	rows, err := s.pool.Query(ctx, query, args...)
