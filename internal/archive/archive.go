@@ -14,7 +14,6 @@ package archive
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
 	"time"
@@ -114,5 +113,3 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	return nil
 }
-
-var errNoTeam = errors.New("archive: a list needs a namespace and a team")
