@@ -14,7 +14,6 @@ package archive
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
 	"time"
@@ -67,6 +66,10 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("archive: %w", err)
 	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("archive: connecting: %w", err)
+	}
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
@@ -110,5 +113,3 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	return nil
 }
-
-var errNoTeam = errors.New("archive: a list needs a namespace and a team")

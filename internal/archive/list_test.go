@@ -189,4 +189,16 @@ func TestListLimitZeroAndErrors(t *testing.T) {
 	if _, _, err := s.List(ctx, Query{Namespace: "ns", Limit: 10}); err == nil {
 		t.Error("a list without a team was accepted")
 	}
+	// Text PostgreSQL cannot hold matches nothing, and is no error.
+	for _, q := range []Query{
+		{Namespace: "ns", TeamID: "team-a\x00", Limit: 10},
+		{Namespace: "ns", TeamID: "team-a", ProjectID: "\xff", Limit: 10},
+	} {
+		if runs, hasMore, err := s.List(ctx, q); err != nil || len(runs) != 0 || hasMore {
+			t.Errorf("%+v: %d runs, has_more %v, %v", q, len(runs), hasMore, err)
+		}
+	}
+	if run, err := s.Get(ctx, "ns", "r1\x00"); run != nil || err != nil {
+		t.Errorf("Get of an id with NUL: %v, %v", run, err)
+	}
 }

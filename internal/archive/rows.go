@@ -96,9 +96,12 @@ func microTime(t *metav1.MicroTime) *time.Time {
 	return &u
 }
 
+// storable reports whether PostgreSQL's text can hold s.
+func storable(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }
+
 // cleanText is s as PostgreSQL's text can hold it: valid UTF-8 without NUL.
 func cleanText(s string) string {
-	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+	if storable(s) {
 		return s
 	}
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")

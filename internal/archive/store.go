@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -45,37 +47,68 @@ func (s *Store) Upsert(ctx context.Context, runs ...*jobsv1alpha1.JobRun) error 
 	for i, run := range runs {
 		last[[2]string{run.Namespace, run.Name}] = i
 	}
-	n := len(last)
-	var (
-		namespace, id, team, project, jobType, status = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-		createdAt                                     = make([]time.Time, 0, n)
-		startedAt, completedAt                        = make([]*time.Time, 0, n), make([]*time.Time, 0, n)
-		triggeredBy, errText, reason                  = make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-		notify                                        = make([]bool, 0, n)
-		params, progress, result                      = make([]*string, 0, n), make([]*string, 0, n), make([]*string, 0, n)
-		attempts                                      = make([]int32, 0, n)
-	)
-	for i, run := range runs {
-		if last[[2]string{run.Namespace, run.Name}] != i {
-			continue
+	// Rows in key order: two replicas writing overlapping runs lock them
+	// in the same order, so they wait for each other instead of
+	// deadlocking.
+	order := slices.Collect(maps.Values(last))
+	slices.SortFunc(order, func(a, b int) int {
+		if c := strings.Compare(runs[a].Namespace, runs[b].Namespace); c != 0 {
+			return c
 		}
-		r, err := toRow(run)
+		return strings.Compare(runs[a].Name, runs[b].Name)
+	})
+	var cols upsertColumns
+	for _, i := range order {
+		r, err := toRow(runs[i])
 		if err != nil {
 			return err
 		}
-		namespace, id, team, project = append(namespace, r.namespace), append(id, r.id), append(team, r.teamID), append(project, r.projectID)
-		jobType, status, createdAt = append(jobType, r.jobType), append(status, r.status), append(createdAt, r.createdAt)
-		startedAt, completedAt = append(startedAt, r.startedAt), append(completedAt, r.completedAt)
-		triggeredBy, notify = append(triggeredBy, r.triggeredBy), append(notify, r.notify)
-		params, progress, result = append(params, text(r.params)), append(progress, text(r.progress)), append(result, text(r.result))
-		errText, attempts, reason = append(errText, r.errText), append(attempts, r.attempts), append(reason, r.reason)
+		cols.add(r)
 	}
-	_, err := s.pool.Exec(ctx, upsertSQL, namespace, id, team, project, jobType, status, createdAt,
-		startedAt, completedAt, triggeredBy, notify, params, progress, result, errText, attempts, reason)
-	if err != nil {
-		return fmt.Errorf("archive: writing %d runs: %w", n, err)
+	if _, err := s.pool.Exec(ctx, upsertSQL, cols.args()...); err != nil {
+		return fmt.Errorf("archive: writing %d runs: %w", len(order), err)
 	}
 	return nil
+}
+
+// upsertColumns are upsertSQL's arrays, one per column.
+type upsertColumns struct {
+	namespace, id, teamID, projectID, jobType, status []string
+	createdAt                                         []time.Time
+	startedAt, completedAt                            []*time.Time
+	triggeredBy                                       []string
+	notify                                            []bool
+	params, progress, result                          []*string
+	errText                                           []string
+	attempts                                          []int32
+	reason                                            []string
+}
+
+func (c *upsertColumns) add(r row) {
+	c.namespace = append(c.namespace, r.namespace)
+	c.id = append(c.id, r.id)
+	c.teamID = append(c.teamID, r.teamID)
+	c.projectID = append(c.projectID, r.projectID)
+	c.jobType = append(c.jobType, r.jobType)
+	c.status = append(c.status, r.status)
+	c.createdAt = append(c.createdAt, r.createdAt)
+	c.startedAt = append(c.startedAt, r.startedAt)
+	c.completedAt = append(c.completedAt, r.completedAt)
+	c.triggeredBy = append(c.triggeredBy, r.triggeredBy)
+	c.notify = append(c.notify, r.notify)
+	c.params = append(c.params, text(r.params))
+	c.progress = append(c.progress, text(r.progress))
+	c.result = append(c.result, text(r.result))
+	c.errText = append(c.errText, r.errText)
+	c.attempts = append(c.attempts, r.attempts)
+	c.reason = append(c.reason, r.reason)
+}
+
+// args are the arrays in the order of columns ($1 to $17).
+func (c *upsertColumns) args() []any {
+	return []any{c.namespace, c.id, c.teamID, c.projectID, c.jobType, c.status, c.createdAt,
+		c.startedAt, c.completedAt, c.triggeredBy, c.notify, c.params, c.progress, c.result,
+		c.errText, c.attempts, c.reason}
 }
 
 func text(b []byte) *string {
@@ -104,6 +137,9 @@ const getSQL = `SELECT ` + columns + ` FROM archived_runs WHERE namespace = $1 A
 // Get returns the archived run namespace/id, or nil, nil when there is
 // none.
 func (s *Store) Get(ctx context.Context, namespace, id string) (*jobsv1alpha1.JobRun, error) {
+	if !storable(namespace) || !storable(id) {
+		return nil, nil
+	}
 	run, err := scanRow(s.pool.QueryRow(ctx, getSQL, namespace, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
@@ -199,11 +235,21 @@ func ceilMilli(t time.Time) time.Time {
 	return c
 }
 
+var errNoTeam = errors.New("archive: a list needs a namespace and a team")
+
 // List returns a page of a team's archived runs, newest first, and
 // whether more runs match after it.
 func (s *Store) List(ctx context.Context, q Query) ([]*jobsv1alpha1.JobRun, bool, error) {
 	if q.Namespace == "" || q.TeamID == "" {
 		return nil, false, errNoTeam
+	}
+	for _, v := range []string{q.Namespace, q.TeamID, q.JobType, q.Status, q.ProjectID} {
+		if !storable(v) {
+			return nil, false, nil // PostgreSQL refuses the text; no row holds it
+		}
+	}
+	if !storable(q.AfterID) {
+		return nil, false, fmt.Errorf("archive: cursor id %q: not UTF-8 text", q.AfterID)
 	}
 	query, args := listSQL(q)
 	rows, err := s.pool.Query(ctx, query, args...)

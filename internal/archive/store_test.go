@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -408,5 +410,35 @@ func TestDeleteFinishedBefore(t *testing.T) {
 	}
 	if _, err := s.DeleteFinishedBefore(ctx, cut, 0); err == nil {
 		t.Error("a batch of 0 was accepted")
+	}
+}
+
+// TestUpsertConcurrentOverlapping: two replicas archiving the same runs at
+// once, given in opposite orders, both succeed (no deadlock) and leave one
+// row per run.
+func TestUpsertConcurrentOverlapping(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	runs := make([]*jobsv1alpha1.JobRun, 300)
+	for i := range runs {
+		runs[i] = finished(fmt.Sprintf("r%03d", i), t0)
+	}
+	reversed := slices.Clone(runs)
+	slices.Reverse(reversed)
+	for round := range 10 {
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, batch := range [][]*jobsv1alpha1.JobRun{runs, reversed} {
+			wg.Go(func() { errs[i] = s.Upsert(ctx, batch...) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d, upsert %d: %v", round, i, err)
+			}
+		}
+	}
+	if n := countRows(t, s); n != len(runs) {
+		t.Errorf("%d rows, want %d", n, len(runs))
 	}
 }
