@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,6 +25,7 @@ import (
 	"jobrun.dev/jobrun/internal/cutproxy"
 	"jobrun.dev/jobrun/internal/pgtest"
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // These tests run the JobRun controller against a real API server and a
@@ -89,7 +91,9 @@ func archivedRow(t *testing.T, store *archive.Store, ns, name string) *jobsv1alp
 	return row
 }
 
-func sameTime(a, b time.Time) bool { return a.Truncate(time.Microsecond).Equal(b.Truncate(time.Microsecond)) }
+func sameTime(a, b time.Time) bool {
+	return a.Truncate(time.Microsecond).Equal(b.Truncate(time.Microsecond))
+}
 
 // A run created without the finalizer (kubectl) gets it on its first pass,
 // in the patch that labels it; when it finishes, its row is written before
@@ -129,7 +133,7 @@ func TestArchiveOnFinish(t *testing.T) {
 	}
 }
 
-// cancelledOnDelete: a run deleted while it runs is held by its finalizer,
+// TestDeletedRunIsArchivedCancelled: a run deleted while it runs is held by its finalizer,
 // ends cancelled (reason Deleted) with its pod stopped, is archived so, and
 // then goes.
 func TestDeletedRunIsArchivedCancelled(t *testing.T) {
@@ -153,8 +157,8 @@ func TestDeletedRunIsArchivedCancelled(t *testing.T) {
 		return nil
 	})
 	row := archivedRow(t, store, ns, "run-1")
-	if row.Status.Phase != jobsv1alpha1.JobRunCancelled || row.Status.Error != "" && row.Status.Phase != jobsv1alpha1.JobRunCancelled {
-		t.Fatalf("archived as %s (%q), want cancelled", row.Status.Phase, row.Status.Error)
+	if c := meta.FindStatusCondition(row.Status.Conditions, jobsv1alpha1.JobRunConditionFinished); row.Status.Phase != jobsv1alpha1.JobRunCancelled || c == nil || c.Reason != jobsv1alpha1.ReasonDeleted {
+		t.Fatalf("archived as %s (Finished %+v), want cancelled, reason %s", row.Status.Phase, c, jobsv1alpha1.ReasonDeleted)
 	}
 	waitPodGone(t, pod, "the deleted run's pod still exists")
 }
@@ -329,6 +333,49 @@ func TestNoArchiveRemovesFinalizer(t *testing.T) {
 	}
 	jr.Finalizers = nil
 	if err := env.Client.Update(context.Background(), jr); client.IgnoreNotFound(err) != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestArchiveRetention: the leader's retention runner deletes the rows of
+// runs that finished longer ago than the retention, in batches, and keeps
+// the others.
+func TestArchiveRetention(t *testing.T) {
+	store, _ := openArchive(t, false)
+	now := time.Now()
+	var runs []*jobsv1alpha1.JobRun
+	for i := range 25 {
+		age := time.Duration(i) * 24 * time.Hour // 0 to 24 days
+		run := testrun.Make("ns-1", fmt.Sprintf("run-%02d", i)).JobType("demo_sync").Team("team-1").Project("p1").
+			TriggeredBy("manual:user:u").CreatedAt(now.Add(-age - time.Minute)).Phase(jobsv1alpha1.JobRunCompleted).Obj()
+		run.Status.CompletedAt = ptr.To(metav1.NewMicroTime(now.Add(-age)))
+		runs = append(runs, run)
+	}
+	if err := store.Upsert(context.Background(), runs...); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- (&ArchiveRetentionRunner{Archive: store, Retention: 10*24*time.Hour + time.Hour, Interval: 100 * time.Millisecond, Batch: 4, Now: func() time.Time { return now }}).Start(ctx)
+	}()
+	testenv.Eventually(t, 20*time.Second, func(ctx context.Context) error {
+		left, _, err := store.List(ctx, archive.Query{Namespace: "ns-1", TeamID: "team-1", Limit: 100})
+		if err != nil {
+			return err
+		}
+		if len(left) != 11 {
+			return fmt.Errorf("%d rows left, want the 11 of runs that finished within 10 days", len(left))
+		}
+		for _, run := range left {
+			if now.Sub(run.Status.CompletedAt.Time) > 10*24*time.Hour+time.Hour {
+				return fmt.Errorf("run %s, finished %s ago, kept", run.Name, now.Sub(run.Status.CompletedAt.Time))
+			}
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 }

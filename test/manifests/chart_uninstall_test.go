@@ -24,8 +24,10 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/uninstall"
 	"jobrun.dev/jobrun/test/testenv"
+	"jobrun.dev/jobrun/test/testrun"
 )
 
 // leaderLease is the manager's leader-election Lease (cmd/jobrun).
@@ -66,7 +68,7 @@ func hookObjects(t *testing.T, ns string, set ...string) []client.Object {
 // restricted Pod Security settings; nothing renders with deleteRuns false.
 func TestChartUninstallHookRenders(t *testing.T) {
 	leases := rbacv1.PolicyRule{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"list", "delete"}}
-	runs := rbacv1.PolicyRule{APIGroups: []string{"jobs.jobrun.dev"}, Resources: []string{"jobruns"}, Verbs: []string{"list", "deletecollection"}}
+	runs := rbacv1.PolicyRule{APIGroups: []string{"jobs.jobrun.dev"}, Resources: []string{"jobruns"}, Verbs: []string{"list", "deletecollection", "patch"}}
 	for _, tt := range []struct {
 		name        string
 		set         []string
@@ -167,6 +169,13 @@ func TestChartUninstallHook(t *testing.T) {
 	}
 	env.CreateRunTimeObjects(t, ns, leaderLease)
 	env.CreateRunTimeObjects(t, other, leaderLease)
+	// A run the archive's finalizer holds (its manager gone): the hook
+	// removes the finalizer, with its RBAC.
+	held := testrun.Make(ns, "held-by-archive").JobType("demo_sync").Team("team-1").Project("project-9").TriggeredBy("manual:user:u").Obj()
+	held.Finalizers = []string{jobsv1alpha1.FinalizerArchive}
+	if err := env.Client.Create(ctx, held); err != nil {
+		t.Fatal(err)
+	}
 	otherBefore, err := env.RunTimeObjectsLeft(ctx, other, leaderLease)
 	if err != nil {
 		t.Fatal(err)
@@ -178,8 +187,8 @@ func TestChartUninstallHook(t *testing.T) {
 	testenv.Eventually(t, time.Minute, func(ctx context.Context) error {
 		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "jr-uninstall"}, job)
 	})
-	if n := runAsHook(t, job); n.Runs != 4 || n.Guards != 2 || !n.LeaderLease {
-		t.Errorf("the hook deleted %+v, want 4 runs, 2 guards and the leader Lease", n)
+	if n := runAsHook(t, job); n.Runs != 5 || n.Unarchived != 1 || n.Guards != 2 || !n.LeaderLease {
+		t.Errorf("the hook deleted %+v, want 5 runs (1 unarchived), 2 guards and the leader Lease", n)
 	}
 	completeJob(t, job)
 	if err := <-done; err != nil {
