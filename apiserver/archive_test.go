@@ -38,19 +38,7 @@ func archiveDB(t *testing.T, proxied bool) (*archive.Store, *cutproxy.Proxy, str
 	open := dsn
 	var proxy *cutproxy.Proxy
 	if proxied {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if proxy, err = cutproxy.New(u.Host); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(proxy.Cut)
-		u.Host = proxy.Addr()
-		q := u.Query()
-		q.Set("connect_timeout", "2")
-		u.RawQuery = q.Encode()
-		open = u.String()
+		proxy, open = pgtest.Cuttable(t, dsn)
 	}
 	store, err := archive.Open(testenv.Context(t), open)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -38,19 +37,7 @@ func openArchive(t *testing.T, proxied bool) (*archive.Store, *cutproxy.Proxy) {
 	dsn := pgtest.Start(t)
 	var proxy *cutproxy.Proxy
 	if proxied {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if proxy, err = cutproxy.New(u.Host); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(proxy.Cut)
-		u.Host = proxy.Addr()
-		q := u.Query()
-		q.Set("connect_timeout", "2")
-		u.RawQuery = q.Encode()
-		dsn = u.String()
+		proxy, dsn = pgtest.Cuttable(t, dsn)
 	}
 	store, err := archive.Open(testenv.Context(t), dsn)
 	if err != nil {

@@ -49,7 +49,9 @@ func serviceAccountKubeconfig(t *testing.T, ns, name string) string {
 	return path
 }
 
-// startJobrun runs `jobrun manager args...` until the test ends.
+// startJobrun runs `jobrun manager args...` with the extra environment
+// until the test ends, then stops it with SIGTERM (as the kubelet does) and
+// fails the test unless it exits cleanly within 30 s.
 func startJobrun(t *testing.T, env []string, args ...string) {
 	t.Helper()
 	bin, err := buildJobrun()
@@ -67,7 +69,10 @@ func startJobrun(t *testing.T, env []string, args ...string) {
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil {
+				t.Errorf("jobrun manager exited with %v", err)
+			}
 		case <-time.After(30 * time.Second):
 			_ = cmd.Process.Kill()
 			t.Error("jobrun manager did not stop on SIGTERM")

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +19,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"jobrun.dev/jobrun/internal/cutproxy"
 	"jobrun.dev/jobrun/internal/pgtest"
 	"jobrun.dev/jobrun/test/testenv"
 )
@@ -269,27 +267,8 @@ func TestAPIOnlyReplica(t *testing.T) {
 	}
 	probe, api := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	secret := "0123456789abcdef0123456789abcdef"
-	cmd := exec.Command(bin, "manager", "--kubeconfig", env.Kubeconfig, "--run-controllers=false", "--leader-elect=false",
+	startJobrun(t, []string{"JOBRUN_JWT_SECRET=" + secret}, "--kubeconfig", env.Kubeconfig, "--run-controllers=false", "--leader-elect=false",
 		"--metrics-bind-address=0", "--health-probe-bind-address", probe, "--api-bind-address", api, "--namespace", ns)
-	cmd.Env = append(os.Environ(), "JOBRUN_JWT_SECRET="+secret)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("API replica exited with %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Error("API replica did not stop on SIGTERM")
-		}
-	})
 	testenv.Eventually(t, 30*time.Second, expectOK("http://"+api+"/readyz"))
 	noSecret := exec.Command(bin, "token", "--team", "team-1")
 	noSecret.Env = []string{"PATH=" + os.Getenv("PATH")}
@@ -352,41 +331,12 @@ func TestManagerStartsWithoutItsArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := url.Parse(pgtest.Start(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := cutproxy.New(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Cut)
+	proxy, dsn := pgtest.Cuttable(t, pgtest.Start(t))
 	proxy.Cut()
-	u.Host = proxy.Addr()
-	u.RawQuery = "connect_timeout=1&sslmode=disable"
 	probe, api := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	secret := "0123456789abcdef0123456789abcdef"
-	cmd := exec.Command(bin, "manager", "--kubeconfig", env.Kubeconfig, "--leader-elect=false",
+	startJobrun(t, []string{"JOBRUN_JWT_SECRET=" + secret, "JOBRUN_ARCHIVE_DSN=" + dsn}, "--kubeconfig", env.Kubeconfig, "--leader-elect=false",
 		"--metrics-bind-address=0", "--health-probe-bind-address", probe, "--api-bind-address", api, "--namespace", ns)
-	cmd.Env = append(os.Environ(), "JOBRUN_JWT_SECRET="+secret, "JOBRUN_ARCHIVE_DSN="+u.String())
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("manager exited with %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Error("manager did not stop on SIGTERM")
-		}
-	})
 	testenv.Eventually(t, 30*time.Second, expectOK("http://"+probe+"/readyz"))
 	testenv.Eventually(t, 30*time.Second, expectOK("http://"+api+"/readyz"))
 	mint := exec.Command(bin, "token", "--team", "team-1")

@@ -35,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"net/url"
 	"os"
 	"testing"
 	"time"
@@ -42,6 +43,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"k8s.io/apimachinery/pkg/util/rand"
 
+	"jobrun.dev/jobrun/internal/cutproxy"
 	"jobrun.dev/jobrun/internal/pgserver"
 )
 
@@ -191,4 +193,26 @@ func (s *Server) Stop() error {
 		}
 	}
 	return err
+}
+
+// Cuttable puts a cut proxy (internal/cutproxy) in front of the server of
+// dsn, for fault tests: it returns the proxy and a DSN through it, with a
+// connect timeout of 2 s so that a client of a cut server fails fast. The
+// proxy is cut when the test ends.
+func Cuttable(t testing.TB, dsn string) (*cutproxy.Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := cutproxy.New(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Cut)
+	u.Host = proxy.Addr()
+	q := u.Query()
+	q.Set("connect_timeout", "2")
+	u.RawQuery = q.Encode()
+	return proxy, u.String()
 }
