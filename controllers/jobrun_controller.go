@@ -584,9 +584,26 @@ func (r *JobRunReconciler) releaseGuard(ctx context.Context, run *jobsv1alpha1.J
 	return nil
 }
 
-// deleteRun deletes run, if it is still the one that was read, and its pods
-// after it.
+// deleteRun deletes run's pods, then run, if it is still the one that was
+// read. The garbage collector would delete the pods after the run, but at
+// kube-controller-manager's client rate (20 requests/s by default, a lookup
+// and a delete per pod): runs that leave faster (a short live TTL with the
+// archive) would leave their pods behind in etcd and in every cache, growing
+// with history. It still deletes any pod this pass did not see.
 func (r *JobRunReconciler) deleteRun(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	pods := &corev1.PodList{}
+	if err := r.client.List(ctx, pods, client.InNamespace(run.Namespace), client.MatchingLabels{jobsv1alpha1.LabelRun: run.Name}); err != nil {
+		return fmt.Errorf("failed to list the pods of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if pod.DeletionTimestamp != nil || !metav1.IsControlledBy(pod, run) {
+			continue
+		}
+		if err := r.client.Delete(ctx, pod, client.Preconditions{UID: &pod.UID}); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("failed to delete pod %s of finished JobRun %s: %w", pod.Name, client.ObjectKeyFromObject(run), err)
+		}
+	}
 	err := r.client.Delete(ctx, run, client.Preconditions{UID: &run.UID}, client.PropagationPolicy(metav1.DeletePropagationBackground))
 	if client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("failed to delete finished JobRun %s: %w", client.ObjectKeyFromObject(run), err)

@@ -598,4 +598,15 @@ func TestRetention(t *testing.T) {
 		}
 		return nil
 	})
+	// Their pods went with them, deleted by the controller (no garbage
+	// collector runs here; in a cluster it deletes only ~10 pods a second).
+	pods := &corev1.PodList{}
+	if err := env.Client.List(context.Background(), pods, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, pod := range pods.Items {
+		if pod.DeletionTimestamp == nil {
+			t.Errorf("pod %s of a deleted run is still there", pod.Name)
+		}
+	}
 }
