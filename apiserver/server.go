@@ -100,7 +100,7 @@ type Server struct {
 	// auth is the middleware that requires a credential; each route that
 	// needs one uses it, so that routing (404, 405) and CORS preflights
 	// come first.
-	auth    func(http.Handler) http.Handler
+	auth func(http.Handler) http.Handler
 	// timeout is the middleware that bounds a request's work; event
 	// streams go without it.
 	timeout func(http.Handler) http.Handler
@@ -112,7 +112,7 @@ type Server struct {
 	streamsDone chan struct{}
 	closeOnce   sync.Once
 	router      *chi.Mux
-	handler http.Handler
+	handler     http.Handler
 }
 
 // New returns a Server; Start serves it.

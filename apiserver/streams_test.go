@@ -179,7 +179,9 @@ func patchStatus(t testing.TB, run *jobsv1alpha1.JobRun, mutate func(*jobsv1alph
 }
 
 func setProgress(n int64) func(*jobsv1alpha1.JobRun) {
-	return func(jr *jobsv1alpha1.JobRun) { jr.Status.Progress = jobsv1alpha1.NewProgress(n, 10, fmt.Sprintf("step %d", n)) }
+	return func(jr *jobsv1alpha1.JobRun) {
+		jr.Status.Progress = jobsv1alpha1.NewProgress(n, 10, fmt.Sprintf("step %d", n))
+	}
 }
 
 func running(jr *jobsv1alpha1.JobRun) {
