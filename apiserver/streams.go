@@ -125,6 +125,18 @@ func (s *Server) streamable(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// headOnly answers a HEAD (served by the GET route) with a stream's
+// headers and no stream.
+func headOnly(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodHead {
+		return false
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	return true
+}
+
 // streamLoop forwards sub's live events through send until send says the
 // stream is done, the client falls behind, leaves, or the server closes.
 func (s *Server) streamLoop(ctx context.Context, out *sse, sub subscription, send func(runEvent) (done bool, err error)) {
@@ -174,6 +186,9 @@ func (rr runsResource) events(w http.ResponseWriter, r *http.Request) {
 	run, err := rr.visibleRun(r, PermJobsRead, false)
 	if err != nil {
 		writeError(w, r, err)
+		return
+	}
+	if headOnly(w, r) {
 		return
 	}
 	runRV, _ := parseResourceVersion(run.ResourceVersion) // 0 for an archived run
@@ -249,6 +264,9 @@ func (tr teamsResource) events(w http.ResponseWriter, r *http.Request) {
 	q, err := parseListValues(filters, s.now())
 	if err != nil {
 		writeError(w, r, err)
+		return
+	}
+	if headOnly(w, r) {
 		return
 	}
 	team, after := teamFrom(r.Context()), lastEventID(r)

@@ -274,6 +274,15 @@ func TestRunStream(t *testing.T) {
 	}
 	st.expectEnd(5 * time.Second)
 
+	// HEAD: the headers, no stream.
+	req, _ := http.NewRequest(http.MethodHead, a.url+"/v1/jobs/run-s/events", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if resp, err := http.DefaultClient.Do(req.WithContext(ctx)); err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Errorf("HEAD: %v %v", resp, err)
+	}
+
 	// GET's rules.
 	for _, c := range []struct {
 		path, tok string
