@@ -190,6 +190,10 @@ func (a JWTAuthenticator) Authenticate(ctx context.Context, token string) (*Prin
 // principalKey is the context key of the authenticated Principal.
 type principalKey struct{}
 
+func withPrincipal(ctx context.Context, p *Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
 func principalFrom(ctx context.Context) *Principal {
 	p, _ := ctx.Value(principalKey{}).(*Principal)
 	return p
@@ -213,7 +217,7 @@ func authenticate(auth Authenticator) func(http.Handler) http.Handler {
 				writeError(w, r, err)
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+			next.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), p)))
 		})
 	}
 }

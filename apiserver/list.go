@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -101,8 +102,12 @@ var statuses = []string{"pending", "running", "completed", "failed", "cancelled"
 // parseListQuery reads and checks the query parameters; each error names
 // the parameter.
 func parseListQuery(r *http.Request, now time.Time) (RunQuery, error) {
+	return parseListValues(r.URL.Query(), now)
+}
+
+// parseListValues is parseListQuery of the parameters v.
+func parseListValues(v url.Values, now time.Time) (RunQuery, error) {
 	q := RunQuery{Limit: 50}
-	v := r.URL.Query()
 	for name := range v {
 		if !slices.Contains([]string{"job_type", "status", "project_id", "since", "until", "cursor", "limit"}, name) {
 			return q, badRequest("unknown query parameter %q", name)

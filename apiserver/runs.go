@@ -17,8 +17,11 @@ type runsResource struct {
 }
 
 func (rr runsResource) routes(r chi.Router) {
-	r.With(rr.s.auth, rr.runCtx(PermJobsRead, false)).Get("/{runId}", rr.get)
-	r.With(rr.s.auth, rr.runCtx(PermJobsWrite, true)).Post("/{runId}/cancel", rr.cancel)
+	r.With(rr.s.timeout, rr.s.auth, rr.runCtx(PermJobsRead, false)).Get("/{runId}", rr.get)
+	r.With(rr.s.timeout, rr.s.auth, rr.runCtx(PermJobsWrite, true)).Post("/{runId}/cancel", rr.cancel)
+	// A stream outlives any request timeout; it loads its run itself,
+	// after subscribing (streams.go).
+	r.With(rr.s.streamAuth).Get("/{runId}/events", rr.events)
 }
 
 // runKey is the context key of the run a /v1/jobs/{runId} route acts on.

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -63,7 +64,24 @@ type Options struct {
 	// API (such as https://app.example.com; "*" for any). Empty: no CORS
 	// headers at all, and browsers keep cross-origin pages out.
 	CORSAllowedOrigins []string
+	// Broker, if set, feeds the event streams (GET /v1/jobs/{runId}/events
+	// and /v1/teams/{teamId}/jobs/events); without one they answer 503.
+	Broker *Broker
+	// StreamHeartbeat is how often an idle stream gets a comment (default
+	// DefaultStreamHeartbeat).
+	StreamHeartbeat time.Duration
+	// TicketKey signs stream tickets. Replicas behind one load balancer
+	// must share it (a ticket issued by one is presented to another); empty:
+	// a random key of this process, so tickets need sticky sessions.
+	TicketKey []byte
+	// RequestTimeout bounds the work of a request other than a stream
+	// (default DefaultRequestTimeout).
+	RequestTimeout time.Duration
 }
+
+// DefaultRequestTimeout bounds a request's work (API server calls included);
+// event streams are not bounded.
+const DefaultRequestTimeout = 20 * time.Second
 
 // Server is the Jobs API. It runs as a controller-runtime Runnable (on
 // every replica, not only the leader) or on its own.
@@ -82,9 +100,19 @@ type Server struct {
 	// auth is the middleware that requires a credential; each route that
 	// needs one uses it, so that routing (404, 405) and CORS preflights
 	// come first.
-	auth    func(http.Handler) http.Handler
-	router  *chi.Mux
-	handler http.Handler
+	auth func(http.Handler) http.Handler
+	// timeout is the middleware that bounds a request's work; event
+	// streams go without it.
+	timeout func(http.Handler) http.Handler
+	// Event streams: their broker, heartbeat, tickets, and streamsDone,
+	// closed when the server shuts down to end them.
+	broker      *Broker
+	heartbeat   time.Duration
+	tickets     *tickets
+	streamsDone chan struct{}
+	closeOnce   sync.Once
+	router      *chi.Mux
+	handler     http.Handler
 }
 
 // New returns a Server; Start serves it.
@@ -101,12 +129,20 @@ func New(o Options) (*Server, error) {
 	if o.Cache == nil {
 		o.Cache = o.Reader
 	}
+	if o.StreamHeartbeat <= 0 {
+		o.StreamHeartbeat = DefaultStreamHeartbeat
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
 	lister, err := withArchive(o)
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: lister, archived: o.Archive != nil,
-		log: o.Log, now: o.Now, guards: guard.New(o.Reader, o.Writer), auth: authenticate(o.Auth)}
+		log: o.Log, now: o.Now, guards: guard.New(o.Reader, o.Writer), auth: authenticate(o.Auth),
+		timeout: middleware.Timeout(o.RequestTimeout), broker: o.Broker, heartbeat: o.StreamHeartbeat, tickets: newTickets(o.TicketKey, o.Now),
+		streamsDone: make(chan struct{})}
 	r := chi.NewRouter()
 	s.router = r
 	r.Use(middleware.RequestID, s.logRequests, instrument, recoverJSON)
@@ -140,10 +176,11 @@ func New(o Options) (*Server, error) {
 		_, _ = w.Write(openAPIDocument)
 	})
 	r.Route("/v1", func(r chi.Router) {
-		// A request's work (API server calls included) ends after 20 s.
-		r.Use(middleware.Timeout(20 * time.Second))
+		// A request's work (API server calls included) ends after
+		// RequestTimeout: each route but the event streams has s.timeout.
 		r.Route("/jobs", runsResource{s}.routes)
 		r.Route("/teams", teamsResource{s}.routes)
+		r.With(s.timeout, s.auth).Post("/stream-tickets", s.issueTicket)
 	})
 	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, errorf(http.StatusNotFound, codeNotFound, "no such endpoint: "+clip(r.Method)+" "+clip(r.URL.Path)))
@@ -209,6 +246,12 @@ func recoverJSON(next http.Handler) http.Handler {
 	})
 }
 
+// CloseStreams ends every open event stream (and any opened later): for
+// shutdown.
+func (s *Server) CloseStreams() {
+	s.closeOnce.Do(func() { close(s.streamsDone) })
+}
+
 // Handler is the API's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.handler }
 
@@ -237,6 +280,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 	}
+	s.CloseStreams() // Shutdown waits for handlers, and streams do not end by themselves
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutdownCtx)

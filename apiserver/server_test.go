@@ -51,6 +51,9 @@ type api struct {
 	// cache is the server's manager cache, the one its JobType and Project
 	// lookups and its run list read, for tests to wait on.
 	cache cache.Cache
+	// server is the API server; broker feeds its event streams.
+	server *Server
+	broker *Broker
 }
 
 func newAPI(t testing.TB) *api {
@@ -100,6 +103,15 @@ type apiOptions struct {
 	jwt Authenticator
 	// archive, if set, is the run archive (Options.Archive).
 	archive ArchiveReader
+	// broker sizes the event streams' broker.
+	broker BrokerOptions
+	// heartbeat, if set, is the streams' heartbeat interval.
+	heartbeat time.Duration
+	// requestTimeout, if set, is Options.RequestTimeout.
+	requestTimeout time.Duration
+	// httpServer, if set, adjusts the test's HTTP server before it starts
+	// (e.g. its timeouts).
+	httpServer func(*http.Server)
 }
 
 // startAPIWith is startAPIVia wired as o says.
@@ -141,6 +153,10 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 	if err != nil {
 		t.Fatal(err)
 	}
+	broker := NewBroker(o.broker)
+	if err := broker.Register(context.Background(), mgr.GetCache()); err != nil {
+		t.Fatal(err)
+	}
 	testenv.StartManager(t, mgr)
 	syncCtx, syncCancel := context.WithTimeout(context.Background(), time.Minute)
 	defer syncCancel()
@@ -160,13 +176,19 @@ func startAPIWith(t testing.TB, ns string, cfg, cacheCfg *rest.Config, o apiOpti
 		archived = NewArchiveLister(o.archive)
 	}
 	s, err := New(Options{Namespace: ns, Reader: reader, Cache: mgr.GetClient(), Writer: mgr.GetClient(), Lister: index, Archive: archived, Ready: func(ctx context.Context) bool { return index.Synced(ctx) && keys.Synced(ctx) }, Now: o.now, CORSAllowedOrigins: o.corsOrigins,
-		Auth: Authenticators{JWT: jwtAuth, APIKey: keys}, Log: testLogger(t)})
+		Auth: Authenticators{JWT: jwtAuth, APIKey: keys}, Log: testLogger(t),
+		Broker: broker, StreamHeartbeat: o.heartbeat, RequestTimeout: o.requestTimeout, TicketKey: StreamTicketKey(secret)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(s.Handler())
+	srv := httptest.NewUnstartedServer(s.Handler())
+	if o.httpServer != nil {
+		o.httpServer(srv.Config)
+	}
+	srv.Start()
 	t.Cleanup(srv.Close)
-	return &api{t: t, ns: ns, url: srv.URL, cache: mgr.GetCache()}
+	t.Cleanup(s.CloseStreams) // before srv.Close, which waits for the streams
+	return &api{t: t, ns: ns, url: srv.URL, cache: mgr.GetCache(), server: s, broker: broker}
 }
 
 // testLogger logs through t in tests and nowhere in benchmarks.

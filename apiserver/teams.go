@@ -14,8 +14,10 @@ type teamsResource struct {
 }
 
 func (tr teamsResource) routes(r chi.Router) {
-	r.With(tr.s.auth, teamCtx(PermJobsRead)).Get("/{teamId}/jobs", tr.list)
-	r.With(tr.s.auth, teamCtx(PermJobsWrite)).Post("/{teamId}/jobs/trigger", tr.trigger)
+	r.With(tr.s.timeout, tr.s.auth, teamCtx(PermJobsRead)).Get("/{teamId}/jobs", tr.list)
+	r.With(tr.s.timeout, tr.s.auth, teamCtx(PermJobsWrite)).Post("/{teamId}/jobs/trigger", tr.trigger)
+	// A stream outlives any request timeout (streams.go).
+	r.With(tr.s.streamAuth, teamCtx(PermJobsRead)).Get("/{teamId}/jobs/events", tr.events)
 }
 
 // teamKey is the context key of the team a /v1/teams route acts in.

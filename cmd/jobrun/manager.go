@@ -190,6 +190,15 @@ func setupAPI(ctx context.Context, mgr ctrl.Manager, f *managerFlags, runIndex *
 	if err != nil {
 		return err
 	}
+	// The event streams: one more handler on the informer the run index uses.
+	broker := apiserver.NewBroker(apiserver.BrokerOptions{})
+	if err := broker.Register(ctx, mgr.GetCache()); err != nil {
+		return err
+	}
+	ticketKey, err := streamTicketKey(f)
+	if err != nil {
+		return err
+	}
 	var archived apiserver.RunLister
 	if arch != nil {
 		archived = apiserver.NewArchiveLister(arch)
@@ -203,12 +212,44 @@ func setupAPI(ctx context.Context, mgr ctrl.Manager, f *managerFlags, runIndex *
 			APIKey: apiKeys,
 		},
 		CORSAllowedOrigins: f.corsOrigins(),
+		Broker:             broker,
+		TicketKey:          ticketKey,
 		Log:                ctrl.Log.WithName("apiserver"),
 	})
 	if err != nil {
 		return err
 	}
 	return mgr.Add(api)
+}
+
+// streamTicketKey is the key of the REST API's stream tickets, which every
+// replica must share: from --stream-ticket-key-file, else derived from the
+// HS256 JWT secret; nil (a random key of this process) with --jwks-url and
+// no key file.
+func streamTicketKey(f *managerFlags) ([]byte, error) {
+	secret, flagName := "", "--stream-ticket-key-file"
+	switch {
+	case f.streamTicketKeyFile != "":
+		var err error
+		if secret, err = readSecretFile(flagName, f.streamTicketKeyFile); err != nil {
+			return nil, err
+		}
+	case f.jwksURL != "":
+		ctrl.Log.WithName("apiserver").Info("stream tickets are signed with a key of this process: with several REST replicas, they need sticky sessions (or set --stream-ticket-key-file)")
+		return nil, nil
+	default:
+		secret, flagName = os.Getenv("JOBRUN_JWT_SECRET"), "--jwt-secret-file"
+		if f.jwtSecretFile != "" {
+			var err error
+			if secret, err = readSecretFile(flagName, f.jwtSecretFile); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(secret) < 32 {
+		return nil, fmt.Errorf("%s: the stream ticket key must be at least 32 bytes", flagName)
+	}
+	return apiserver.StreamTicketKey([]byte(secret)), nil
 }
 
 // jwtAuthenticator checks the REST API's JWTs: with the identity provider's

@@ -41,6 +41,7 @@ type managerFlags struct {
 	jwtMaxLifetime          time.Duration
 	runControllers          bool
 	jwtSecretFile           string
+	streamTicketKeyFile     string
 	smtp                    notify.SMTP
 	smtpPasswordFile        string
 	archive                 archiveFlags
@@ -107,6 +108,7 @@ func (f *managerFlags) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&f.jwtMaxLifetime, "jwt-max-token-lifetime", apiserver.DefaultMaxTokenLifetime, "Longest JWT lifetime accepted: a token whose exp-iat, or exp-now, is longer is refused.")
 	fs.StringVar(&f.corsAllowedOrigins, "api-cors-allowed-origins", "", "Comma-separated origins whose browser pages may call the REST API (CORS), such as https://app.example.com; * for any. Empty: no CORS headers.")
 	fs.StringVar(&f.jwtSecretFile, "jwt-secret-file", "", "File holding the HS256 secret (e.g. mounted from a Secret); default: $JOBRUN_JWT_SECRET.")
+	fs.StringVar(&f.streamTicketKeyFile, "stream-ticket-key-file", "", "File holding the key (at least 32 bytes) that signs the REST API's stream tickets (for browsers' event streams); every REST replica must have the same one. Default: derived from the HS256 JWT secret; with --jwks-url and no key file, a random key per process, so a ticket only works on the replica that issued it (sticky sessions).")
 	fs.StringVar(&f.smtp.Host, "smtp-host", "", "Mail server for run notifications (notify: true); empty: none are sent, and runs record why.")
 	fs.IntVar(&f.smtp.Port, "smtp-port", 587, "Mail server port.")
 	fs.StringVar(&f.smtp.From, "smtp-from", "jobrun@localhost", "Sender address of notifications.")

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -267,8 +269,27 @@ func TestAPIOnlyReplica(t *testing.T) {
 	}
 	probe, api := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	secret := "0123456789abcdef0123456789abcdef"
+	// A stream left open: the manager must end it when it stops, promptly
+	// (cleanups run last first: stopping is noted, the manager stopped,
+	// then the stream checked).
+	var stopping time.Time
+	var streamEnded chan time.Time // set when the stream is open
+	t.Cleanup(func() {
+		if streamEnded == nil {
+			return
+		}
+		select {
+		case at := <-streamEnded:
+			if d := at.Sub(stopping); d > 5*time.Second {
+				t.Errorf("an open stream ended %s after the manager was told to stop", d)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("an open stream did not end when the manager stopped")
+		}
+	})
 	startJobrun(t, []string{"JOBRUN_JWT_SECRET=" + secret}, "--kubeconfig", env.Kubeconfig, "--run-controllers=false", "--leader-elect=false",
 		"--metrics-bind-address=0", "--health-probe-bind-address", probe, "--api-bind-address", api, "--namespace", ns)
+	t.Cleanup(func() { stopping = time.Now() })
 	testenv.Eventually(t, 30*time.Second, expectOK("http://"+api+"/readyz"))
 	noSecret := exec.Command(bin, "token", "--team", "team-1")
 	noSecret.Env = []string{"PATH=" + os.Getenv("PATH")}
@@ -291,6 +312,38 @@ func TestAPIOnlyReplica(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("GET a missing run: %d, want 404", resp.StatusCode)
 	}
+	// The event streams are wired, with a ticket for browsers; the stream
+	// is left open: the manager must end it when it stops (startJobrun
+	// fails on an unclean exit).
+	treq, _ := http.NewRequest(http.MethodPost, "http://"+api+"/v1/stream-tickets", strings.NewReader(`{"path":"/v1/teams/team-1/jobs/events"}`))
+	treq.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	tresp, err := http.DefaultClient.Do(treq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ticket struct {
+		Ticket string `json:"ticket"`
+	}
+	err = json.NewDecoder(tresp.Body).Decode(&ticket)
+	tresp.Body.Close()
+	if err != nil || tresp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /v1/stream-tickets: %d %v", tresp.StatusCode, err)
+	}
+	stream, err := http.Get("http://" + api + "/v1/teams/team-1/jobs/events?ticket=" + ticket.Ticket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(stream.Body)
+	first, err := rd.ReadString('\n')
+	if stream.StatusCode != http.StatusOK || stream.Header.Get("Content-Type") != "text/event-stream" || err != nil || first != "retry: 3000\n" {
+		t.Errorf("team event stream: %d %q, first line %q %v", stream.StatusCode, stream.Header.Get("Content-Type"), first, err)
+	}
+	streamEnded = make(chan time.Time, 1)
+	go func() {
+		_, _ = io.Copy(io.Discard, rd)
+		streamEnded <- time.Now()
+		stream.Body.Close()
+	}()
 	// No leader election: no lease.
 	if _, err := leaseHolder(context.Background(), ns); err == nil {
 		t.Error("an API-only replica took the leader lease")

@@ -47,7 +47,7 @@ var (
 )
 
 // scenarios are the names -only takes, in the order they run.
-var scenarios = []string{"sidebyside", "dispatch", "load", "controller", "progress", "trigger", "list"}
+var scenarios = []string{"sidebyside", "dispatch", "load", "controller", "progress", "stream", "trigger", "list"}
 
 // want reports whether scenario runs in this bench.
 func want(scenario string) bool { return len(only) == 0 || only[scenario] }
@@ -192,7 +192,7 @@ func run(out, listRuns string, dispatchSeconds int) error {
 			return err
 		}
 	}
-	if !want("progress") && !want("trigger") && !want("list") {
+	if !want("progress") && !want("stream") && !want("trigger") && !want("list") {
 		return b.finish(out)
 	}
 
@@ -212,6 +212,11 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	}
 	if want("progress") {
 		if err := b.progress(ctx); err != nil {
+			return err
+		}
+	}
+	if want("stream") {
+		if err := b.streams(ctx); err != nil {
 			return err
 		}
 	}
