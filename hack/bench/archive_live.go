@@ -112,10 +112,11 @@ func (b *bench) archiveWrites(ctx context.Context) (ok, failed float64, err erro
 	return ok, failed, nil
 }
 
-// liveSample is the manager's live heap and the JobRuns in etcd at a moment.
+// liveSample is the manager's live heap and the JobRuns (all, and
+// archiveTeam's) and pods in etcd at a moment.
 type liveSample struct {
-	heap         float64 // MiB
-	runs, ofTeam int
+	heap               float64 // MiB
+	runs, ofTeam, pods int
 }
 
 func (b *bench) sampleLive(ctx context.Context) (liveSample, error) {
@@ -128,7 +129,13 @@ func (b *bench) sampleLive(ctx context.Context) (liveSample, error) {
 		return liveSample{}, err
 	}
 	team, err := b.countRuns(ctx, client.MatchingLabels{jobsv1alpha1.LabelTeam: archiveTeam})
-	return liveSample{heap: heap / (1 << 20), runs: all, ofTeam: team}, err
+	if err != nil {
+		return liveSample{}, err
+	}
+	pods := &metav1.PartialObjectMetadataList{}
+	pods.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
+	err = b.c.List(ctx, pods, client.InNamespace(ns))
+	return liveSample{heap: heap / (1 << 20), runs: all, ofTeam: team, pods: len(pods.Items)}, err
 }
 
 // countRuns counts the JobRuns in the API server (a consistent LIST of
@@ -166,36 +173,24 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 	if err != nil {
 		return err
 	}
-	wc, err := client.NewWithWatch(b.cfg, client.Options{Scheme: b.cl.Scheme})
-	if err != nil {
-		return err
-	}
-	podW, err := wc.Watch(ctx, &corev1.PodList{}, client.InNamespace(ns))
-	if err != nil {
-		return err
-	}
-	defer podW.Stop()
-	runW, err := wc.Watch(ctx, &jobsv1alpha1.JobRunList{}, client.InNamespace(ns), client.MatchingLabels{jobsv1alpha1.LabelTeam: archiveTeam})
-	if err != nil {
-		return err
-	}
-	defer runW.Stop()
+	wctx, stopWatches := context.WithCancel(ctx)
+	defer stopWatches()
 
 	// The kubelet's part: each new pod of ours ends at once.
 	pods := make(chan string, 4096)
 	var kubeletErr atomic.Value
-	go func() {
+	var watches sync.WaitGroup
+	watches.Go(func() {
 		defer close(pods)
-		for ev := range podW.ResultChan() {
+		b.watchAll(wctx, &corev1.PodList{}, func(ev watch.Event) {
 			p, ok := ev.Object.(*corev1.Pod)
 			if ok && ev.Type == watch.Added && strings.HasPrefix(p.Labels[jobsv1alpha1.LabelRun], "arc-") && p.Status.Phase != corev1.PodSucceeded {
 				pods <- p.Name
 			}
-		}
-	}()
-	var kubelet sync.WaitGroup
+		})
+	})
 	for range 8 {
-		kubelet.Go(func() {
+		watches.Go(func() {
 			for name := range pods {
 				patch := fmt.Sprintf(`{"status":{"phase":"Succeeded","startTime":%q}}`, time.Now().UTC().Format(time.RFC3339))
 				pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
@@ -209,12 +204,12 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 	inflight := make(chan struct{}, 300)
 	var ended atomic.Int64
 	var failed atomic.Int64
-	go func() {
+	watches.Go(func() {
 		seen := map[string]bool{}
-		for ev := range runW.ResultChan() {
+		b.watchAll(wctx, &jobsv1alpha1.JobRunList{}, func(ev watch.Event) {
 			jr, ok := ev.Object.(*jobsv1alpha1.JobRun)
-			if !ok || seen[jr.Name] || !jr.CurrentPhase().IsTerminal() {
-				continue
+			if !ok || jr.Spec.TeamID != archiveTeam || seen[jr.Name] || !jr.CurrentPhase().IsTerminal() {
+				return
 			}
 			seen[jr.Name] = true
 			if jr.CurrentPhase() != jobsv1alpha1.JobRunCompleted {
@@ -222,8 +217,8 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 			}
 			ended.Add(1)
 			<-inflight
-		}
-	}()
+		})
+	})
 	var half liveSample
 	var halfErr error
 	halfDone := make(chan struct{})
@@ -265,6 +260,8 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 		return fmt.Errorf("archive: completing a pod: %w", err)
 	}
 	took := time.Since(start)
+	stopWatches()
+	watches.Wait()
 	<-halfDone
 	if halfErr != nil {
 		return halfErr
@@ -296,7 +293,46 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 		Target: fmt.Sprintf("<= 2x rate x TTL (%.0f)", 2*window), Met: met(float64(end.ofTeam) <= 2*window),
 		Breakdown: map[string]float64{"before": float64(before.ofTeam), "half": float64(half.ofTeam), "end": float64(end.ofTeam), "one TTL later": float64(settled.ofTeam)}})
 	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("all JobRuns in etcd at the end (%d before, %d at half, %d one TTL later)", before.runs, half.runs, settled.runs), Value: float64(end.runs), Unit: "runs"})
+	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("pods in etcd at the end (%d before, %d at half, %d one TTL later)", before.pods, half.pods, settled.pods), Value: float64(end.pods), Unit: "pods"})
 	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("manager live heap after %d runs (%.1f MiB before, %.1f at half, %.1f one TTL later)", n, before.heap, half.heap, settled.heap), Value: end.heap, Unit: "MiB",
 		Breakdown: map[string]float64{"before": before.heap, "half": half.heap, "end": end.heap, "one TTL later": settled.heap}})
+	b.log("archive: live window samples before %+v, half %+v, end %+v, one TTL later %+v", before, half, end, settled)
 	return nil
+}
+
+// watchAll delivers the events of list's kind in ns to f until ctx ends,
+// watching again from the last event's resourceVersion whenever the API
+// server ends a watch (as it does after its request timeout).
+func (b *bench) watchAll(ctx context.Context, list client.ObjectList, f func(watch.Event)) {
+	wc, err := client.NewWithWatch(b.cfg, client.Options{Scheme: b.cl.Scheme})
+	if err != nil {
+		b.log("watch: %v", err)
+		return
+	}
+	rv := ""
+	for ctx.Err() == nil {
+		w, err := wc.Watch(ctx, list, client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}})
+		if err != nil {
+			if ctx.Err() == nil {
+				b.log("watch: %v; watching again", err)
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Error {
+				b.log("watch: %v; watching again from the start", apierrors.FromObject(ev.Object))
+				rv = ""
+				break
+			}
+			if o, ok := ev.Object.(client.Object); ok {
+				rv = o.GetResourceVersion()
+			}
+			f(ev)
+		}
+		w.Stop()
+		if ctx.Err() == nil {
+			b.log("watch of %T ended after resourceVersion %s; watching again", list, rv)
+		}
+	}
 }
