@@ -321,7 +321,9 @@ func (b *bench) watchAll(ctx context.Context, list client.ObjectList, f func(wat
 		}
 		for ev := range w.ResultChan() {
 			if ev.Type == watch.Error {
-				b.log("watch: %v; watching again from the start", apierrors.FromObject(ev.Object))
+				if ctx.Err() == nil {
+					b.log("watch: %v; watching again from the start", apierrors.FromObject(ev.Object))
+				}
 				rv = ""
 				break
 			}
