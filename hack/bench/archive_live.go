@@ -93,7 +93,10 @@ func (b *bench) archiveKeepsUp(ctx context.Context, db *archiveDB) error {
 	b.add(Figure{Scenario: "archive", Name: "archive lag (row's archived_at - completed_at) p50", Value: p(0.5), Unit: "ms"})
 	b.add(Figure{Scenario: "archive", Name: "archive lag p99", Value: p(0.99), Unit: "ms"})
 	b.add(Figure{Scenario: "archive", Name: "archive lag max", Value: p(1), Unit: "ms"})
-	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("archive writes per run (jobrun_archive_writes_total; %.0f failed)", errAfter-errBefore), Value: (okAfter - okBefore) / float64(n), Unit: "writes", Target: "1", Met: met(okAfter-okBefore == float64(n) && errAfter == errBefore)})
+	// More than one write per run is a rewrite of the same row (the
+	// upsert is idempotent): a pass whose status write conflicted after
+	// its row was written.
+	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("archive writes per run (jobrun_archive_writes_total; %.0f failed)", errAfter-errBefore), Value: (okAfter - okBefore) / float64(n), Unit: "writes", Target: "no failed writes", Met: met(errAfter == errBefore)})
 	return nil
 }
 
@@ -289,11 +292,15 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 	window := rate * archiveLiveTTL.Seconds()
 	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("runs made through a %s live window (%d, %.0f s; %d not completed)", archiveLiveTTL, n, took.Seconds(), failed.Load()), Value: rate, Unit: "runs/s"})
 	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("archived rows of those %d runs", n), Value: float64(rows), Unit: "rows", Target: fmt.Sprint(n), Met: met(rows == n)})
-	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("their JobRuns in etcd: before / at %d / at %d runs", n/2, n), Value: float64(end.ofTeam), Unit: "runs",
+	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("their JobRuns in etcd at %d runs (%d at %d, %d one TTL later)", n, half.ofTeam, n/2, settled.ofTeam), Value: float64(end.ofTeam), Unit: "runs",
 		Target: fmt.Sprintf("<= 2x rate x TTL (%.0f)", 2*window), Met: met(float64(end.ofTeam) <= 2*window),
 		Breakdown: map[string]float64{"before": float64(before.ofTeam), "half": float64(half.ofTeam), "end": float64(end.ofTeam), "one TTL later": float64(settled.ofTeam)}})
 	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("all JobRuns in etcd at the end (%d before, %d at half, %d one TTL later)", before.runs, half.runs, settled.runs), Value: float64(end.runs), Unit: "runs"})
-	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("pods in etcd at the end (%d before, %d at half, %d one TTL later)", before.pods, half.pods, settled.pods), Value: float64(end.pods), Unit: "pods"})
+	// A deleted run's pod goes with it through kube-controller-manager's
+	// garbage collector (background propagation): the pods left show how
+	// far that lags the runs.
+	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("pods in etcd at the end (%d before, %d at half, %d one TTL later)", before.pods, half.pods, settled.pods), Value: float64(end.pods), Unit: "pods",
+		Target: fmt.Sprintf("<= 2x rate x TTL (%.0f)", 2*window), Met: met(float64(end.pods) <= 2*window)})
 	b.add(Figure{Scenario: "archive", Name: fmt.Sprintf("manager live heap after %d runs (%.1f MiB before, %.1f at half, %.1f one TTL later)", n, before.heap, half.heap, settled.heap), Value: end.heap, Unit: "MiB",
 		Breakdown: map[string]float64{"before": before.heap, "half": half.heap, "end": end.heap, "one TTL later": settled.heap}})
 	b.log("archive: live window samples before %+v, half %+v, end %+v, one TTL later %+v", before, half, end, settled)
