@@ -183,15 +183,19 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 	pods := make(chan string, 4096)
 	var kubeletErr atomic.Value
 	var watches sync.WaitGroup
-	watches.Go(func() {
-		defer close(pods)
-		b.watchAll(wctx, &corev1.PodList{}, func(ev watch.Event) {
-			p, ok := ev.Object.(*corev1.Pod)
-			if ok && ev.Type == watch.Added && strings.HasPrefix(p.Labels[jobsv1alpha1.LabelRun], "arc-") && p.Status.Phase != corev1.PodSucceeded {
-				pods <- p.Name
-			}
-		})
+	podsDone, err := b.watchAll(wctx, &corev1.PodList{}, func(ev watch.Event) {
+		p, ok := ev.Object.(*corev1.Pod)
+		if ok && ev.Type == watch.Added && strings.HasPrefix(p.Labels[jobsv1alpha1.LabelRun], "arc-") && p.Status.Phase != corev1.PodSucceeded {
+			pods <- p.Name
+		}
 	})
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-podsDone
+		close(pods)
+	}()
 	for range 8 {
 		watches.Go(func() {
 			for name := range pods {
@@ -207,21 +211,22 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 	inflight := make(chan struct{}, 300)
 	var ended atomic.Int64
 	var failed atomic.Int64
-	watches.Go(func() {
-		seen := map[string]bool{}
-		b.watchAll(wctx, &jobsv1alpha1.JobRunList{}, func(ev watch.Event) {
-			jr, ok := ev.Object.(*jobsv1alpha1.JobRun)
-			if !ok || jr.Spec.TeamID != archiveTeam || seen[jr.Name] || !jr.CurrentPhase().IsTerminal() {
-				return
-			}
-			seen[jr.Name] = true
-			if jr.CurrentPhase() != jobsv1alpha1.JobRunCompleted {
-				failed.Add(1)
-			}
-			ended.Add(1)
-			<-inflight
-		})
+	seen := map[string]bool{}
+	runsDone, err := b.watchAll(wctx, &jobsv1alpha1.JobRunList{}, func(ev watch.Event) {
+		jr, ok := ev.Object.(*jobsv1alpha1.JobRun)
+		if !ok || jr.Spec.TeamID != archiveTeam || seen[jr.Name] || !jr.CurrentPhase().IsTerminal() {
+			return
+		}
+		seen[jr.Name] = true
+		if jr.CurrentPhase() != jobsv1alpha1.JobRunCompleted {
+			failed.Add(1)
+		}
+		ended.Add(1)
+		<-inflight
 	})
+	if err != nil {
+		return err
+	}
 	var half liveSample
 	var halfErr error
 	halfDone := make(chan struct{})
@@ -264,6 +269,7 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 	}
 	took := time.Since(start)
 	stopWatches()
+	<-runsDone
 	watches.Wait()
 	<-halfDone
 	if halfErr != nil {
@@ -307,41 +313,50 @@ func (b *bench) archiveLiveWindow(ctx context.Context, db *archiveDB) error {
 	return nil
 }
 
-// watchAll delivers the events of list's kind in ns to f until ctx ends,
+// watchAll delivers the events of list's kind in ns to f, from a watch
+// established before it returns, until ctx ends (done is closed then),
 // watching again from the last event's resourceVersion whenever the API
-// server ends a watch (as it does after its request timeout).
-func (b *bench) watchAll(ctx context.Context, list client.ObjectList, f func(watch.Event)) {
+// server ends a watch (as it does now and then under a burst of events).
+func (b *bench) watchAll(ctx context.Context, list client.ObjectList, f func(watch.Event)) (done <-chan struct{}, err error) {
 	wc, err := client.NewWithWatch(b.cfg, client.Options{Scheme: b.cl.Scheme})
 	if err != nil {
-		b.log("watch: %v", err)
-		return
+		return nil, err
 	}
-	rv := ""
-	for ctx.Err() == nil {
-		w, err := wc.Watch(ctx, list, client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}})
-		if err != nil {
-			if ctx.Err() == nil {
-				b.log("watch: %v; watching again", err)
+	w, err := wc.Watch(ctx, list, client.InNamespace(ns))
+	if err != nil {
+		return nil, err
+	}
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		rv := ""
+		for {
+			for ev := range w.ResultChan() {
+				if ev.Type == watch.Error {
+					if ctx.Err() == nil {
+						b.log("watch: %v; watching again from the start", apierrors.FromObject(ev.Object))
+					}
+					rv = ""
+					break
+				}
+				if o, ok := ev.Object.(client.Object); ok {
+					rv = o.GetResourceVersion()
+				}
+				f(ev)
+			}
+			w.Stop()
+			for {
+				if ctx.Err() != nil {
+					return
+				}
+				b.log("watch of %T ended after resourceVersion %s; watching again", list, rv)
+				if w, err = wc.Watch(ctx, list, client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}}); err == nil {
+					break
+				}
+				b.log("watch: %v", err)
 				time.Sleep(100 * time.Millisecond)
 			}
-			continue
 		}
-		for ev := range w.ResultChan() {
-			if ev.Type == watch.Error {
-				if ctx.Err() == nil {
-					b.log("watch: %v; watching again from the start", apierrors.FromObject(ev.Object))
-				}
-				rv = ""
-				break
-			}
-			if o, ok := ev.Object.(client.Object); ok {
-				rv = o.GetResourceVersion()
-			}
-			f(ev)
-		}
-		w.Stop()
-		if ctx.Err() == nil {
-			b.log("watch of %T ended after resourceVersion %s; watching again", list, rv)
-		}
-	}
+	}()
+	return closed, nil
 }

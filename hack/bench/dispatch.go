@@ -10,7 +10,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/watch"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/benchstat"
@@ -71,57 +70,46 @@ func (b *bench) triggerAtRate(ctx context.Context, n int, podsOnly bool) (*dispa
 	if err != nil {
 		return nil, err
 	}
-	wc, err := client.NewWithWatch(b.cfg, client.Options{Scheme: b.cl.Scheme})
-	if err != nil {
-		return nil, err
-	}
-	podW, err := wc.Watch(ctx, &corev1.PodList{}, client.InNamespace(ns))
-	if err != nil {
-		return nil, err
-	}
-	defer podW.Stop()
-	runW, err := wc.Watch(ctx, &jobsv1alpha1.JobRunList{}, client.InNamespace(ns))
-	if err != nil {
-		return nil, err
-	}
-	defer runW.Stop()
-
+	// The API server ends a watch now and then under a burst of pod
+	// events: watchAll watches again from the last event.
+	wctx, stopWatches := context.WithCancel(ctx)
+	defer stopWatches()
 	var mu sync.Mutex
 	d := &dispatched{triggeredAt: make(map[string]time.Time, n), podAt: map[string]time.Time{}, runningAt: map[string]time.Time{}, endAt: map[string]time.Time{}}
 	var failed atomic.Int64
-	go func() {
-		for ev := range podW.ResultChan() {
-			if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type == watch.Added {
-				run := p.Labels[jobsv1alpha1.LabelRun]
-				mu.Lock()
-				if _, seen := d.podAt[run]; !seen {
-					d.podAt[run] = time.Now()
-				}
-				mu.Unlock()
-			}
-		}
-	}()
-	go func() {
-		for ev := range runW.ResultChan() {
-			jr, ok := ev.Object.(*jobsv1alpha1.JobRun)
-			if !ok {
-				continue
-			}
-			now := time.Now()
+	if _, err := b.watchAll(wctx, &corev1.PodList{}, func(ev watch.Event) {
+		if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type == watch.Added {
+			run := p.Labels[jobsv1alpha1.LabelRun]
 			mu.Lock()
-			phase := jr.CurrentPhase()
-			if _, seen := d.runningAt[jr.Name]; !seen && (phase == jobsv1alpha1.JobRunRunning || phase.IsTerminal() && jr.Status.StartedAt != nil) {
-				d.runningAt[jr.Name] = now
-			}
-			if _, seen := d.endAt[jr.Name]; !seen && phase.IsTerminal() {
-				d.endAt[jr.Name] = now
-				if phase != jobsv1alpha1.JobRunCompleted {
-					failed.Add(1)
-				}
+			if _, seen := d.podAt[run]; !seen {
+				d.podAt[run] = time.Now()
 			}
 			mu.Unlock()
 		}
-	}()
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := b.watchAll(wctx, &jobsv1alpha1.JobRunList{}, func(ev watch.Event) {
+		jr, ok := ev.Object.(*jobsv1alpha1.JobRun)
+		if !ok {
+			return
+		}
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		phase := jr.CurrentPhase()
+		if _, seen := d.runningAt[jr.Name]; !seen && (phase == jobsv1alpha1.JobRunRunning || phase.IsTerminal() && jr.Status.StartedAt != nil) {
+			d.runningAt[jr.Name] = now
+		}
+		if _, seen := d.endAt[jr.Name]; !seen && phase.IsTerminal() {
+			d.endAt[jr.Name] = now
+			if phase != jobsv1alpha1.JobRunCompleted {
+				failed.Add(1)
+			}
+		}
+	}); err != nil {
+		return nil, err
+	}
 
 	var tmu sync.Mutex
 	var terr atomic.Value
