@@ -2,7 +2,8 @@ package main
 
 import "fmt"
 
-// projectCount is how many projects setup creates for team bench.
+// projectCount is how many projects setup creates for team bench when a
+// scenario that uses many runs (see main.go).
 const projectCount = 24000
 
 // projects hands the bench projects (p-00000, p-00001, ...) out to the
@@ -11,6 +12,8 @@ const projectCount = 24000
 // 409).
 type projects struct {
 	next int
+	// count is how many setup created.
+	count int
 }
 
 // projectRange is a scenario's own projects.
@@ -20,8 +23,8 @@ type projectRange struct {
 
 // take returns the next n projects.
 func (p *projects) take(n int) (projectRange, error) {
-	if p.next+n > projectCount {
-		return projectRange{}, fmt.Errorf("the scenarios need more than the %d bench projects", projectCount)
+	if p.next+n > p.count {
+		return projectRange{}, fmt.Errorf("the scenarios need more than the %d bench projects", p.count)
 	}
 	r := projectRange{first: p.next, n: n}
 	p.next += n
@@ -30,7 +33,7 @@ func (p *projects) take(n int) (projectRange, error) {
 
 // rest returns every project not yet taken.
 func (p *projects) rest() projectRange {
-	r, _ := p.take(projectCount - p.next)
+	r, _ := p.take(p.count - p.next)
 	return r
 }
 

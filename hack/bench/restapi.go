@@ -11,6 +11,11 @@ import (
 )
 
 func (b *bench) do(method, path string, body any) (int, []byte, error) {
+	return b.doAs(b.token, method, path, body)
+}
+
+// doAs is do with the bearer token token.
+func (b *bench) doAs(token, method, path string, body any) (int, []byte, error) {
 	var rd io.Reader
 	if body != nil {
 		data, _ := json.Marshal(body)
@@ -20,7 +25,7 @@ func (b *bench) do(method, path string, body any) (int, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+b.token)
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := b.http.Do(req)
 	if err != nil {
 		return 0, nil, err

@@ -12,9 +12,9 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
-// setup creates the demo_sync JobType (from the sample, no retries) and,
-// when withProjects, the projects the scenarios trigger for (see projects).
-func (b *bench) setup(ctx context.Context, withProjects bool) error {
+// setup creates the demo_sync JobType (from the sample, no retries) and
+// the first n of the projects the scenarios trigger for (see projects).
+func (b *bench) setup(ctx context.Context, n int) error {
 	data, err := os.ReadFile(filepath.Join("config", "samples", "jobs_v1alpha1_jobtype_demo_sync.yaml"))
 	if err != nil {
 		return err
@@ -28,11 +28,16 @@ func (b *bench) setup(ctx context.Context, withProjects bool) error {
 	if err := b.c.Create(ctx, jt); err != nil {
 		return err
 	}
-	if !withProjects {
+	b.projects.count = n
+	if n == 0 {
 		return nil
 	}
-	b.log("creating 24,000 projects (the trigger scenario, which takes what the others leave, uses up to ~15,000 on a fast machine)")
-	return parallel(32, projectCount, func(i int) error {
+	if n == projectCount {
+		b.log("creating 24,000 projects (the trigger scenario, which takes what the others leave, uses up to ~15,000 on a fast machine)")
+	} else {
+		b.log("creating %d projects", n)
+	}
+	return parallel(32, n, func(i int) error {
 		return b.c.Create(ctx, &jobsv1alpha1.Project{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: projectName(i)}, Spec: jobsv1alpha1.ProjectSpec{TeamID: "bench"}})
 	})
 }
