@@ -15,70 +15,13 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/apiserver/view"
 )
-
-// apiRun is a run as the REST API shows it: apiserver's toJobRun (which
-// this package cannot import: apiserver imports it), field for field.
-type apiRun struct {
-	ID          string          `json:"id"`
-	JobType     string          `json:"job_type"`
-	Status      string          `json:"status"`
-	TeamID      string          `json:"team_id"`
-	ProjectID   string          `json:"project_id"`
-	TriggeredBy string          `json:"triggered_by"`
-	Params      json.RawMessage `json:"params"`
-	Progress    *apiProgress    `json:"progress"`
-	Result      json.RawMessage `json:"result"`
-	Error       *string         `json:"error"`
-	Notify      bool            `json:"notify"`
-	StartedAt   *string         `json:"started_at"`
-	CompletedAt *string         `json:"completed_at"`
-	CreatedAt   string          `json:"created_at"`
-}
-
-type apiProgress struct {
-	Processed int64  `json:"processed"`
-	Total     int64  `json:"total"`
-	Message   string `json:"message"`
-}
-
-func apiTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
-
-func apiMicroTime(t *metav1.MicroTime) *string {
-	if t == nil {
-		return nil
-	}
-	s := apiTime(t.Time)
-	return &s
-}
-
-func toAPI(run *jobsv1alpha1.JobRun) apiRun {
-	out := apiRun{
-		ID: run.Name, JobType: run.Spec.JobType, Status: string(run.CurrentPhase()),
-		TeamID: run.Spec.TeamID, ProjectID: run.Spec.ProjectID, TriggeredBy: run.Spec.TriggeredBy,
-		Params: json.RawMessage("{}"), Result: json.RawMessage("null"), Notify: run.Spec.Notify,
-		StartedAt: apiMicroTime(run.Status.StartedAt), CompletedAt: apiMicroTime(run.Status.CompletedAt),
-		CreatedAt: apiTime(run.CreatedAt()),
-	}
-	if run.Spec.Params != nil && len(run.Spec.Params.Raw) > 0 {
-		out.Params = run.Spec.Params.Raw
-	}
-	if p := run.Status.Progress; p != nil {
-		out.Progress = &apiProgress{Processed: p.Processed, Total: p.Total, Message: p.Message}
-	}
-	if run.Status.Result != nil && len(run.Status.Result.Raw) > 0 {
-		out.Result = run.Status.Result.Raw
-	}
-	if run.Status.Error != "" {
-		out.Error = &run.Status.Error
-	}
-	return out
-}
 
 // apiJSON is the API's bytes for run.
 func apiJSON(t testing.TB, run *jobsv1alpha1.JobRun) string {
 	t.Helper()
-	b, err := json.Marshal(toAPI(run))
+	b, err := json.Marshal(view.Of(run))
 	if err != nil {
 		t.Fatal(err)
 	}
