@@ -343,7 +343,11 @@ func (c consoleResource) run(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	c.renderRun(w, r, http.StatusOK, run, "")
+	msg := ""
+	if r.URL.Query().Get("cancel") == "requested" {
+		msg = "Cancellation requested: the run stops when its handler does."
+	}
+	c.renderRun(w, r, http.StatusOK, run, msg)
 }
 
 func (c consoleResource) renderRun(w http.ResponseWriter, r *http.Request, status int, run *jobsv1alpha1.JobRun, msg string) {
@@ -367,7 +371,7 @@ func (c consoleResource) cancel(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	http.Redirect(w, r, "/ui/runs/"+url.PathEscape(run.Name), http.StatusSeeOther)
+	http.Redirect(w, r, "/ui/runs/"+url.PathEscape(run.Name)+"?cancel=requested", http.StatusSeeOther)
 }
 
 // paramField is an input of the trigger form for a top-level property of

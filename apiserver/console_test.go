@@ -313,7 +313,7 @@ func TestConsoleCancelNeedsCSRF(t *testing.T) {
 		t.Fatal("a refused cancel cancelled the run")
 	}
 	origin := map[string]string{"Origin": a.url}
-	if resp := b.do(http.MethodPost, path+"/cancel", url.Values{csrfField: {token}}, origin); resp.status != http.StatusSeeOther || resp.header.Get("Location") != path {
+	if resp := b.do(http.MethodPost, path+"/cancel", url.Values{csrfField: {token}}, origin); resp.status != http.StatusSeeOther || resp.header.Get("Location") != path+"?cancel=requested" {
 		t.Fatalf("cancel with the token: %d to %q, want 303 to the run\n%s", resp.status, resp.header.Get("Location"), resp.body)
 	}
 	if !cancelled() {
