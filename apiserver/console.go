@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/go-chi/chi/v5"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -350,9 +351,18 @@ func (c consoleResource) run(w http.ResponseWriter, r *http.Request) {
 	c.renderRun(w, r, http.StatusOK, run, msg)
 }
 
+// runData is the run page's: the run as the API shows it, and its
+// conditions (as of the page's load: the stream carries the API's shape,
+// which has none).
+type runData struct {
+	Run        jobRun
+	Conditions []metav1.Condition
+}
+
 func (c consoleResource) renderRun(w http.ResponseWriter, r *http.Request, status int, run *jobsv1alpha1.JobRun, msg string) {
 	jr := toJobRun(run)
-	c.render(w, r, status, "run", page{Title: "Run " + jr.ID, Team: jr.TeamID, Events: "/ui/runs/" + url.PathEscape(jr.ID) + "/events", Message: msg, Data: jr})
+	c.render(w, r, status, "run", page{Title: "Run " + jr.ID, Team: jr.TeamID, Events: "/ui/runs/" + url.PathEscape(jr.ID) + "/events", Message: msg,
+		Data: runData{Run: jr, Conditions: run.Status.Conditions}})
 }
 
 // cancel serves POST /ui/runs/{runId}/cancel as POST /v1/jobs/{runId}/cancel.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -235,8 +236,11 @@ func TestConsoleTeams(t *testing.T) {
 			t.Errorf("GET %s: %d, want 404 without the run\n%s", path, resp.status, resp.body)
 		}
 	}
-	if resp := b.get("/ui/runs/" + mine.Name); resp.status != http.StatusOK || !strings.Contains(resp.body, "manual:user:user-1") {
-		t.Errorf("my run's page: %d\n%s", resp.status, resp.body)
+	patchStatus(t, mine, func(jr *jobsv1alpha1.JobRun) {
+		jr.Status.Conditions = []metav1.Condition{{Type: "Started", Status: metav1.ConditionTrue, Reason: "PodRunning", Message: "the handler runs", LastTransitionTime: metav1.Now()}}
+	})
+	if resp := b.get("/ui/runs/" + mine.Name); resp.status != http.StatusOK || !strings.Contains(resp.body, "manual:user:user-1") || !strings.Contains(resp.body, "<td>PodRunning</td><td>the handler runs</td>") {
+		t.Errorf("my run's page: %d, want its triggered_by and conditions\n%s", resp.status, resp.body)
 	}
 	// Filters and the cursor are the list endpoint's.
 	if resp := b.get("/ui/teams/team-1/runs?status=completed"); resp.status != http.StatusOK || strings.Contains(resp.body, mine.Name) {
