@@ -141,7 +141,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		patchStatus(t, run, setProgress(n))
 		step("the progress bar moves", poll(bar+`.value === `+strconv.FormatInt(n, 10)))
 	}
-	step("screenshot", screenshot("runs-live-progress.png"))
+	// A new run of the team joins the list (htmx fetches the table again).
+	a.createTeamRun("run-new", "team-1", "project-1", "revenuecat_sync")
+	step("a new run appears", chromedp.WaitVisible(css(`tr[data-run-id="run-new"]`)), screenshot("runs-live-progress.png"))
 	if !eval(`window.notReloaded === true`) {
 		t.Fatal("the page reloaded to show the progress")
 	}
