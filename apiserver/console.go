@@ -15,8 +15,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -351,18 +353,70 @@ func (c consoleResource) run(w http.ResponseWriter, r *http.Request) {
 	c.renderRun(w, r, http.StatusOK, run, msg)
 }
 
-// runData is the run page's: the run as the API shows it, and its
-// conditions (as of the page's load: the stream carries the API's shape,
-// which has none).
+// runData is the run page's: the run as the API shows it, its conditions
+// and its Kubernetes Events (as of the page's load: the stream carries the
+// API's shape, which has neither).
 type runData struct {
 	Run        jobRun
 	Conditions []metav1.Condition
+	Timeline   []timelineEntry
+	// TimelineError says why there is no timeline, if there is none.
+	TimelineError string
+}
+
+// timelineEntry is one Event of a run.
+type timelineEntry struct {
+	Time                  string
+	Type, Reason, Message string
+	Count                 int32
+}
+
+// The console's run page lists the run's Events.
+// +kubebuilder:rbac:groups="",resources=events,verbs=list,namespace=system
+
+// maxTimeline bounds the Events a run page reads.
+const maxTimeline = 100
+
+// timeline reads run's Events from the API server, oldest first.
+func (c consoleResource) timeline(ctx context.Context, run *jobsv1alpha1.JobRun) ([]timelineEntry, error) {
+	var events corev1.EventList
+	if err := c.s.reader.List(ctx, &events, client.InNamespace(c.s.namespace), client.Limit(maxTimeline),
+		client.MatchingFields{"involvedObject.kind": "JobRun", "involvedObject.name": run.Name}); err != nil {
+		return nil, err
+	}
+	at := func(e *corev1.Event) time.Time {
+		switch {
+		case !e.EventTime.IsZero():
+			return e.EventTime.Time
+		case !e.LastTimestamp.IsZero():
+			return e.LastTimestamp.Time
+		case !e.FirstTimestamp.IsZero():
+			return e.FirstTimestamp.Time
+		}
+		return e.CreationTimestamp.Time
+	}
+	sort.SliceStable(events.Items, func(i, j int) bool { return at(&events.Items[i]).Before(at(&events.Items[j])) })
+	out := make([]timelineEntry, 0, len(events.Items))
+	for i := range events.Items {
+		e := &events.Items[i]
+		count := e.Count
+		if e.Series != nil {
+			count = e.Series.Count
+		}
+		out = append(out, timelineEntry{Time: formatTime(at(e)), Type: e.Type, Reason: e.Reason, Message: e.Message, Count: count})
+	}
+	return out, nil
 }
 
 func (c consoleResource) renderRun(w http.ResponseWriter, r *http.Request, status int, run *jobsv1alpha1.JobRun, msg string) {
 	jr := toJobRun(run)
-	c.render(w, r, status, "run", page{Title: "Run " + jr.ID, Team: jr.TeamID, Events: "/ui/runs/" + url.PathEscape(jr.ID) + "/events", Message: msg,
-		Data: runData{Run: jr, Conditions: run.Status.Conditions}})
+	d := runData{Run: jr, Conditions: run.Status.Conditions}
+	var err error
+	if d.Timeline, err = c.timeline(r.Context(), run); err != nil {
+		// The page is still worth showing: say why the timeline is not.
+		d.TimelineError = "The run's events cannot be read now: " + classify(r, err).message + "."
+	}
+	c.render(w, r, status, "run", page{Title: "Run " + jr.ID, Team: jr.TeamID, Events: "/ui/runs/" + url.PathEscape(jr.ID) + "/events", Message: msg, Data: d})
 }
 
 // cancel serves POST /ui/runs/{runId}/cancel as POST /v1/jobs/{runId}/cancel.

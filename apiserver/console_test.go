@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -239,8 +240,23 @@ func TestConsoleTeams(t *testing.T) {
 	patchStatus(t, mine, func(jr *jobsv1alpha1.JobRun) {
 		jr.Status.Conditions = []metav1.Condition{{Type: "Started", Status: metav1.ConditionTrue, Reason: "PodRunning", Message: "the handler runs", LastTransitionTime: metav1.Now()}}
 	})
-	if resp := b.get("/ui/runs/" + mine.Name); resp.status != http.StatusOK || !strings.Contains(resp.body, "manual:user:user-1") || !strings.Contains(resp.body, "<td>PodRunning</td><td>the handler runs</td>") {
-		t.Errorf("my run's page: %d, want its triggered_by and conditions\n%s", resp.status, resp.body)
+	for i, reason := range []string{"PodCreated", "Started"} {
+		ev := &corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: a.ns, Name: mine.Name + "." + reason},
+			InvolvedObject: corev1.ObjectReference{Kind: "JobRun", APIVersion: jobsv1alpha1.GroupVersion.String(), Namespace: a.ns, Name: mine.Name, UID: mine.UID},
+			Reason:         reason, Message: "step " + reason, Type: corev1.EventTypeNormal, Count: 1,
+			FirstTimestamp: metav1.NewTime(time.Date(2024, 1, 15, 10, 30, i, 0, time.UTC)), LastTimestamp: metav1.NewTime(time.Date(2024, 1, 15, 10, 30, i, 0, time.UTC))}
+		if err := env.Client.Create(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp := b.get("/ui/runs/" + mine.Name)
+	for _, want := range []string{"manual:user:user-1", "<td>PodRunning</td><td>the handler runs</td>", "<td>PodCreated</td><td>step PodCreated</td>"} {
+		if resp.status != http.StatusOK || !strings.Contains(resp.body, want) {
+			t.Errorf("my run's page: %d, want %s (triggered_by, conditions, events)\n%s", resp.status, want, resp.body)
+		}
+	}
+	if strings.Index(resp.body, "step PodCreated") > strings.Index(resp.body, "step Started") {
+		t.Error("the events are not oldest first")
 	}
 	// Filters and the cursor are the list endpoint's.
 	if resp := b.get("/ui/teams/team-1/runs?status=completed"); resp.status != http.StatusOK || strings.Contains(resp.body, mine.Name) {
