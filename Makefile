@@ -22,6 +22,11 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 JOBRUN_REAL_NODE ?= $(if $(filter 0,$(shell id -u)),require,)
 export JOBRUN_REAL_NODE
 
+# As root, the console's browser test (apiserver, TestConsoleInBrowser) must
+# run, not skip: make tools installs Chromium. Empty: it skips without one.
+JOBRUN_BROWSER ?= $(if $(filter 0,$(shell id -u)),require,)
+export JOBRUN_BROWSER
+
 .DEFAULT_GOAL := help
 
 ##@ General
@@ -122,7 +127,7 @@ docker-build: ## Build the same image with a Docker engine.
 ##@ Tools (built from Go modules into bin/, skipped when up to date)
 
 .PHONY: tools
-tools: tools-pg ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm, a real node's kubelet, kube-proxy and Debian packages, and PostgreSQL's server binaries.
+tools: tools-pg tools-browser ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm, a real node's kubelet, kube-proxy and Debian packages, PostgreSQL's server binaries and Chromium.
 	hack/build-tools.sh all
 
 .PHONY: tools-dev
@@ -136,6 +141,10 @@ tools-node: ## Build kubelet and kube-proxy and, as root, apt-get install contai
 .PHONY: tools-pg
 tools-pg: ## Find PostgreSQL's server binaries (initdb, pg_ctl, postgres) for make dev's archive and the tests' throwaway databases; as root, apt-get install postgresql when missing (its service not started), else say what to install and fail.
 	hack/build-tools.sh postgres
+
+.PHONY: tools-browser
+tools-browser: ## Find Chromium (chromium, chromium-browser) for the console's browser test; as root, apt-get install chromium when missing, else say what to install and fail.
+	hack/build-tools.sh browser
 
 .PHONY: tools-gen
 tools-gen:

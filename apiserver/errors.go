@@ -53,6 +53,23 @@ func badRequest(format string, args ...any) *apiError {
 // Kubernetes API are mapped; anything unexpected is a 500 whose details go
 // to the log (logError), not to the caller.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	ae := classify(r, err)
+	body := map[string]any{"code": ae.code, "message": ae.message}
+	for k, v := range ae.extra {
+		body[k] = v
+	}
+	if ae.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	if ae.status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="jobrun"`)
+	}
+	writeJSON(w, ae.status, map[string]any{"error": body})
+}
+
+// classify maps err to the apiError a caller sees and logs it once (the
+// console renders the same apiError as a page).
+func classify(r *http.Request, err error) *apiError {
 	var ae *apiError
 	archiveErr, fromArchive := asArchiveError(err)
 	switch {
@@ -78,17 +95,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		err = ae.cause
 	}
 	logError(r, ae, err)
-	body := map[string]any{"code": ae.code, "message": ae.message}
-	for k, v := range ae.extra {
-		body[k] = v
-	}
-	if ae.status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "5")
-	}
-	if ae.status == http.StatusUnauthorized {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="jobrun"`)
-	}
-	writeJSON(w, ae.status, map[string]any{"error": body})
+	return ae
 }
 
 // logError logs a request's error once, at the level it deserves: a 500 is

@@ -151,16 +151,26 @@ func parseListValues(v url.Values, now time.Time) (RunQuery, error) {
 
 // list serves GET /v1/teams/{teamId}/jobs.
 func (tr teamsResource) list(w http.ResponseWriter, r *http.Request) {
-	q, err := parseListQuery(r, tr.s.now())
+	out, cursor, hasMore, err := tr.s.listPage(r.Context(), teamFrom(r.Context()), r.URL.Query())
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
-	q.Namespace, q.TeamID = tr.s.namespace, teamFrom(r.Context())
-	runs, hasMore, err := tr.s.lister.ListRuns(r.Context(), q)
+	writeJSON(w, http.StatusOK, map[string]any{"job_runs": out, "cursor": cursor, "has_more": hasMore})
+}
+
+// listPage is the page of team's runs that the list parameters v select,
+// newest first, with the cursor of its last run (nil for an empty page):
+// the list endpoint's and the console's.
+func (s *Server) listPage(ctx context.Context, team string, v url.Values) ([]jobRun, *string, bool, error) {
+	q, err := parseListValues(v, s.now())
 	if err != nil {
-		writeError(w, r, fmt.Errorf("listing runs: %w", err))
-		return
+		return nil, nil, false, err
+	}
+	q.Namespace, q.TeamID = s.namespace, team
+	runs, hasMore, err := s.lister.ListRuns(ctx, q)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("listing runs: %w", err)
 	}
 	out := make([]jobRun, 0, len(runs))
 	for _, run := range runs {
@@ -171,5 +181,5 @@ func (tr teamsResource) list(w http.ResponseWriter, r *http.Request) {
 		c := cursorOf(runs[len(runs)-1]).String()
 		cursor = &c
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"job_runs": out, "cursor": cursor, "has_more": hasMore})
+	return out, cursor, hasMore, nil
 }

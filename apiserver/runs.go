@@ -109,17 +109,22 @@ func (rr runsResource) get(w http.ResponseWriter, r *http.Request) {
 // cancel serves POST /v1/jobs/{runId}/cancel: it asks a running run to stop
 // by annotating it; the runner and the controller do the rest.
 func (rr runsResource) cancel(w http.ResponseWriter, r *http.Request) {
-	run := runFrom(r.Context())
-	if run.CurrentPhase() != jobsv1alpha1.JobRunRunning {
-		writeError(w, r, errorf(http.StatusBadRequest, codeInvalidRequest, "job is not in running status (it is "+string(run.CurrentPhase())+")"))
+	if err := rr.s.cancelRun(r.Context(), runFrom(r.Context())); err != nil {
+		writeError(w, r, err)
 		return
 	}
-	patch := client.MergeFrom(run.DeepCopy())
-	if run.RequestCancel(rr.s.now()) {
-		if err := rr.s.writer.Patch(r.Context(), run, patch); err != nil {
-			writeError(w, r, err)
-			return
-		}
-	}
 	writeJSON(w, http.StatusOK, map[string]any{"cancelled": true})
+}
+
+// cancelRun asks run, read from the API server, to stop: a 400 unless it
+// is running.
+func (s *Server) cancelRun(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	if run.CurrentPhase() != jobsv1alpha1.JobRunRunning {
+		return errorf(http.StatusBadRequest, codeInvalidRequest, "job is not in running status (it is "+string(run.CurrentPhase())+")")
+	}
+	patch := client.MergeFrom(run.DeepCopy())
+	if run.RequestCancel(s.now()) {
+		return s.writer.Patch(ctx, run, patch)
+	}
+	return nil
 }

@@ -106,9 +106,11 @@ type Server struct {
 	timeout func(http.Handler) http.Handler
 	// Event streams: their broker, heartbeat, tickets, and streamsDone,
 	// closed when the server shuts down to end them.
-	broker      *Broker
-	heartbeat   time.Duration
-	tickets     *tickets
+	broker    *Broker
+	heartbeat time.Duration
+	tickets   *tickets
+	// sessions are the console's (console_session.go).
+	sessions    *sessions
 	streamsDone chan struct{}
 	closeOnce   sync.Once
 	router      *chi.Mux
@@ -143,6 +145,7 @@ func New(o Options) (*Server, error) {
 		log: o.Log, now: o.Now, guards: guard.New(o.Reader, o.Writer), auth: authenticate(o.Auth),
 		timeout: middleware.Timeout(o.RequestTimeout), broker: o.Broker, heartbeat: o.StreamHeartbeat, tickets: newTickets(o.TicketKey, o.Now),
 		streamsDone: make(chan struct{})}
+	s.sessions = newSessions(s.tickets, o.Auth, o.Now)
 	r := chi.NewRouter()
 	s.router = r
 	r.Use(middleware.RequestID, s.logRequests, instrument, recoverJSON)
@@ -182,6 +185,10 @@ func New(o Options) (*Server, error) {
 		r.Route("/teams", teamsResource{s}.routes)
 		r.With(s.timeout, s.auth).Post("/stream-tickets", s.issueTicket)
 	})
+	// The console: pages with the session cookie, never the API's bearer
+	// routes (which never read cookies).
+	r.Route("/ui", consoleResource{s}.routes)
+	r.Get("/ui", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/", http.StatusMovedPermanently) })
 	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, errorf(http.StatusNotFound, codeNotFound, "no such endpoint: "+clip(r.Method)+" "+clip(r.URL.Path)))
 	}

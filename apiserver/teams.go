@@ -31,18 +31,25 @@ func teamCtx(perm string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			team := chi.URLParam(r, "teamId")
-			p := principalFrom(r.Context())
-			if !p.InTeam(team) {
-				writeError(w, r, errorf(http.StatusNotFound, codeNotFound, "team not found"))
-				return
-			}
-			if !p.Can(team, perm) {
-				writeError(w, r, errorf(http.StatusForbidden, codeForbidden, "this credential lacks "+perm+" in team "+team))
+			if err := teamAccess(principalFrom(r.Context()), team, perm); err != nil {
+				writeError(w, r, err)
 				return
 			}
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), teamKey{}, team)))
 		})
 	}
+}
+
+// teamAccess says whether p may act in team with perm: a 404 for a team p
+// is not in, a 403 for a member without the permission.
+func teamAccess(p *Principal, team, perm string) error {
+	if !p.InTeam(team) {
+		return errorf(http.StatusNotFound, codeNotFound, "team not found")
+	}
+	if !p.Can(team, perm) {
+		return errorf(http.StatusForbidden, codeForbidden, "this credential lacks "+perm+" in team "+team)
+	}
+	return nil
 }
 
 // teamFrom is the team teamCtx let the request act in.

@@ -71,6 +71,14 @@ func (t *tickets) mac(payload []byte) []byte {
 	return m.Sum(nil)
 }
 
+// derive is a key of the server's for purpose (the console's session
+// sealing and CSRF tokens), derived from the ticket key: one secret that
+// the replicas share, one key per use. A ticket's MAC is over a JSON
+// object, never over a purpose label, so no ticket reveals a derived key.
+func (t *tickets) derive(purpose string) []byte {
+	return t.mac([]byte("jobrun key for " + purpose))
+}
+
 // issue returns a ticket for path with p's rights, and its expiry.
 func (t *tickets) issue(path string, p *Principal) (string, time.Time) {
 	nonce := make([]byte, 16)

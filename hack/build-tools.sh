@@ -33,6 +33,9 @@
 #   node: kubelet, kube-proxy and the Debian packages of a real node
 #   all:  dev + helm + crds + node (what `make test` needs, with postgres)
 #   postgres: the PostgreSQL server binaries (make tools-pg)
+#   browser: a headless Chromium for the console's browser test (make
+#       tools-browser): found on PATH (chromium, chromium-browser), else
+#       Debian's chromium package installed as root, else what to install
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -226,9 +229,36 @@ postgres_binaries() {
 	log "installed postgresql ($dir) in $((SECONDS - start))s"
 }
 
+# browser finds Chromium for the console's browser test (apiserver,
+# TestConsoleInBrowser, driven by chromedp), or installs Debian's chromium
+# package (~1-2 min) as root with apt-get; otherwise it says what to install
+# and fails.
+browser() {
+	local b
+	for b in chromium chromium-browser; do
+		if command -v "$b" >/dev/null; then
+			return
+		fi
+	done
+	if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+		log "the console's browser test needs Chromium (chromium or chromium-browser on PATH); not root or no apt-get, so not installed. Install it with: sudo apt-get install -y chromium (Debian), sudo apt-get install -y chromium-browser (Ubuntu)"
+		exit 1
+	fi
+	log "installing chromium with apt-get"
+	local start=$SECONDS
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null ||
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+	if ! command -v chromium >/dev/null; then
+		log "installed chromium, but found no chromium on PATH"
+		exit 1
+	fi
+	log "installed chromium in $((SECONDS - start))s"
+}
+
 build() {
 	case $1 in
 	postgres) postgres_binaries ;;
+	browser) browser ;;
 	crds) third_party_crds ;;
 	kube-apiserver | kubectl | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) build_k8s "$1" ;;
 	node-packages) node_packages ;;

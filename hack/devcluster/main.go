@@ -119,13 +119,15 @@ The Jobs REST API on http://%s (team demo-team, project demo-project), with a de
   export JOBRUN_TOKEN=%s
   curl -H "Authorization: Bearer $JOBRUN_TOKEN" http://%s/v1/teams/demo-team/jobs
 
+The console: http://%s/ui/ (sign in by pasting the dev token above; credentials never go in URLs)
+
 %s
 
 Logs (manager, dev node agent, controller-manager, scheduler, postgres): %s/logs
 Job pods' output: %s/pods/<namespace>/<pod>/handler.log
 Press Ctrl-C to stop everything.
 `, c.Config.Host, c.Kubeconfig, c.Kubectl, o.namespace, c.Kubectl, o.namespace, root, c.Kubectl, o.namespace, o.probeAddr, o.metricsAddr,
-		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, archiveLine, dir, dir)
+		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, o.apiAddr, archiveLine, dir, dir)
 	// The marker tells scripts and tests that everything is up.
 	ready := filepath.Join(dir, "ready")
 	if err := os.WriteFile(ready, []byte(c.Config.Host+"\n"), 0o644); err != nil {

@@ -93,6 +93,10 @@ func checkPermissions(t *testing.T, ns, integrations, prefix string) {
 		{apiSA, []string{"update", "jobtypes.jobs.jobrun.dev", "-n", ns}, "no"},
 		{apiSA, []string{"patch", "jobtypes.jobs.jobrun.dev", "--subresource=status", "-n", ns}, "no"},
 		{apiSA, []string{"create", "events.events.k8s.io", "-n", ns}, "no"},
+		// The console's run page reads a run's Events, in its namespace.
+		{apiSA, []string{"list", "events", "-n", ns}, "yes"},
+		{apiSA, []string{"list", "events", "-n", other}, "no"},
+		{apiSA, []string{"create", "events", "-n", ns}, "no"},
 		{apiSA, []string{"get", jobruns, "-n", other}, "no"},
 		{apiSA, []string{"get", "secrets", "-n", integrations}, "no"},
 		{apiSA, []string{"create", "tokenreviews.authentication.k8s.io"}, "no"},
