@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -121,7 +123,7 @@ func (r *JobRunReconciler) writeArchive(ctx context.Context, run *jobsv1alpha1.J
 	if err := r.archive.Upsert(wctx, final); err != nil {
 		archiveWrites.WithLabelValues("error").Inc()
 		cond.Status, cond.Reason = metav1.ConditionFalse, jobsv1alpha1.ReasonArchivePending
-		cond.Message = clipMessage("archiving failed, retrying: " + err.Error())
+		cond.Message = clipTo("archiving failed, retrying: "+err.Error(), 1024)
 		return cond, err
 	}
 	archiveWrites.WithLabelValues("ok").Inc()
@@ -187,7 +189,7 @@ func (r *JobRunReconciler) archiveFinished(ctx context.Context, run *jobsv1alpha
 func (r *JobRunReconciler) liveTTL(jt *jobsv1alpha1.JobType) time.Duration {
 	var ttl time.Duration
 	if jt != nil {
-		ttl = time.Duration(derefOr(jt.Spec.TTLSecondsAfterFinished, 604800)) * time.Second
+		ttl = time.Duration(ptr.Deref(jt.Spec.TTLSecondsAfterFinished, 604800)) * time.Second
 	}
 	if r.archive != nil && (ttl == 0 || r.archiveLiveTTL < ttl) {
 		ttl = r.archiveLiveTTL
@@ -195,18 +197,11 @@ func (r *JobRunReconciler) liveTTL(jt *jobsv1alpha1.JobType) time.Duration {
 	return ttl
 }
 
-func derefOr(p *int32, def int32) int32 {
-	if p == nil {
-		return def
-	}
-	return *p
-}
-
 // deletable reports whether retention may delete run now: always without an
 // archive, else once it is archived (its finalizer would hold a deletion
 // back anyway; not asking keeps it from lingering as Terminating).
 func (r *JobRunReconciler) deletable(run *jobsv1alpha1.JobRun) bool {
-	return r.archive == nil || isArchived(run)
+	return !r.wantsArchiveFinalizer(run)
 }
 
 // wantsArchiveFinalizer reports whether run must carry FinalizerArchive: there
@@ -241,13 +236,8 @@ func (r *JobRunReconciler) metadataPatch(run *jobsv1alpha1.JobRun) []jsonPatchOp
 	has, want := controllerutil.ContainsFinalizer(run, jobsv1alpha1.FinalizerArchive), r.wantsArchiveFinalizer(run)
 	switch {
 	case has && !want:
-		for i, f := range run.Finalizers {
-			if f == jobsv1alpha1.FinalizerArchive {
-				path := fmt.Sprintf("/metadata/finalizers/%d", i)
-				ops = append(ops, jsonPatchOp{Op: "test", Path: path, Value: f}, jsonPatchOp{Op: "remove", Path: path})
-				break
-			}
-		}
+		path := fmt.Sprintf("/metadata/finalizers/%d", slices.Index(run.Finalizers, jobsv1alpha1.FinalizerArchive))
+		ops = append(ops, jsonPatchOp{Op: "test", Path: path, Value: jobsv1alpha1.FinalizerArchive}, jsonPatchOp{Op: "remove", Path: path})
 	case want && !has && run.DeletionTimestamp == nil:
 		// (The API server refuses new finalizers on a run being deleted.)
 		if len(run.Finalizers) == 0 {
@@ -289,11 +279,11 @@ func (r *JobRunReconciler) syncMetadata(ctx context.Context, run *jobsv1alpha1.J
 	return nil
 }
 
-// clipMessage keeps a condition message within its schema's bound.
-func clipMessage(s string) string {
-	const max = 1024
-	if len(s) > max {
-		return s[:max]
+// clipTo cuts s to at most n bytes, for a message with a bound (a
+// condition's, a notification's).
+func clipTo(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
 	}
 	return s
 }

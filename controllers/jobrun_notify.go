@@ -78,10 +78,7 @@ func (r *JobRunReconciler) notify(ctx context.Context, run *jobsv1alpha1.JobRun)
 		return 0, r.recordNotification(ctx, run, jobsv1alpha1.NotificationSent, attempt, "", r.clock.Now())
 	}
 	logf.FromContext(ctx).Error(sendErr, "sending the completion email", "attempt", attempt)
-	msg := sendErr.Error()
-	if len(msg) > 900 {
-		msg = msg[:900]
-	}
+	msg := clipTo(sendErr.Error(), 900)
 	window := r.notifyRetryWindow()
 	now = r.clock.Now()
 	if giveUp := finishTime(run).Add(window); !now.Before(giveUp) {

@@ -257,10 +257,7 @@ func podRefused(o observation, d decision, err error) decision {
 	// CancelRequested conditions, cancelRequestedAt.
 	refusal.status.Conditions = d.status.Conditions
 	refusal.status.CancelRequestedAt = d.status.CancelRequestedAt
-	msg := err.Error()
-	if len(msg) > 4096 {
-		msg = msg[:4096]
-	}
+	msg := clipTo(err.Error(), 4096)
 	prev := meta.FindStatusCondition(o.run.Status.Conditions, jobsv1alpha1.JobRunConditionRunning)
 	if prev == nil || prev.Reason != jobsv1alpha1.ReasonPodForbidden || prev.Message != msg {
 		refusal.events = append(refusal.events, runEvent{corev1.EventTypeWarning, jobsv1alpha1.ReasonPodForbidden, "Pod refused, retrying until the start timeout: " + msg})
