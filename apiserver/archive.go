@@ -73,12 +73,11 @@ func (m *archiveLister) ListRuns(ctx context.Context, q RunQuery) ([]*jobsv1alph
 		inPage[run.Name] = true
 	}
 	aq := q
-	var last *Cursor // the live page's last run: the archive is read down to it
+	var last *jobsv1alpha1.JobRun // the live page's last run: the archive is read down to it
 	if len(live) == need {
-		c := cursorOf(live[need-1])
-		last = &c
-		if aq.Since.IsZero() || aq.Since.Before(c.CreatedAt) {
-			aq.Since = c.CreatedAt
+		last = live[need-1]
+		if at := sortTime(last); aq.Since.IsZero() || aq.Since.Before(at) {
+			aq.Since = at
 		}
 	}
 	var archived []*jobsv1alpha1.JobRun
@@ -89,8 +88,7 @@ func (m *archiveLister) ListRuns(ctx context.Context, q RunQuery) ([]*jobsv1alph
 			return nil, false, errArchiveUnavailable{err}
 		}
 		for _, run := range rows {
-			c := cursorOf(run)
-			if last != nil && !(c.CreatedAt.After(last.CreatedAt) || (c.CreatedAt.Equal(last.CreatedAt) && c.ID > last.ID)) {
+			if last != nil && !newerRun(run, last) {
 				continue // at or past the live page's last run
 			}
 			if inPage[run.Name] || m.isLive(run.Namespace, run.Name) {
@@ -129,11 +127,7 @@ func pageOf(runs []*jobsv1alpha1.JobRun, limit int, more bool) ([]*jobsv1alpha1.
 // newerRun orders runs as the list does: newest first, ties by the greater
 // id first.
 func newerRun(a, b *jobsv1alpha1.JobRun) bool {
-	ca, cb := cursorOf(a), cursorOf(b)
-	if !ca.CreatedAt.Equal(cb.CreatedAt) {
-		return ca.CreatedAt.After(cb.CreatedAt)
-	}
-	return ca.ID > cb.ID
+	return cursorOf(a).precedes(sortTime(b), b.Name)
 }
 
 // GetRun reads the live run, else the archived one.
@@ -142,7 +136,13 @@ func (m *archiveLister) GetRun(ctx context.Context, namespace, name string) (*jo
 	if err != nil || run != nil {
 		return run, err
 	}
-	run, err = m.archive.GetRun(ctx, namespace, name)
+	return getArchived(ctx, m.archive, namespace, name)
+}
+
+// getArchived reads the archived run namespace/name (nil if none); a failure
+// is errArchiveUnavailable.
+func getArchived(ctx context.Context, archive RunLister, namespace, name string) (*jobsv1alpha1.JobRun, error) {
+	run, err := archive.GetRun(ctx, namespace, name)
 	if err != nil {
 		return nil, errArchiveUnavailable{err}
 	}

@@ -66,9 +66,9 @@ func (rr runsResource) visibleRun(r *http.Request, perm string, live bool) (*job
 	if live {
 		run = &jobsv1alpha1.JobRun{}
 		err := rr.s.reader.Get(r.Context(), client.ObjectKey{Namespace: rr.s.namespace, Name: id}, run)
-		if apierrors.IsNotFound(err) && rr.s.archived {
+		if apierrors.IsNotFound(err) && rr.s.archive != nil {
 			// Gone from the API server: archived (finished), or none.
-			if run, err = rr.s.lister.GetRun(r.Context(), rr.s.namespace, id); err != nil {
+			if run, err = getArchived(r.Context(), rr.s.archive, rr.s.namespace, id); err != nil {
 				return nil, err
 			}
 			if run == nil {

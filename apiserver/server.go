@@ -92,11 +92,11 @@ type Server struct {
 	cache     client.Reader
 	writer    client.Client
 	lister    RunLister
-	// archived: there is an archive (Options.Archive).
-	archived bool
-	log      logr.Logger
-	now      func() time.Time
-	guards   *guard.Guards
+	// archive is Options.Archive: nil without one.
+	archive RunLister
+	log     logr.Logger
+	now     func() time.Time
+	guards  *guard.Guards
 	// auth is the middleware that requires a credential; each route that
 	// needs one uses it, so that routing (404, 405) and CORS preflights
 	// come first.
@@ -141,7 +141,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: lister, archived: o.Archive != nil,
+	s := &Server{addr: o.Addr, namespace: o.Namespace, reader: o.Reader, cache: o.Cache, writer: o.Writer, lister: lister, archive: o.Archive,
 		log: o.Log, now: o.Now, guards: guard.New(o.Reader, o.Writer), auth: authenticate(o.Auth),
 		timeout: middleware.Timeout(o.RequestTimeout), broker: o.Broker, heartbeat: o.StreamHeartbeat, tickets: newTickets(o.TicketKey, o.Now),
 		streamsDone: make(chan struct{})}

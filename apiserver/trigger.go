@@ -97,7 +97,7 @@ func (s *Server) triggerRun(ctx context.Context, p *Principal, team string, req 
 		JobType: req.JobType, TeamID: team, ProjectID: req.ProjectID, Params: params,
 		Notify: req.Notify, NotifyEmail: p.Email, TriggeredBy: p.TriggeredBy(),
 	}, s.now())
-	if s.archived {
+	if s.archive != nil {
 		// Created with the archive's finalizer: no write to add it later.
 		controllerutil.AddFinalizer(run, jobsv1alpha1.FinalizerArchive)
 	}
