@@ -19,34 +19,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
-	"jobrun.dev/jobrun/internal/archive"
-	"jobrun.dev/jobrun/internal/cutproxy"
-	"jobrun.dev/jobrun/internal/pgtest"
+	"jobrun.dev/jobrun/internal/archive/archivetest"
 	"jobrun.dev/jobrun/test/testenv"
 	"jobrun.dev/jobrun/test/testrun"
 )
 
 // These tests serve the API over a real API server and a real PostgreSQL
 // holding the archive (internal/pgtest), as the manager wires them.
-
-// archiveDB starts a PostgreSQL for the test and opens the archive in it,
-// through a cut proxy when proxied; it returns the store, the proxy and the
-// direct DSN.
-func archiveDB(t *testing.T, proxied bool) (*archive.Store, *cutproxy.Proxy, string) {
-	t.Helper()
-	dsn := pgtest.Start(t)
-	open := dsn
-	var proxy *cutproxy.Proxy
-	if proxied {
-		proxy, open = pgtest.Cuttable(t, dsn)
-	}
-	store, err := archive.Open(testenv.Context(t), open)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	return store, proxy, dsn
-}
 
 // archivedRun is a finished run as the archive holds it, never in the API
 // server.
@@ -106,7 +85,7 @@ func (a *api) listAll(tok, team, query string, limit int) ([]string, []map[strin
 // lists each run once, newest first (ties by id), with has_more exact, as a
 // reference merge in Go says.
 func TestListMergesLiveAndArchive(t *testing.T) {
-	store, _, _ := archiveDB(t, false)
+	store, _, _ := archivetest.Start(t, false)
 	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{archive: store})
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(17, 29))
@@ -210,7 +189,7 @@ func TestListMergesLiveAndArchive(t *testing.T) {
 // finished run; a run nowhere is a 404; a triggered run carries the
 // archive's finalizer.
 func TestGetAndCancelArchived(t *testing.T) {
-	store, _, _ := archiveDB(t, false)
+	store, _, _ := archivetest.Start(t, false)
 	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{archive: store})
 	ctx := context.Background()
 	live := a.createRun("run-1", "team-1", func(jr *jobsv1alpha1.JobRun) {
@@ -275,7 +254,7 @@ func (a *api) cacheHas(name string) bool {
 // not need it and answer; the server stays ready. A slow archive (its table
 // locked) answers 503 within the read bound. Back, everything answers.
 func TestArchiveDownOrSlow(t *testing.T) {
-	store, proxy, dsn := archiveDB(t, true)
+	store, proxy, dsn := archivetest.Start(t, true)
 	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{archive: store})
 	ctx := context.Background()
 	if err := store.Upsert(ctx, archivedRun(a.ns, "old-run", "team-1", "p1", "sync_a", time.Now().Add(-time.Hour), jobsv1alpha1.JobRunCompleted)); err != nil {
@@ -360,7 +339,7 @@ func TestArchiveDownOrSlow(t *testing.T) {
 // TestTriggerWithArchiveSetsFinalizer: with an archive, a triggered run is
 // created with the archive's finalizer (no later write adds it).
 func TestTriggerWithArchiveSetsFinalizer(t *testing.T) {
-	store, _, _ := archiveDB(t, false)
+	store, _, _ := archivetest.Start(t, false)
 	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{archive: store})
 	a.seed()
 	status, body := a.do(http.MethodPost, "/v1/teams/team-1/jobs/trigger", userToken(t), map[string]any{"job_type": "revenuecat_sync", "project_id": "project-1", "params": map[string]any{"integration_id": "int-1"}})

@@ -21,31 +21,13 @@ import (
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/archive"
-	"jobrun.dev/jobrun/internal/cutproxy"
-	"jobrun.dev/jobrun/internal/pgtest"
+	"jobrun.dev/jobrun/internal/archive/archivetest"
 	"jobrun.dev/jobrun/test/testenv"
 	"jobrun.dev/jobrun/test/testrun"
 )
 
 // These tests run the JobRun controller against a real API server and a
 // real PostgreSQL (internal/pgtest) holding the archive.
-
-// openArchive starts a PostgreSQL for the test and opens the archive in it;
-// through a cut proxy if cut is true (the proxy is returned).
-func openArchive(t *testing.T, proxied bool) (*archive.Store, *cutproxy.Proxy) {
-	t.Helper()
-	dsn := pgtest.Start(t)
-	var proxy *cutproxy.Proxy
-	if proxied {
-		proxy, dsn = pgtest.Cuttable(t, dsn)
-	}
-	store, err := archive.Open(testenv.Context(t), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	return store, proxy
-}
 
 // waitArchived waits until the run's status says Archived and its finalizer
 // is gone, and returns it.
@@ -88,7 +70,7 @@ func sameTime(a, b time.Time) bool {
 // that labels the end: no write of its own.
 func TestArchiveOnFinish(t *testing.T) {
 	ns := env.Namespace(t)
-	store, _ := openArchive(t, false)
+	store, _, _ := archivetest.Start(t, false)
 	startManager(t, ns, clocktesting.NewFakeClock(time.Now()), WithArchive(store, time.Hour))
 	createJobType(t, ns)
 	createRun(t, ns, "run-1")
@@ -125,7 +107,7 @@ func TestArchiveOnFinish(t *testing.T) {
 // then goes.
 func TestDeletedRunIsArchivedCancelled(t *testing.T) {
 	ns := env.Namespace(t)
-	store, _ := openArchive(t, false)
+	store, _, _ := archivetest.Start(t, false)
 	startManager(t, ns, clocktesting.NewFakeClock(time.Now()), WithArchive(store, time.Hour))
 	createJobType(t, ns)
 	jr := createRunWith(t, ns, "run-1", func(jr *jobsv1alpha1.JobRun) {
@@ -155,7 +137,7 @@ func TestDeletedRunIsArchivedCancelled(t *testing.T) {
 // it is back, each is archived and then goes.
 func TestArchiveOutage(t *testing.T) {
 	ns := env.Namespace(t)
-	store, proxy := openArchive(t, true)
+	store, proxy, _ := archivetest.Start(t, true)
 	clock := clocktesting.NewFakeClock(time.Now())
 	startManager(t, ns, clock, WithArchive(store, time.Minute))
 	createJobType(t, ns)
@@ -243,7 +225,7 @@ func (l *lostAnswers) Upsert(ctx context.Context, runs ...*jobsv1alpha1.JobRun) 
 // run's final state, and the run goes after its live TTL.
 func TestArchiveAnswerLost(t *testing.T) {
 	ns := env.Namespace(t)
-	store, _ := openArchive(t, false)
+	store, _, _ := archivetest.Start(t, false)
 	lost := &lostAnswers{Store: store}
 	lost.left.Store(2)
 	clock := clocktesting.NewFakeClock(time.Now())
@@ -328,7 +310,7 @@ func TestNoArchiveRemovesFinalizer(t *testing.T) {
 // runs that finished longer ago than the retention, in batches, and keeps
 // the others.
 func TestArchiveRetention(t *testing.T) {
-	store, _ := openArchive(t, false)
+	store, _, _ := archivetest.Start(t, false)
 	now := time.Now()
 	var runs []*jobsv1alpha1.JobRun
 	for i := range 25 {

@@ -13,6 +13,7 @@ import (
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/archive"
+	"jobrun.dev/jobrun/internal/archive/archivetest"
 	"jobrun.dev/jobrun/internal/localcluster"
 	"jobrun.dev/jobrun/internal/pgtest"
 	"jobrun.dev/jobrun/test/testenv"
@@ -94,11 +95,7 @@ func TestManagerKilledWhileArchiving(t *testing.T) {
 		}
 		return nil
 	})
-	store, err := archive.Open(testenv.Context(t), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := archivetest.Open(t, dsn)
 	rows, more, err := store.List(context.Background(), archive.Query{Namespace: apiNamespace, TeamID: tn.team, Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
