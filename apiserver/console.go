@@ -51,7 +51,7 @@ var consolePages = func() map[string]*template.Template {
 		},
 	}
 	pages := map[string]*template.Template{}
-	for _, name := range []string{"signin", "home", "runs", "run", "trigger", "error"} {
+	for _, name := range []string{"signin", "home", "runs", "run", "trigger", "stats", "error"} {
 		pages[name] = template.Must(template.New("layout.html").Funcs(funcs).ParseFS(consoleTemplates, "ui/templates/layout.html", "ui/templates/"+name+".html"))
 	}
 	return pages
@@ -102,6 +102,7 @@ func (c consoleResource) routes(r chi.Router) {
 			r.Get("/", c.home)
 			r.Post("/sign-out", c.signOut)
 			r.Get("/teams/{teamId}/runs", c.runs)
+			r.Get("/teams/{teamId}/stats", c.stats)
 			r.Get("/teams/{teamId}/trigger", c.triggerForm)
 			r.Post("/teams/{teamId}/trigger", c.trigger)
 			r.Get("/runs/{runId}", c.run)

@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -203,6 +204,25 @@ func TestConsoleInBrowser(t *testing.T) {
 	)
 	if title := evalString(`document.title`); !strings.HasPrefix(title, "Not Found") {
 		t.Fatalf("another team's run page: title %q, want Not Found", title)
+	}
+	// The charts of the last day: a day of a job type's runs, some failed.
+	for i := range 36 {
+		phase, took := jobsv1alpha1.JobRunCompleted, time.Duration(20+i%7*9)*time.Second
+		if i%5 == 0 {
+			phase = jobsv1alpha1.JobRunFailed
+		}
+		a.statsRun(fmt.Sprintf("day-%02d", i), "team-1", "demo_sync", start.Add(-time.Duration(i*i)*time.Minute*17/10), phase, took)
+	}
+	bars := `document.querySelectorAll('section[data-job-type="demo_sync"] rect.bar-runs')`
+	step("the charts",
+		chromedp.Navigate(a.url+"/ui/teams/team-1/stats"),
+		chromedp.WaitVisible(css(`section[data-job-type="demo_sync"] svg`)),
+		screenshot("stats.png"),
+	)
+	// The bars are drawn (the stylesheet fills them; the page's CSP allows
+	// no inline style) and the busiest hour's is the chart's full height.
+	if !eval(`Array.from(` + bars + `).some(r => r.getBoundingClientRect().height === 60 && getComputedStyle(r).fill !== 'rgb(0, 0, 0)')`) {
+		t.Error("the stats page's bars are not drawn at full height with the stylesheet's colour")
 	}
 	t.Logf("the browser test took %s", time.Since(start).Round(time.Millisecond))
 }
