@@ -199,16 +199,25 @@ func principalFrom(ctx context.Context) *Principal {
 	return p
 }
 
+// bearer is r's bearer credential, or "".
+func bearer(r *http.Request) string {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(token)
+}
+
 // authenticate is the middleware that requires a valid bearer credential.
 func authenticate(auth Authenticator) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-			if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
+			token := bearer(r)
+			if token == "" {
 				writeError(w, r, errorf(http.StatusUnauthorized, codeUnauthorized, "missing bearer credential (Authorization: Bearer <token>)"))
 				return
 			}
-			p, err := auth.Authenticate(r.Context(), strings.TrimSpace(token))
+			p, err := auth.Authenticate(r.Context(), token)
 			if err != nil {
 				if errors.Is(err, errUnauthenticated) {
 					writeError(w, r, errorf(http.StatusUnauthorized, codeUnauthorized, "invalid or expired credential"))

@@ -227,27 +227,61 @@ func safeNext(next string) string {
 	return next
 }
 
-func (c consoleResource) signInForm(w http.ResponseWriter, r *http.Request) {
-	c.render(w, r, http.StatusOK, "signin", page{Title: "Sign in", Data: safeNext(r.URL.Query().Get("next"))})
+// signInData is the sign-in page's.
+type signInData struct {
+	Next string
+	// Link is a sign-in link's value and As whom it signs in as, when the
+	// page was opened from one.
+	Link string
+	As   *Principal
 }
 
-// signIn serves POST /ui/sign-in: the credential is authenticated exactly
-// as the API would, then sealed into the session cookie. It has no session
-// to bind a CSRF token to: a cross-site sign-in is refused by its Origin.
+// signInForm serves GET /ui/sign-in[?next=][&link=]: the credential form,
+// or the button of a sign-in link.
+func (c consoleResource) signInForm(w http.ResponseWriter, r *http.Request) {
+	d := signInData{Next: safeNext(r.URL.Query().Get("next"))}
+	p := page{Title: "Sign in", CSRF: signInToken(w, r), Data: &d}
+	status := http.StatusOK
+	if value := r.URL.Query().Get("link"); value != "" {
+		lp, err := c.s.sessions.openLink(value, false)
+		if err == nil {
+			d.As, err = c.s.sessions.auth.Authenticate(r.Context(), lp.Credential)
+		}
+		if err == nil {
+			d.Link = value
+		} else {
+			status, p.Message = http.StatusBadRequest, "This sign-in link is invalid, expired or already used: sign in with a credential, or ask for a new link."
+		}
+	}
+	c.render(w, r, status, "signin", p)
+}
+
+// signIn serves POST /ui/sign-in: the credential, pasted or from a sign-in
+// link, is authenticated exactly as the API would, then sealed into the
+// session cookie. A POST without the form's token (console_signin.go) or
+// from another origin is refused.
 func (c consoleResource) signIn(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 8192)
 	if err := r.ParseForm(); err != nil {
 		c.fail(w, r, badRequest("unreadable form: %v", err))
 		return
 	}
-	if !sameOrigin(r) {
-		c.fail(w, r, errorf(http.StatusForbidden, codeForbidden, "sign-in from another site refused"))
+	if !checkSignInToken(r) {
+		c.fail(w, r, errorf(http.StatusForbidden, codeForbidden, "this sign-in form is stale or came from another site: open the sign-in page again"))
 		return
 	}
-	next := safeNext(r.PostFormValue("next"))
-	credential := strings.TrimSpace(r.PostFormValue("credential"))
+	d := signInData{Next: safeNext(r.PostFormValue("next"))}
 	again := func(status int, msg string) {
-		c.render(w, r, status, "signin", page{Title: "Sign in", Message: msg, Data: next})
+		c.render(w, r, status, "signin", page{Title: "Sign in", CSRF: signInToken(w, r), Message: msg, Data: &d})
+	}
+	credential := strings.TrimSpace(r.PostFormValue("credential"))
+	if value := r.PostFormValue("link"); value != "" {
+		lp, err := c.s.sessions.openLink(value, true)
+		if err != nil {
+			again(http.StatusBadRequest, "This sign-in link is invalid, expired or already used: sign in with a credential, or ask for a new link.")
+			return
+		}
+		credential = lp.Credential
 	}
 	if credential == "" || len(credential) > maxCredential {
 		again(http.StatusUnauthorized, fmt.Sprintf("Paste a JWT or an API key (at most %d characters).", maxCredential))
@@ -268,6 +302,7 @@ func (c consoleResource) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	setSessionCookie(w, r, c.s.sessions.seal(credential))
+	next := d.Next
 	if next == "/ui/" && len(p.Teams) > 0 {
 		next = "/ui/teams/" + url.PathEscape(p.Teams[0]) + "/runs"
 	}

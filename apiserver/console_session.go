@@ -46,16 +46,26 @@ const (
 // sessionAAD binds a sealed value to its use.
 var sessionAAD = []byte("jobrun console session v1")
 
-// sessions seals credentials into cookies and checks CSRF tokens.
+// sessions seals credentials into cookies and sign-in links, and checks
+// CSRF tokens.
 type sessions struct {
-	aead    cipher.AEAD
-	csrfKey []byte
-	auth    Authenticator
-	now     func() time.Time
+	aead     cipher.AEAD
+	linkAEAD cipher.AEAD
+	csrfKey  []byte
+	auth     Authenticator
+	now      func() time.Time
+	// usedLinks are the nonces of the sign-in links used here.
+	usedLinks usedNonces
 }
 
 func newSessions(t *tickets, auth Authenticator, now func() time.Time) *sessions {
-	block, err := aes.NewCipher(t.derive("console sessions v1")) // 32 bytes: AES-256
+	return &sessions{aead: newAEAD(t.derive("console sessions v1")), linkAEAD: newAEAD(t.derive("console sign-in links v1")),
+		csrfKey: t.derive("console csrf v1"), auth: auth, now: now}
+}
+
+// newAEAD is AES-256-GCM under a 32-byte key.
+func newAEAD(key []byte) cipher.AEAD {
+	block, err := aes.NewCipher(key)
 	if err != nil {
 		panic(err) // a 32-byte key is always valid
 	}
@@ -63,7 +73,24 @@ func newSessions(t *tickets, auth Authenticator, now func() time.Time) *sessions
 	if err != nil {
 		panic(err)
 	}
-	return &sessions{aead: aead, csrfKey: t.derive("console csrf v1"), auth: auth, now: now}
+	return aead
+}
+
+// sealValue seals payload for aad with aead: base64url of nonce and box.
+func sealValue(aead cipher.AEAD, payload, aad []byte) string {
+	nonce := make([]byte, aead.NonceSize())
+	_, _ = rand.Read(nonce)
+	return base64.RawURLEncoding.EncodeToString(aead.Seal(nonce, nonce, payload, aad))
+}
+
+// openValue opens what sealValue sealed with aead for aad.
+func openValue(aead cipher.AEAD, value string, aad []byte) ([]byte, bool) {
+	data, err := base64.RawURLEncoding.DecodeString(value)
+	if err != nil || len(data) < aead.NonceSize() {
+		return nil, false
+	}
+	payload, err := aead.Open(nil, data[:aead.NonceSize()], data[aead.NonceSize():], aad)
+	return payload, err == nil
 }
 
 // sealedSession is what a cookie holds: the credential and when the session
@@ -76,9 +103,7 @@ type sealedSession struct {
 // seal returns the cookie value of a session of credential.
 func (ss *sessions) seal(credential string) string {
 	payload, _ := json.Marshal(sealedSession{Credential: credential, Since: ss.now().Unix()})
-	nonce := make([]byte, ss.aead.NonceSize())
-	_, _ = rand.Read(nonce)
-	return base64.RawURLEncoding.EncodeToString(ss.aead.Seal(nonce, nonce, payload, sessionAAD))
+	return sealValue(ss.aead, payload, sessionAAD)
 }
 
 var errNoSession = errors.New("no session")
@@ -86,12 +111,8 @@ var errNoSession = errors.New("no session")
 // open returns the credential of a cookie value sealed by seal, unless the
 // session has ended.
 func (ss *sessions) open(value string) (string, error) {
-	data, err := base64.RawURLEncoding.DecodeString(value)
-	if err != nil || len(data) < ss.aead.NonceSize() {
-		return "", errNoSession
-	}
-	payload, err := ss.aead.Open(nil, data[:ss.aead.NonceSize()], data[ss.aead.NonceSize():], sessionAAD)
-	if err != nil {
+	payload, ok := openValue(ss.aead, value, sessionAAD)
+	if !ok {
 		return "", errNoSession
 	}
 	var s sealedSession

@@ -77,10 +77,18 @@ func (b *browser) post(path string, form url.Values) consoleResponse {
 	return b.do(http.MethodPost, path, form, nil)
 }
 
+// signInWith opens the sign-in page (query, such as "?link=...") and posts
+// form, with the page's token, and header.
+func (b *browser) signInWith(query string, form url.Values, header map[string]string) consoleResponse {
+	b.t.Helper()
+	form.Set(csrfField, b.csrf("/ui/sign-in"+query))
+	return b.do(http.MethodPost, "/ui/sign-in", form, header)
+}
+
 // signIn signs in with credential and checks it worked.
 func (b *browser) signIn(credential string) {
 	b.t.Helper()
-	resp := b.post("/ui/sign-in", url.Values{"credential": {credential}})
+	resp := b.signInWith("", url.Values{"credential": {credential}}, nil)
 	if resp.status != http.StatusSeeOther {
 		b.t.Fatalf("sign-in: %d, want 303\n%s", resp.status, resp.body)
 	}
@@ -118,13 +126,13 @@ func TestConsoleSignIn(t *testing.T) {
 	if resp.status != http.StatusFound || resp.header.Get("Location") != "/ui/sign-in?next=%2Fui%2Fteams%2Fteam-1%2Fruns" {
 		t.Fatalf("a page without a session: %d to %q, want 302 to the sign-in", resp.status, resp.header.Get("Location"))
 	}
-	bad := b.post("/ui/sign-in", url.Values{"credential": {token(t, jwt.SigningMethodHS256, []byte("another-secret-of-enough-length-for-hs256"), nil)}})
+	bad := b.signInWith("", url.Values{"credential": {token(t, jwt.SigningMethodHS256, []byte("another-secret-of-enough-length-for-hs256"), nil)}}, nil)
 	if bad.status != http.StatusUnauthorized || !strings.Contains(bad.body, `role="alert"`) || !strings.Contains(bad.body, `id="credential"`) || bad.header.Get("Set-Cookie") != "" {
 		t.Fatalf("a bad credential: %d, Set-Cookie %q, want 401, the form with an error and no cookie\n%s", bad.status, bad.header.Get("Set-Cookie"), bad.body)
 	}
 	// A clean jar: sign in for real and read the cookie's attributes.
 	b = a.browser()
-	ok := b.post("/ui/sign-in", url.Values{"credential": {userToken(t)}, "next": {"/ui/teams/team-1/runs?status=running"}})
+	ok := b.signInWith("", url.Values{"credential": {userToken(t)}, "next": {"/ui/teams/team-1/runs?status=running"}}, nil)
 	set := ok.header.Get("Set-Cookie")
 	if ok.status != http.StatusSeeOther || ok.header.Get("Location") != "/ui/teams/team-1/runs?status=running" {
 		t.Fatalf("sign-in: %d to %q, want 303 to next", ok.status, ok.header.Get("Location"))
@@ -158,7 +166,7 @@ func TestConsoleSignIn(t *testing.T) {
 
 	// A next that leaves the console is ignored.
 	b2 := a.browser()
-	if resp := b2.post("/ui/sign-in", url.Values{"credential": {userToken(t)}, "next": {"//evil.example/ui/"}}); resp.header.Get("Location") != "/ui/teams/team-1/runs" {
+	if resp := b2.signInWith("", url.Values{"credential": {userToken(t)}, "next": {"//evil.example/ui/"}}, nil); resp.header.Get("Location") != "/ui/teams/team-1/runs" {
 		t.Errorf("sign-in with an outside next: to %q, want the team's runs", resp.header.Get("Location"))
 	}
 
@@ -349,9 +357,21 @@ func TestConsoleCancelNeedsCSRF(t *testing.T) {
 	if resp := b.post("/ui/sign-out", url.Values{}); resp.status != http.StatusForbidden {
 		t.Errorf("sign-out without the token: %d, want 403", resp.status)
 	}
-	// A sign-in from another site is refused.
-	if resp := a.browser().do(http.MethodPost, "/ui/sign-in", url.Values{"credential": {userToken(t)}}, map[string]string{"Origin": "https://evil.example"}); resp.status != http.StatusForbidden || resp.header.Get("Set-Cookie") != "" {
+	// A sign-in from another site is refused: by its Origin, and, from a
+	// browser that sends none, by the form's token (a cross-site form
+	// cannot read it, and the SameSite cookie that holds it is not sent).
+	if resp := a.browser().signInWith("", url.Values{"credential": {userToken(t)}}, map[string]string{"Origin": "https://evil.example"}); resp.status != http.StatusForbidden || resp.header.Get("Set-Cookie") != "" {
 		t.Errorf("a cross-site sign-in: %d, Set-Cookie %q", resp.status, resp.header.Get("Set-Cookie"))
+	}
+	for what, form := range map[string]url.Values{
+		"no token":      {"credential": {userToken(t)}},
+		"another token": {"credential": {userToken(t)}, csrfField: {"AAAAAAAAAAAAAAAAAAAAAA"}},
+	} {
+		b := a.browser()
+		b.csrf("/ui/sign-in") // the browser has its own token's cookie
+		if resp := b.post("/ui/sign-in", form); resp.status != http.StatusForbidden || strings.Contains(resp.header.Get("Set-Cookie"), sessionCookie) {
+			t.Errorf("a sign-in with %s: %d, Set-Cookie %q, want 403 and no session", what, resp.status, resp.header.Get("Set-Cookie"))
+		}
 	}
 }
 

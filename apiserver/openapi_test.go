@@ -82,6 +82,8 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 		{"POST", "/v1/stream-tickets", tok, `{"path":"/v1/jobs/run-done/events"}`, 201},
 		{"POST", "/v1/stream-tickets", tok, `{"path":"/v1/jobs/run-done"}`, 400},
 		{"POST", "/v1/stream-tickets", "", `{"path":"/v1/jobs/run-done/events"}`, 401},
+		{"POST", "/v1/sign-in-links", tok, "", 201},
+		{"POST", "/v1/sign-in-links", "", "", 401},
 	}
 	for _, c := range calls {
 		t.Run(c.method+" "+c.path+" "+http.StatusText(c.want), func(t *testing.T) {

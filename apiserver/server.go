@@ -184,6 +184,7 @@ func New(o Options) (*Server, error) {
 		r.Route("/jobs", runsResource{s}.routes)
 		r.Route("/teams", teamsResource{s}.routes)
 		r.With(s.timeout, s.auth).Post("/stream-tickets", s.issueTicket)
+		r.With(s.timeout, s.auth).Post("/sign-in-links", s.issueSignInLink)
 	})
 	// The console: pages with the session cookie, never the API's bearer
 	// routes (which never read cookies).

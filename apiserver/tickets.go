@@ -52,9 +52,42 @@ type ticketPayload struct {
 type tickets struct {
 	key []byte
 	now func() time.Time
-	mu  sync.Mutex
-	// used are the nonces of the tickets presented here, until they expire.
-	used map[string]time.Time
+	// used are the nonces of the tickets presented here.
+	used usedNonces
+}
+
+// usedNonces are the nonces of single-use tokens (stream tickets, sign-in
+// links) presented to this process, each kept until its token expires.
+type usedNonces struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}
+
+// use records nonce, good until exp, and says whether it was unused.
+func (u *usedNonces) use(nonce string, exp, now time.Time) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for n, e := range u.m {
+		if !now.Before(e) {
+			delete(u.m, n) // expired: it would be refused anyway
+		}
+	}
+	if _, seen := u.m[nonce]; seen {
+		return false
+	}
+	if u.m == nil {
+		u.m = map[string]time.Time{}
+	}
+	u.m[nonce] = exp
+	return true
+}
+
+// seen says whether nonce was used.
+func (u *usedNonces) seen(nonce string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	_, ok := u.m[nonce]
+	return ok
 }
 
 func newTickets(key []byte, now func() time.Time) *tickets {
@@ -62,7 +95,7 @@ func newTickets(key []byte, now func() time.Time) *tickets {
 		key = make([]byte, 32)
 		_, _ = rand.Read(key)
 	}
-	return &tickets{key: key, now: now, used: map[string]time.Time{}}
+	return &tickets{key: key, now: now}
 }
 
 func (t *tickets) mac(payload []byte) []byte {
@@ -113,17 +146,9 @@ func (t *tickets) redeem(ticket, path string) (*Principal, error) {
 	if tp.Path != path || !now.Before(exp) || exp.Sub(now) > streamTicketTTL {
 		return nil, errBadTicket
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for n, e := range t.used {
-		if !now.Before(e) {
-			delete(t.used, n) // expired: it would be refused anyway
-		}
-	}
-	if _, seen := t.used[tp.Nonce]; seen {
+	if !t.used.use(tp.Nonce, exp, now) {
 		return nil, errBadTicket
 	}
-	t.used[tp.Nonce] = exp
 	return &tp.P, nil
 }
 

@@ -8,9 +8,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -33,6 +36,8 @@ type options struct {
 	attachControl bool
 	archive       bool
 	postgresPort  int
+	// out gets the ready message (os.Stderr when nil).
+	out io.Writer
 }
 
 func main() {
@@ -98,13 +103,21 @@ func run(ctx context.Context, o options) (err error) {
 		return fmt.Errorf("minting a dev token: %w", err)
 	}
 	token := strings.TrimSpace(string(out))
+	link, err := signInLink(ctx, o.apiAddr, token)
+	if err != nil {
+		return err
+	}
 	archiveLine := "The run archive is off (--archive=false)."
 	if c.ArchiveDSN != "" {
 		archiveLine = fmt.Sprintf(`The run archive is on: PostgreSQL on 127.0.0.1, data kept in %s between runs,
 the manager runs with --archive-dsn:
   psql "%s"`, archive.Dir, c.ArchiveDSN)
 	}
-	fmt.Fprintf(os.Stderr, `
+	w := o.out
+	if w == nil {
+		w = os.Stderr
+	}
+	fmt.Fprintf(w, `
 jobrun is running on a local control plane (%s).
 
   export KUBECONFIG=%s
@@ -119,7 +132,10 @@ The Jobs REST API on http://%s (team demo-team, project demo-project), with a de
   export JOBRUN_TOKEN=%s
   curl -H "Authorization: Bearer $JOBRUN_TOKEN" http://%s/v1/teams/demo-team/jobs
 
-The console: http://%s/ui/ (sign in by pasting the dev token above; credentials never go in URLs)
+The console, signed in as demo-user of demo-team in one click (the link works once, within 15 minutes):
+  http://%s%s
+  (later: http://%s/ui/ and paste $JOBRUN_TOKEN, or a new link:
+   curl -X POST -H "Authorization: Bearer $JOBRUN_TOKEN" http://%s/v1/sign-in-links)
 
 %s
 
@@ -127,7 +143,7 @@ Logs (manager, dev node agent, controller-manager, scheduler, postgres): %s/logs
 Job pods' output: %s/pods/<namespace>/<pod>/handler.log
 Press Ctrl-C to stop everything.
 `, c.Config.Host, c.Kubeconfig, c.Kubectl, o.namespace, c.Kubectl, o.namespace, root, c.Kubectl, o.namespace, o.probeAddr, o.metricsAddr,
-		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, o.apiAddr, archiveLine, dir, dir)
+		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, o.apiAddr, link, o.apiAddr, o.apiAddr, archiveLine, dir, dir)
 	// The marker tells scripts and tests that everything is up.
 	ready := filepath.Join(dir, "ready")
 	if err := os.WriteFile(ready, []byte(c.Config.Host+"\n"), 0o644); err != nil {
@@ -142,4 +158,26 @@ Press Ctrl-C to stop everything.
 	case what := <-c.Exited():
 		return fmt.Errorf("%s", what)
 	}
+}
+
+// signInLink asks the REST API at addr for a console sign-in link with
+// token (POST /v1/sign-in-links): its path.
+func signInLink(ctx context.Context, addr, token string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/sign-in-links", nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("asking for the console's sign-in link: %w", err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		URL string `json:"url"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&got); err != nil || resp.StatusCode != http.StatusCreated || got.URL == "" {
+		return "", fmt.Errorf("asking for the console's sign-in link: %s (%v)", resp.Status, err)
+	}
+	return got.URL, nil
 }

@@ -1,17 +1,22 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +33,7 @@ import (
 // nothing running. The archive's PostgreSQL is off here (options' zero
 // value); TestDevClusterArchive covers it.
 func TestDevCluster(t *testing.T) {
+	var printed syncBuffer
 	root := testenv.Root()
 	tmp := t.TempDir()
 	manager := buildManager(t, tmp)
@@ -40,6 +46,7 @@ func TestDevCluster(t *testing.T) {
 		probeAddr:   testenv.FreeAddr(t),
 		metricsAddr: testenv.FreeAddr(t),
 		apiAddr:     testenv.FreeAddr(t),
+		out:         &printed,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}) // closed when run returns; runErr is its result
@@ -153,6 +160,29 @@ func TestDevCluster(t *testing.T) {
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != http.StatusOK || got.JobRun.Status != "completed" || got.JobRun.Progress.Processed != 200 {
 		t.Errorf("GET the run through the REST API: %d %+v %v", resp.StatusCode, got, err)
+	}
+
+	// The console, through the printed one-click link: its page, then its
+	// button, signs in as demo-user of demo-team.
+	m := regexp.MustCompile(`http://\S+/ui/sign-in\?link=\S+`).FindString(printed.String())
+	if m == "" {
+		t.Fatalf("no sign-in link printed:\n%s", printed.String())
+	}
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	code, page := get(t, browser, m)
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page)
+	if code != http.StatusOK || csrf == nil || !strings.Contains(page, "Continue as demo-user") {
+		t.Fatalf("the printed link's page: %d\n%s", code, page)
+	}
+	link, _ := url.Parse(m)
+	resp, err = browser.PostForm("http://"+o.apiAddr+"/ui/sign-in", url.Values{"csrf": {csrf[1]}, "link": {link.Query().Get("link")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page = readAll(t, resp)
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.Path != "/ui/teams/demo-team/runs" || !strings.Contains(page, "Signed in as demo-user") {
+		t.Errorf("the link's button: %d at %s\n%s", resp.StatusCode, resp.Request.URL, page)
 	}
 
 	// An API key, created with the command, is accepted once the watch of
@@ -398,14 +428,7 @@ func cmdline(pid int) []string {
 // fails t.
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
+	return get(t, &http.Client{Timeout: 10 * time.Second}, url)
 }
 
 func mustRel(t *testing.T, base, path string) string {
@@ -459,4 +482,42 @@ func isZombie(pid int) bool {
 	}
 	fields := strings.Fields(string(data))
 	return len(fields) > 2 && fields[2] == "Z"
+}
+
+// syncBuffer is a bytes.Buffer for one writer and another reader.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// get GETs url with c: the status and body.
+func get(t *testing.T, c *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, readAll(t, resp)
+}
+
+func readAll(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }
