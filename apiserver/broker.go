@@ -31,7 +31,7 @@ var (
 	}, []string{"kind"})
 	streamEventsSent = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "jobrun_api_stream_events_sent_total",
-		Help: "Events written to event streams, by SSE event name (snapshot, update, final, run, reset, overflow).",
+		Help: "Events written to event streams, by SSE event name (snapshot, update, final, run, reset, overflow, revoked, deleted).",
 	}, []string{"event"})
 	streamSlowDisconnects = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "jobrun_api_stream_slow_disconnects_total",
@@ -59,6 +59,10 @@ type runEvent struct {
 	rv   uint64
 	run  *jobsv1alpha1.JobRun
 	body []byte
+	// deleted: the run was deleted before it finished (run is its last
+	// state). Such events have no id and are not in the ring: a stream
+	// resumed after one finds no run.
+	deleted bool
 }
 
 // Broker fans the JobRun informer's changes out to event streams. It is one
@@ -130,6 +134,14 @@ func (b *Broker) Register(ctx context.Context, c cache.Informers) error {
 				b.change(o, run, false)
 			}
 		},
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj // the watch missed the delete; a relist saw it
+			}
+			if run, ok := obj.(*jobsv1alpha1.JobRun); ok {
+				b.deleted(run)
+			}
+		},
 	})
 	return err
 }
@@ -161,6 +173,19 @@ func (b *Broker) change(old, run *jobsv1alpha1.JobRun, initial bool) {
 	b.publish(runEvent{rv: rv, run: run, body: body})
 }
 
+// deleted tells the subscribers of run that it was deleted, if it had not
+// finished (a finished run's streams have ended; deleting it, by its TTL or
+// by hand, changes nothing the API showed).
+func (b *Broker) deleted(run *jobsv1alpha1.JobRun) {
+	if run.Spec.TeamID == "" || run.CurrentPhase().IsTerminal() {
+		return
+	}
+	ev := runEvent{run: run, body: marshalRun(run), deleted: true}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.handOutLocked(ev)
+}
+
 func marshalRun(run *jobsv1alpha1.JobRun) []byte {
 	data, _ := json.Marshal(map[string]any{"job_run": toJobRun(run)})
 	return data
@@ -188,6 +213,15 @@ func (b *Broker) publish(ev runEvent) {
 	}
 	b.ring[(b.start+b.n)%len(b.ring)] = ev
 	b.n++
+	b.handOutLocked(ev)
+}
+
+// handOutLocked gives ev to every matching subscriber, dropping those whose
+// buffer is full.
+func (b *Broker) handOutLocked(ev runEvent) {
+	if b.closed {
+		return
+	}
 	for s := range b.subs {
 		if !s.match(ev.run) {
 			continue

@@ -192,7 +192,14 @@ func (c consoleResource) streamSignedIn(next http.Handler) http.Handler {
 			writeError(w, r, err)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), p)))
+		ctx := withRecheck(withPrincipal(r.Context(), p), func(context.Context) (*Principal, error) {
+			p, _, err := c.s.sessions.authenticateSession(r)
+			if errors.Is(err, errNoSession) {
+				return nil, errUnauthenticated
+			}
+			return p, err
+		})
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

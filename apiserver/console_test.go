@@ -438,7 +438,7 @@ func (c *clock) add(d time.Duration) {
 // pages and streams alike.
 func TestConsoleSessionEndsWithItsCredential(t *testing.T) {
 	clk := &clock{t: time.Now()}
-	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{jwt: HS256(secret, JWTChecks{Now: clk.now}), now: clk.now})
+	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{jwt: HS256(secret, JWTChecks{Now: clk.now}), now: clk.now, heartbeat: 50 * time.Millisecond})
 	run := a.createTeamRun("run-1", "team-1", "project-1", "revenuecat_sync")
 	a.waitBroker(run.ResourceVersion)
 	b := a.browser()
@@ -450,10 +450,15 @@ func TestConsoleSessionEndsWithItsCredential(t *testing.T) {
 	if stream.StatusCode != http.StatusOK || stream.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("the run's stream with the session: %d %s", stream.StatusCode, stream.Header.Get("Content-Type"))
 	}
-	if ev := readStream(t, stream).next(); ev.name != "snapshot" {
+	open := readStream(t, stream)
+	if ev := open.next(); ev.name != "snapshot" {
 		t.Fatalf("the stream's first event: %q, want snapshot", ev.name)
 	}
 	clk.add(5*time.Minute + DefaultJWTLeeway + time.Second)
+	if ev := open.next(); ev.name != "revoked" {
+		t.Fatalf("the open stream after the JWT expired: %s %s, want revoked", ev.name, ev.data)
+	}
+	open.expectEnd(10 * time.Second)
 	if resp := b.get("/ui/runs/" + run.Name); resp.status != http.StatusFound || !strings.HasPrefix(resp.header.Get("Location"), "/ui/sign-in") {
 		t.Fatalf("after the JWT expired: %d to %q, want 302 to the sign-in", resp.status, resp.header.Get("Location"))
 	}

@@ -89,13 +89,22 @@ func (rr runsResource) visibleRun(r *http.Request, perm string, live bool) (*job
 			return nil, notFound
 		}
 	}
-	if !p.InTeam(run.Spec.TeamID) {
-		return nil, notFound
-	}
-	if p.Kind != "user" && !p.Can(run.Spec.TeamID, perm) {
-		return nil, errorf(http.StatusForbidden, codeForbidden, "this credential lacks "+perm)
+	if err := runAccess(p, run, perm); err != nil {
+		return nil, err
 	}
 	return run, nil
+}
+
+// runAccess is nil if p may act on run with perm; else a 404 (not its
+// team's: the run is not shown to exist) or a 403.
+func runAccess(p *Principal, run *jobsv1alpha1.JobRun, perm string) error {
+	if !p.InTeam(run.Spec.TeamID) {
+		return errorf(http.StatusNotFound, codeNotFound, "job run not found")
+	}
+	if p.Kind != "user" && !p.Can(run.Spec.TeamID, perm) {
+		return errorf(http.StatusForbidden, codeForbidden, "this credential lacks "+perm)
+	}
+	return nil
 }
 
 // get serves GET /v1/jobs/{runId}.

@@ -2,6 +2,8 @@ package apiserver
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -137,9 +139,66 @@ func headOnly(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// A stream keeps the rights of its credential, not of the moment it
+// opened: every heartbeat, the stream's authenticator (streamRecheck, put
+// in its context by the middleware that authenticated it) authenticates the
+// credential again, and the handler's access check runs on the answer. A
+// credential that expired or was revoked, or lost the stream's team, ends
+// the stream with a revoked event; the client's reconnect then gets the
+// 401 or 404 a new stream would.
+
+// ticketStreamMaxAge bounds a stream opened with a ticket, which holds the
+// rights of the credential that asked for it but not the credential: past
+// it, the stream ends (revoked) and the client asks for a new ticket with
+// its credential.
+const ticketStreamMaxAge = 15 * time.Minute
+
+// streamRecheck authenticates a stream's credential again: its principal
+// now, or an error (errUnauthenticated, a 401 apiError: the credential is
+// no good; another error: it could not be checked now).
+type streamRecheck func(context.Context) (*Principal, error)
+
+type recheckKey struct{}
+
+func withRecheck(ctx context.Context, f streamRecheck) context.Context {
+	return context.WithValue(ctx, recheckKey{}, f)
+}
+
+// revokedEvent is the last event of a stream whose credential no longer
+// gives it access.
+func revokedEvent(why string) []byte {
+	data, _ := json.Marshal(map[string]any{"error": map[string]string{"code": codeUnauthorized, "message": why}})
+	return data
+}
+
+// stillAllowed says why the stream of ctx must end ("" if it must not):
+// its credential authenticated again, and allowed, its access check, on the
+// principal that answers. A credential that cannot be checked now (the
+// authenticator is unavailable) keeps its stream.
+func stillAllowed(ctx context.Context, allowed func(*Principal) error) string {
+	recheck, _ := ctx.Value(recheckKey{}).(streamRecheck)
+	if recheck == nil {
+		return ""
+	}
+	p, err := recheck(ctx)
+	var ae *apiError
+	switch {
+	case err == nil:
+	case errors.Is(err, errUnauthenticated), errors.As(err, &ae) && ae.status == http.StatusUnauthorized:
+		return "the stream's credential is no longer valid (expired, revoked, or a ticket stream past its " + ticketStreamMaxAge.String() + "): reconnect with a valid one"
+	default:
+		return ""
+	}
+	if err := allowed(p); err != nil {
+		return "the stream's credential no longer gives access to it"
+	}
+	return ""
+}
+
 // streamLoop forwards sub's live events through send until send says the
-// stream is done, the client falls behind, leaves, or the server closes.
-func (s *Server) streamLoop(ctx context.Context, out *sse, sub subscription, send func(runEvent) (done bool, err error)) {
+// stream is done, the client falls behind, leaves, or loses access
+// (allowed, checked every heartbeat), or the server closes.
+func (s *Server) streamLoop(ctx context.Context, out *sse, sub subscription, allowed func(*Principal) error, send func(runEvent) (done bool, err error)) {
 	heartbeat := time.NewTicker(s.heartbeat)
 	defer heartbeat.Stop()
 	for {
@@ -152,6 +211,10 @@ func (s *Server) streamLoop(ctx context.Context, out *sse, sub subscription, sen
 			_ = out.event("overflow", 0, overflowEvent)
 			return
 		case <-heartbeat.C:
+			if why := stillAllowed(ctx, allowed); why != "" {
+				_ = out.event("revoked", 0, revokedEvent(why))
+				return
+			}
 			if out.write([]byte(": ping\n\n")) != nil {
 				return
 			}
@@ -191,6 +254,7 @@ func (rr runsResource) events(w http.ResponseWriter, r *http.Request) {
 	if headOnly(w, r) {
 		return
 	}
+	allowed := func(p *Principal) error { return runAccess(p, run, PermJobsRead) }
 	runRV, _ := parseResourceVersion(run.ResourceVersion) // 0 for an archived run
 	if runRV == 0 {
 		sub.resumable = false // only archived: snapshot and final
@@ -200,6 +264,9 @@ func (rr runsResource) events(w http.ResponseWriter, r *http.Request) {
 
 	var last uint64 // resourceVersion of the last change sent
 	send := func(out *sse, ev runEvent) (bool, error) {
+		if ev.deleted {
+			return true, out.event("deleted", 0, ev.body)
+		}
 		if ev.rv <= last {
 			return false, nil // the snapshot or the backlog showed it
 		}
@@ -223,7 +290,7 @@ func (rr runsResource) events(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		s.streamLoop(r.Context(), out, sub, func(ev runEvent) (bool, error) { return send(out, ev) })
+		s.streamLoop(r.Context(), out, sub, allowed, func(ev runEvent) (bool, error) { return send(out, ev) })
 		return
 	}
 	out := startSSE(w)
@@ -237,7 +304,7 @@ func (rr runsResource) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	last = runRV
-	s.streamLoop(r.Context(), out, sub, func(ev runEvent) (bool, error) { return send(out, ev) })
+	s.streamLoop(r.Context(), out, sub, allowed, func(ev runEvent) (bool, error) { return send(out, ev) })
 }
 
 // teamEvents serves GET /v1/teams/{teamId}/jobs/events: a run event per
@@ -280,7 +347,12 @@ func (tr teamsResource) events(w http.ResponseWriter, r *http.Request) {
 	streamsOpen.WithLabelValues("team").Inc()
 	defer streamsOpen.WithLabelValues("team").Dec()
 	out := startSSE(w)
-	send := func(ev runEvent) (bool, error) { return false, out.event("run", ev.rv, ev.body) }
+	send := func(ev runEvent) (bool, error) {
+		if ev.deleted {
+			return false, out.event("deleted", 0, ev.body)
+		}
+		return false, out.event("run", ev.rv, ev.body)
+	}
 	if sub.resumable {
 		for _, ev := range sub.backlog {
 			if _, err := send(ev); err != nil {
@@ -296,5 +368,5 @@ func (tr teamsResource) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.streamLoop(r.Context(), out, sub, send)
+	s.streamLoop(r.Context(), out, sub, func(p *Principal) error { return teamAccess(p, team, PermJobsRead) }, send)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -694,5 +695,121 @@ func TestStreamTickets(t *testing.T) {
 		if status, body := a.do(http.MethodPost, "/v1/stream-tickets", c.tok, rawJSON(c.body)); status != c.want {
 			t.Errorf("POST /v1/stream-tickets %s: %d %v, want %d", c.body, status, body, c.want)
 		}
+	}
+}
+
+// TestStreamKeepsOnlyItsCredentialsRights: an open stream is checked again
+// every heartbeat, so it ends (revoked) when its JWT expires, when its API
+// key moves to another team, and, opened with a ticket, at the ticket
+// stream's maximum age; the client's reconnect gets the 401 or 404 a new
+// stream would.
+func TestStreamKeepsOnlyItsCredentialsRights(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	a := startAPIWith(t, env.Namespace(t), env.Config, nil, apiOptions{
+		jwt: HS256(secret, JWTChecks{Now: clk.now}), now: clk.now, heartbeat: 50 * time.Millisecond})
+	ctx := context.Background()
+	run := a.createTeamRun("run-1", "team-1", "project-1", "revenuecat_sync")
+	patchStatus(t, run, running)
+	a.waitBroker(run.ResourceVersion)
+
+	tok := token(t, jwt.SigningMethodHS256, secret, func(c jwt.MapClaims) { c["exp"] = clk.now().Add(5 * time.Minute).Unix() })
+	key, err := CreateAPIKey(ctx, env.Client, a.ns, "team-1", []string{PermJobsRead}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.waitForKey(key)
+	_, ticketBody := a.do(http.MethodPost, "/v1/stream-tickets", tok, map[string]any{"path": "/v1/teams/team-1/jobs/events"})
+	ticket, _ := ticketBody["ticket"].(string)
+
+	jwtRun := a.openStream("/v1/jobs/run-1/events", tok, nil)
+	jwtTeam := a.openStream("/v1/teams/team-1/jobs/events", tok, nil)
+	keyTeam := a.openStream("/v1/teams/team-1/jobs/events", key, nil)
+	ticketTeam := a.openStream("/v1/teams/team-1/jobs/events?ticket="+ticket, "", nil)
+	if ev := jwtRun.next(); ev.name != "snapshot" {
+		t.Fatalf("the run stream starts with %s", ev.name)
+	}
+	for _, st := range []*sseStream{jwtTeam, keyTeam, ticketTeam} {
+		if ev := st.next(); ev.name != "reset" {
+			t.Fatalf("a team stream starts with %s", ev.name)
+		}
+	}
+	expectRevoked := func(what string, st *sseStream, why string) {
+		t.Helper()
+		ev := st.next()
+		for ev.name == "run" || ev.name == "update" {
+			ev = st.next() // changes sent before the check
+		}
+		if ev.name != "revoked" || ev.id != "" || !strings.Contains(ev.data, why) {
+			t.Fatalf("%s: event %s %q %s, want revoked (no id) saying %q", what, ev.name, ev.id, ev.data, why)
+		}
+		st.expectEnd(10 * time.Second)
+	}
+
+	// The API key moves to team-2: its team stream ends; the others go on.
+	secrets := &corev1.SecretList{}
+	if err := env.Client.List(ctx, secrets, client.InNamespace(a.ns), client.MatchingLabels{LabelAPIKey: "true"}); err != nil || len(secrets.Items) != 1 {
+		t.Fatalf("%d key secrets (%v)", len(secrets.Items), err)
+	}
+	moved := secrets.Items[0].DeepCopy()
+	moved.Data["team"] = []byte("team-2")
+	if err := env.Client.Update(ctx, moved); err != nil {
+		t.Fatal(err)
+	}
+	expectRevoked("an API key moved to another team", keyTeam, "no longer gives access")
+	if resp := a.streamResponse(http.DefaultClient, "/v1/teams/team-1/jobs/events", key, nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the moved key's reconnect: %d, want 404", resp.StatusCode)
+	}
+	rv := patchStatus(t, run, setProgress(2))
+	for what, st := range map[string]*sseStream{"the JWT's team stream": jwtTeam, "the ticket's team stream": ticketTeam} {
+		if ev := st.next(); ev.name != "run" || ev.id != rv {
+			t.Fatalf("%s after the key moved: %s %s, want the run's change %s", what, ev.name, ev.id, rv)
+		}
+	}
+
+	// The JWT expires: its streams end; the ticket's, opened with it, lives
+	// until its maximum age.
+	clk.add(5*time.Minute + DefaultJWTLeeway + time.Second)
+	expectRevoked("the JWT's run stream", jwtRun, "no longer valid")
+	expectRevoked("the JWT's team stream", jwtTeam, "no longer valid")
+	if resp := a.streamResponse(http.DefaultClient, "/v1/jobs/run-1/events", tok, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the expired JWT's reconnect: %d, want 401", resp.StatusCode)
+	}
+	rv = patchStatus(t, run, setProgress(3))
+	if ev := ticketTeam.next(); ev.name != "run" || ev.id != rv {
+		t.Fatalf("the ticket's stream before its maximum age: %s %s, want the run's change %s", ev.name, ev.id, rv)
+	}
+	clk.add(ticketStreamMaxAge)
+	expectRevoked("the ticket's stream past its maximum age", ticketTeam, "no longer valid")
+}
+
+// TestStreamOfDeletedRun: a run deleted before it finished ends its run
+// streams with a deleted event (no id; a reconnect is a 404) and shows in
+// its team's streams as deleted.
+func TestStreamOfDeletedRun(t *testing.T) {
+	a := newAPI(t)
+	tok := userToken(t)
+	run := a.createTeamRun("run-1", "team-1", "project-1", "revenuecat_sync")
+	patchStatus(t, run, running)
+	a.waitBroker(run.ResourceVersion)
+	runStream := a.openStream("/v1/jobs/run-1/events", tok, nil)
+	teamStream := a.openStream("/v1/teams/team-1/jobs/events", tok, nil)
+	if ev := runStream.next(); ev.name != "snapshot" {
+		t.Fatalf("the run stream starts with %s", ev.name)
+	}
+	if ev := teamStream.next(); ev.name != "reset" {
+		t.Fatalf("the team stream starts with %s", ev.name)
+	}
+	if err := env.Client.Delete(context.Background(), run); err != nil {
+		t.Fatal(err)
+	}
+	for what, st := range map[string]*sseStream{"run": runStream, "team": teamStream} {
+		ev := st.next()
+		if ev.name != "deleted" || ev.id != "" || ev.run(t)["id"] != "run-1" || ev.run(t)["status"] != "running" {
+			t.Fatalf("the %s stream after the delete: %s %q %s, want deleted (no id) with the run as last seen", what, ev.name, ev.id, ev.data)
+		}
+	}
+	runStream.expectEnd(10 * time.Second)
+	if resp := a.streamResponse(http.DefaultClient, "/v1/jobs/run-1/events", tok, nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a reconnect to the deleted run's stream: %d, want 404", resp.StatusCode)
 	}
 }

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -177,7 +178,7 @@ func (s *Server) issueTicket(w http.ResponseWriter, r *http.Request) {
 // ?ticket=, or else a bearer credential. A credential in the URL
 // (?access_token=) is refused.
 func (s *Server) streamAuth(next http.Handler) http.Handler {
-	bearer := s.auth(next)
+	bearerAuth := s.auth(next)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		if q.Has("access_token") {
@@ -185,7 +186,10 @@ func (s *Server) streamAuth(next http.Handler) http.Handler {
 			return
 		}
 		if !q.Has("ticket") {
-			bearer.ServeHTTP(w, r)
+			token := bearer(r)
+			bearerAuth.ServeHTTP(w, r.WithContext(withRecheck(r.Context(), func(ctx context.Context) (*Principal, error) {
+				return s.sessions.auth.Authenticate(ctx, token)
+			})))
 			return
 		}
 		p, err := s.tickets.redeem(q.Get("ticket"), r.URL.Path)
@@ -193,7 +197,14 @@ func (s *Server) streamAuth(next http.Handler) http.Handler {
 			writeError(w, r, errorf(http.StatusUnauthorized, codeUnauthorized, errBadTicket.Error()))
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(withPrincipal(r.Context(), p)))
+		opened := s.now()
+		ctx := withRecheck(withPrincipal(r.Context(), p), func(context.Context) (*Principal, error) {
+			if s.now().Sub(opened) >= ticketStreamMaxAge {
+				return nil, errUnauthenticated
+			}
+			return p, nil
+		})
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

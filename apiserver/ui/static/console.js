@@ -57,6 +57,22 @@
   function onRun(e) { apply(JSON.parse(e.data).job_run); }
   ["snapshot", "update", "run"].forEach(function (name) { es.addEventListener(name, onRun); });
   es.addEventListener("final", function (e) { onRun(e); es.close(); });
+  es.addEventListener("deleted", function (e) {
+    var run = JSON.parse(e.data).job_run;
+    document.querySelectorAll('[data-run-id="' + CSS.escape(run.id) + '"]').forEach(function (el) {
+      var status = field(el, "status");
+      if (status) status.textContent = "deleted";
+      var cancel = field(el, "cancel");
+      if (cancel) cancel.hidden = true;
+    });
+    live.textContent = "Run " + run.id + " was deleted.";
+    if (!document.getElementById("runs")) es.close();
+  });
+  es.addEventListener("revoked", function () {
+    es.close();
+    main.dataset.stream = "revoked";
+    live.textContent = "Live updates stopped: your sign-in is no longer valid. Reload to sign in again.";
+  });
   es.addEventListener("reset", function (e) {
     if (JSON.parse(e.data).reason !== "start") refreshTable();
   });
