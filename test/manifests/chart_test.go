@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -199,10 +200,16 @@ func TestChartInstall(t *testing.T) {
 	api := &appsv1.Deployment{}
 	get(api, "jr-api")
 	apiArgs := strings.Join(api.Spec.Template.Spec.Containers[0].Args, " ")
-	for _, want := range []string{"--run-controllers=false", "--leader-elect=false", "--api-bind-address=:8080", "--namespace=" + ns, "--jwks-url=https://idp.example.com/.well-known/jwks.json"} {
+	for _, want := range []string{"--run-controllers=false", "--leader-elect=false", "--api-bind-address=:8080", "--namespace=" + ns, "--jwks-url=https://idp.example.com/.well-known/jwks.json",
+		"--stream-ticket-key-file=/etc/jobrun/session-key/session-key"} {
 		if !strings.Contains(apiArgs, want) {
 			t.Errorf("api args lack %s: %s", want, apiArgs)
 		}
+	}
+	if vols := api.Spec.Template.Spec.Volumes; !slices.ContainsFunc(vols, func(v corev1.Volume) bool {
+		return v.Secret != nil && v.Secret.SecretName == "jobrun-session-key"
+	}) {
+		t.Errorf("the standalone API does not mount auth.sessionKey's Secret: %+v", vols)
 	}
 	if sa := api.Spec.Template.Spec.ServiceAccountName; sa != "jr-api" {
 		t.Errorf("the standalone API runs as %q, want its own jr-api", sa)

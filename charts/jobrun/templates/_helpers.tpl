@@ -127,6 +127,9 @@ capabilities:
 - {{ printf "--jwt-audience=%s" . | quote }}
 {{- end }}
 - --jwt-max-token-lifetime={{ .Values.auth.jwt.maxTokenLifetime }}
+{{- if .Values.auth.sessionKey.existingSecret }}
+- --stream-ticket-key-file=/etc/jobrun/session-key/{{ .Values.auth.sessionKey.secretKey }}
+{{- end }}
 {{- with .Values.api.cors.allowedOrigins }}
 - --api-cors-allowed-origins={{ join "," . }}
 {{- end }}
@@ -136,6 +139,11 @@ capabilities:
 {{- if .Values.auth.jwt.existingSecret }}
 - name: jwt
   mountPath: /etc/jobrun/jwt
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.sessionKey.existingSecret }}
+- name: session-key
+  mountPath: /etc/jobrun/session-key
   readOnly: true
 {{- end }}
 {{- end }}
@@ -148,6 +156,14 @@ capabilities:
     items:
       - key: {{ .Values.auth.jwt.secretKey }}
         path: {{ .Values.auth.jwt.secretKey }}
+{{- end }}
+{{- if .Values.auth.sessionKey.existingSecret }}
+- name: session-key
+  secret:
+    secretName: {{ .Values.auth.sessionKey.existingSecret }}
+    items:
+      - key: {{ .Values.auth.sessionKey.secretKey }}
+        path: {{ .Values.auth.sessionKey.secretKey }}
 {{- end }}
 {{- end }}
 
