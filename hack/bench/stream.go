@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/apiserver"
 	"jobrun.dev/jobrun/internal/benchstat"
 )
 
@@ -141,7 +142,24 @@ func (b *bench) streams(ctx context.Context) error {
 		return err
 	}
 	b.add(Figure{Scenario: "stream", Name: fmt.Sprintf("live heap per open stream (%d streams)", streams), Value: (heap - heapBase) / streams, Unit: "bytes"})
+
+	// CPU of the idle streams: two heartbeats each (a ping and the
+	// credential checked again), nothing else happening.
+	const idle = 2*apiserver.DefaultStreamHeartbeat + time.Second
+	cpuIdle, err := b.metric("process_cpu_seconds_total")
+	if err != nil {
+		return err
+	}
+	time.Sleep(idle)
+	cpu, err := b.metric("process_cpu_seconds_total")
+	if err != nil {
+		return err
+	}
+	b.add(Figure{Scenario: "stream", Name: fmt.Sprintf("manager CPU per idle open stream (%d streams, %s)", streams, idle),
+		Value: (cpu - cpuIdle) / idle.Seconds() / streams * 1e6, Unit: "µs/s"})
+
 	const burst = 200
+	cpuBurst := cpu
 	start := time.Now()
 	for i := int64(1); i <= burst; i++ {
 		orig := jr.DeepCopy()
@@ -154,6 +172,11 @@ func (b *bench) streams(ctx context.Context) error {
 		return fmt.Errorf("stream: %d of %d events delivered within 60 s", delivered.Load(), burst*streams)
 	}
 	took := time.Since(start)
+	if cpu, err = b.metric("process_cpu_seconds_total"); err != nil {
+		return err
+	}
 	b.add(Figure{Scenario: "stream", Name: fmt.Sprintf("events delivered per second (%d streams, %d patches)", streams, burst), Value: float64(burst*streams) / took.Seconds(), Unit: "events/s"})
+	b.add(Figure{Scenario: "stream", Name: fmt.Sprintf("manager CPU per event delivered (%d streams, %d patches)", streams, burst),
+		Value: (cpu - cpuBurst) / float64(burst*streams) * 1e6, Unit: "µs"})
 	return nil
 }
