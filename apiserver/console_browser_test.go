@@ -13,6 +13,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
@@ -166,10 +167,16 @@ func TestConsoleInBrowser(t *testing.T) {
 	// The runner stops and the run ends: the page shows it live, and the
 	// Cancel button goes.
 	step("the run page's stream opens", poll(`document.querySelector('main').dataset.stream === 'open'`))
-	patchStatus(t, run, func(jr *jobsv1alpha1.JobRun) { jr.Status.Phase = jobsv1alpha1.JobRunCancelled })
+	patchStatus(t, run, func(jr *jobsv1alpha1.JobRun) {
+		jr.Status.Phase = jobsv1alpha1.JobRunCancelled
+		jr.Status.Conditions = append(jr.Status.Conditions, metav1.Condition{Type: "Finished", Status: metav1.ConditionTrue,
+			Reason: "HandlerStopped", Message: "the handler stopped on the cancel request", LastTransitionTime: metav1.Now()})
+	})
 	step("the run ends live",
 		poll(`document.querySelector('[data-field="status"]').textContent === 'cancelled' && document.querySelector('form[data-field="cancel"]').hidden`),
 		poll(`document.getElementById('live').textContent.includes('cancelled')`),
+		// Its conditions follow too (htmx fetches them after the change).
+		poll(`document.getElementById('history').textContent.includes('HandlerStopped')`),
 		screenshot("run-cancelled.png"),
 	)
 

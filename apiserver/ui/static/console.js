@@ -24,7 +24,19 @@
     }, 300);
   }
 
+  // A run page's conditions and Events are not in the stream's events:
+  // htmx fetches them again after a change, at most once a second.
+  var historyTimer = null;
+  function refreshHistory() {
+    if (!document.getElementById("history") || !window.htmx || historyTimer) return;
+    historyTimer = setTimeout(function () {
+      historyTimer = null;
+      htmx.ajax("GET", location.pathname, { target: "#history", select: "#history", swap: "outerHTML" });
+    }, 1000);
+  }
+
   function apply(run) {
+    refreshHistory();
     var els = document.querySelectorAll('[data-run-id="' + CSS.escape(run.id) + '"]');
     if (els.length === 0) { refreshTable(); return; }
     els.forEach(function (el) {
