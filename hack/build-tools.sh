@@ -128,13 +128,17 @@ build_etcd() {
 # it is missing, as it is outside a cluster. So the command is built from a
 # copy of that main.go in hack/kueue/_build/kueue (git-ignored), with the path
 # replaced by a -metrics-cert-dir flag (hack/kueue/metrics_cert_dir.go.in).
+# Likewise the visibility server (VisibilityOnDemand, on by default) reads its
+# certificate from /visibility/tls.{crt,key} and exits when missing: the link
+# sets that directory to "visibility", relative to the manager's working
+# directory.
 # (go build -overlay would be tidier but refuses to replace files in the
 # module cache.)
 build_kueue() {
 	local out="$bin/kueue/kueue"
 	local kdir="$root/hack/kueue"
 	mkdir -p "$bin/kueue"
-	if ! fresh kueue "$out" "$(cat "$kdir/go.mod" "$kdir/go.sum" "$kdir/metrics_cert_dir.go.in")" "metrics-cert-dir patch v1"; then
+	if ! fresh kueue "$out" "$(cat "$kdir/go.mod" "$kdir/go.sum" "$kdir/metrics_cert_dir.go.in")" "metrics-cert-dir patch v1, visibility certDir"; then
 		log "building kueue from sigs.k8s.io/kueue (cold: ~3 min)"
 		local start=$SECONDS dir version src="$kdir/_build/kueue"
 		dir=$(cd "$kdir" && go mod download -json sigs.k8s.io/kueue | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
@@ -147,7 +151,7 @@ build_kueue() {
 			exit 1
 		fi
 		cp "$kdir/metrics_cert_dir.go.in" "$src/metrics_cert_dir.go"
-		(cd "$kdir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version" -o "$out" ./_build/kueue)
+		(cd "$kdir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version -X sigs.k8s.io/kueue/pkg/visibility.certDir=visibility" -o "$out" ./_build/kueue)
 		done_building kueue "$out"
 		log "built kueue in $((SECONDS - start))s"
 	fi
