@@ -34,8 +34,8 @@
 # Usage: hack/build-tools.sh [all|dev|node|NAME...]
 #   dev:  what `make dev` needs: the control plane and controller-gen
 #   node: kubelet, kube-proxy and the Debian packages of a real node
-#   all:  dev + helm + crds + node (what `make test` needs, with postgres)
-#   kueue: Kueue's manager, CRDs and webhook configurations (not in all yet)
+#   all:  dev + helm + crds + kueue + node (what `make test` needs, with postgres)
+#   kueue: Kueue's manager, CRDs and webhook configurations (make tools-kueue)
 #   postgres: the PostgreSQL server binaries (make tools-pg)
 #   browser: a headless Chromium for the console's browser test (make
 #       tools-browser): found on PATH (chromium, chromium-browser), else
@@ -336,7 +336,7 @@ build() {
 
 dev_tools=(controller-gen etcd kube-apiserver kubectl kube-controller-manager kube-scheduler)
 node_tools=(kubelet kube-proxy node-packages)
-all_tools=("${dev_tools[@]}" helm crds "${node_tools[@]}")
+all_tools=("${dev_tools[@]}" helm crds kueue "${node_tools[@]}")
 
 targets=()
 for arg in "${@:-all}"; do

@@ -163,6 +163,7 @@ func Start(t testing.TB, cp *controlplane.ControlPlane, opts Options) *Kueue {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	began := time.Now()
 
 	dir := t.TempDir()
 	certPEM, keyPEM, pool, err := selfSignedCert()
@@ -268,6 +269,7 @@ func Start(t testing.TB, cp *controlplane.ControlPlane, opts Options) *Kueue {
 		k.dumpLog(t, 200)
 		t.Fatal(err)
 	}
+	t.Logf("kueue ready in %s (log: %s)", time.Since(began).Round(time.Millisecond), logPath)
 	return k
 }
 

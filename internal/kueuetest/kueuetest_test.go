@@ -272,6 +272,8 @@ func until(ctx context.Context, t *testing.T, ri dynamic.ResourceInterface, fiel
 	t.Helper()
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	began := time.Now()
+	defer func() { t.Logf("%s: %s", what, time.Since(began).Round(time.Millisecond)) }()
 	lw := &cache.ListWatch{
 		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = fieldSelector
