@@ -35,11 +35,12 @@ var env *testenv.Env
 func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
 var (
-	resourceFlavors = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "resourceflavors"}
-	clusterQueues   = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "clusterqueues"}
-	localQueues     = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "localqueues"}
-	workloads       = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "workloads"}
-	pods            = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+	resourceFlavors  = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "resourceflavors"}
+	clusterQueues    = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "clusterqueues"}
+	localQueues      = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "localqueues"}
+	workloads        = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "workloads"}
+	workloadsV1beta1 = schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta1", Resource: "workloads"}
+	pods             = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
 )
 
 // TestPodsQueueThroughKueue: with a ClusterQueue of 1 CPU, of two pods asking
@@ -109,6 +110,15 @@ func TestPodsQueueThroughKueue(t *testing.T) {
 	})
 	_, reason, _ := condition(wl1, "QuotaReserved")
 	t.Logf("workload %s of pod first: admitted (QuotaReserved reason %q)", wl1.GetName(), reason)
+	// Workloads are stored as v1beta2; reading one as v1beta1 goes through
+	// Kueue's conversion webhook (/convert, on loopback too).
+	old, err := dyn.Resource(workloadsV1beta1).Namespace(ns).Get(ctx, wl1.GetName(), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("reading workload %s as v1beta1 (conversion webhook): %v", wl1.GetName(), err)
+	}
+	if old.GetAPIVersion() != "kueue.x-k8s.io/v1beta1" {
+		t.Errorf("workload read as v1beta1 has apiVersion %s", old.GetAPIVersion())
+	}
 
 	second := createPod(ctx, t, cs, ns, "second", lq)
 	wl2 := waitWorkload(ctx, t, dyn, ns, second, "pending for quota", func(u *unstructured.Unstructured) bool {
