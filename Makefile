@@ -146,6 +146,10 @@ tools-pg: ## Find PostgreSQL's server binaries (initdb, pg_ctl, postgres) for ma
 tools-browser: ## Find Chromium (chromium, chromium-browser) for the console's browser test; as root, apt-get install chromium when missing, else say what to install and fail.
 	hack/build-tools.sh browser
 
+.PHONY: tools-kueue
+tools-kueue: ## Build Kueue's manager and copy its CRDs and webhook configurations into bin/kueue (internal/kueuetest's needs; part of tools).
+	hack/build-tools.sh kueue
+
 .PHONY: tools-gen
 tools-gen:
 	hack/build-tools.sh controller-gen

@@ -9,6 +9,9 @@
 #       apt-get, the `node` set also installs Debian's containerd, runc,
 #       containernetworking-plugins and iptables when they are missing.
 #   bin/controller-gen, bin/helm
+#   bin/kueue/kueue, bin/kueue/crds/, bin/kueue/webhook/manifests.yaml
+#       Kueue's manager, CRDs and webhook configurations (the `kueue` set,
+#       internal/kueuetest), from the hack/kueue module
 #   bin/crds/  third-party CRDs the chart's tests validate against (the
 #       Prometheus Operator's ServiceMonitor), taken from its Go module
 #
@@ -31,7 +34,8 @@
 # Usage: hack/build-tools.sh [all|dev|node|NAME...]
 #   dev:  what `make dev` needs: the control plane and controller-gen
 #   node: kubelet, kube-proxy and the Debian packages of a real node
-#   all:  dev + helm + crds + node (what `make test` needs, with postgres)
+#   all:  dev + helm + crds + kueue + node (what `make test` needs, with postgres)
+#   kueue: Kueue's manager, CRDs and webhook configurations (make tools-kueue)
 #   postgres: the PostgreSQL server binaries (make tools-pg)
 #   browser: a headless Chromium for the console's browser test (make
 #       tools-browser): found on PATH (chromium, chromium-browser), else
@@ -112,6 +116,63 @@ build_etcd() {
 	(cd "$root/hack/tools/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out" .)
 	done_building etcd "$out"
 	log "built etcd in $((SECONDS - start))s"
+}
+
+# build_kueue builds Kueue's manager (sigs.k8s.io/kueue/cmd/kueue, pinned in
+# the hack/kueue module) into bin/kueue/kueue and copies, from the same module,
+# its CRDs into bin/kueue/crds/ and its webhook configurations into
+# bin/kueue/webhook/manifests.yaml (internal/kueuetest installs them, with the
+# webhooks pointed at the manager on loopback). cmd/kueue is one file,
+# main.go, which reads the metrics server's certificate from a hard-coded
+# /etc/kueue/metrics/certs when internalCertManagement is off, and exits when
+# it is missing, as it is outside a cluster. So the command is built from a
+# copy of that main.go in hack/kueue/_build/kueue (git-ignored), with the path
+# replaced by a -metrics-cert-dir flag (hack/kueue/metrics_cert_dir.go.in).
+# Likewise the visibility server (VisibilityOnDemand, on by default) reads its
+# certificate from /visibility/tls.{crt,key} and exits when missing: the link
+# sets that directory to "visibility", relative to the manager's working
+# directory.
+# (go build -overlay would be tidier but refuses to replace files in the
+# module cache.)
+build_kueue() {
+	local out="$bin/kueue/kueue"
+	local kdir="$root/hack/kueue"
+	mkdir -p "$bin/kueue"
+	if ! fresh kueue "$out" "$(cat "$kdir/go.mod" "$kdir/go.sum" "$kdir/metrics_cert_dir.go.in")" "metrics-cert-dir patch v1, visibility certDir"; then
+		log "building kueue from sigs.k8s.io/kueue (cold: ~3 min)"
+		local start=$SECONDS dir version src="$kdir/_build/kueue"
+		dir=$(cd "$kdir" && go mod download -json sigs.k8s.io/kueue | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+		version=$(cd "$kdir" && go list -m -f '{{.Version}}' sigs.k8s.io/kueue)
+		rm -rf "$src"
+		mkdir -p "$src"
+		sed 's|metricsCertPath := "/etc/kueue/metrics/certs"|metricsCertPath := *jobrunMetricsCertDir|' "$dir/cmd/kueue/main.go" >"$src/main.go"
+		if ! grep -q 'metricsCertPath := \*jobrunMetricsCertDir' "$src/main.go"; then
+			log "kueue: $dir/cmd/kueue/main.go no longer has the line to patch (metricsCertPath := \"/etc/kueue/metrics/certs\"); update hack/build-tools.sh"
+			exit 1
+		fi
+		cp "$kdir/metrics_cert_dir.go.in" "$src/metrics_cert_dir.go"
+		(cd "$kdir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version -X sigs.k8s.io/kueue/pkg/visibility.certDir=visibility" -o "$out" ./_build/kueue)
+		done_building kueue "$out"
+		log "built kueue in $((SECONDS - start))s"
+	fi
+	kueue_manifests
+}
+
+# kueue_manifests copies Kueue's CRDs and webhook configurations out of its
+# module (the version hack/kueue/go.mod requires).
+kueue_manifests() {
+	local kdir="$root/hack/kueue" stamp="$stamps/kueue-manifests" version dir
+	version=$(cd "$kdir" && go list -m -f '{{.Version}}' sigs.k8s.io/kueue)
+	if [[ -d $bin/kueue/crds && -f $bin/kueue/webhook/manifests.yaml && -f $stamp && $(cat "$stamp") == "$version" ]]; then
+		return
+	fi
+	dir=$(cd "$kdir" && go mod download -json sigs.k8s.io/kueue | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	rm -rf "$bin/kueue/crds" "$bin/kueue/webhook"
+	mkdir -p "$bin/kueue/crds" "$bin/kueue/webhook"
+	cp -f "$dir"/config/components/crd/bases/*.yaml "$bin/kueue/crds/"
+	cp -f "$dir/config/components/webhook/manifests.yaml" "$bin/kueue/webhook/manifests.yaml"
+	chmod -R u+w "$bin/kueue/crds" "$bin/kueue/webhook"
+	echo "$version" >"$stamp"
 }
 
 go_install() {
@@ -263,6 +324,7 @@ build() {
 	kube-apiserver | kubectl | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) build_k8s "$1" ;;
 	node-packages) node_packages ;;
 	etcd) build_etcd ;;
+	kueue) build_kueue ;;
 	controller-gen) go_install controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_GEN_VERSION" ;;
 	helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
 	*)
@@ -274,7 +336,7 @@ build() {
 
 dev_tools=(controller-gen etcd kube-apiserver kubectl kube-controller-manager kube-scheduler)
 node_tools=(kubelet kube-proxy node-packages)
-all_tools=("${dev_tools[@]}" helm crds "${node_tools[@]}")
+all_tools=("${dev_tools[@]}" helm crds kueue "${node_tools[@]}")
 
 targets=()
 for arg in "${@:-all}"; do
