@@ -273,6 +273,9 @@ func TestNoArchiveRemovesFinalizer(t *testing.T) {
 	})
 	pod := waitPod(t, ns, "run-1-1")
 	kubelet(t, pod, corev1.PodSucceeded, 0, "Completed")
+	// The end recorded first: the finalizer goes at the first pass already,
+	// and a clock moved before the end would start the TTL after the move.
+	waitPhase(t, ns, "run-1", jobsv1alpha1.JobRunCompleted)
 	testenv.Eventually(t, 20*time.Second, func(ctx context.Context) error {
 		jr, err := getRun(ctx, ns, "run-1")
 		if err != nil {
