@@ -506,15 +506,13 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 	if !r.deletable(run) {
 		return ctrl.Result{RequeueAfter: archiveRetry}, nil
 	}
-	jt := &jobsv1alpha1.JobType{}
-	if err := r.client.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: jobsv1alpha1.JobTypeObjectName(run.Spec.JobType)}, jt); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, fmt.Errorf("failed to get JobType %s for finished JobRun %s: %w", jobsv1alpha1.JobTypeObjectName(run.Spec.JobType), client.ObjectKeyFromObject(run), err)
-		}
-		// Without its JobType a run has no TTL of its own; it stays until
-		// deleted, or the archive's live TTL ends.
-		jt = nil
+	jt, err := r.jobType(ctx, run)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
+	// Without its JobType (confirmed: a cache that lags must not keep a run
+	// forever) a run has no TTL of its own; it stays until deleted, or the
+	// archive's live TTL ends.
 	ttl := r.liveTTL(jt)
 	if ttl == 0 {
 		return ctrl.Result{}, nil
