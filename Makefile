@@ -127,7 +127,7 @@ docker-build: ## Build the same image with a Docker engine.
 ##@ Tools (built from Go modules into bin/, skipped when up to date)
 
 .PHONY: tools
-tools: tools-pg tools-browser ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm, a real node's kubelet, kube-proxy and Debian packages, PostgreSQL's server binaries and Chromium.
+tools: tools-pg tools-browser ## Build what the tests need: the whole control plane (the dev command's test runs it), controller-gen, helm, Kueue's manager, a real node's kubelet, kube-proxy and Debian packages, PostgreSQL's server binaries and Chromium.
 	hack/build-tools.sh all
 
 .PHONY: tools-dev

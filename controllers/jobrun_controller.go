@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -71,6 +72,10 @@ type JobRunReconciler struct {
 	archive        Archive
 	archiveLiveTTL time.Duration
 	archiveBackoff archiveBackoff
+	// kueue, if set, puts run pods in Kueue's LocalQueues (kueue.go);
+	// ensuredQueues are the LocalQueues seen to exist.
+	kueue         *KueueQueues
+	ensuredQueues sync.Map
 }
 
 // Notifier sends the completion email of a finished run.
@@ -94,6 +99,7 @@ func NewJobRunReconciler(mgr ctrl.Manager, opts ...Option) *JobRunReconciler {
 		notifier:       o.notifier,
 		archive:        o.archive,
 		archiveLiveTTL: o.archiveLiveTTL,
+		kueue:          o.kueue,
 	}
 }
 
@@ -395,6 +401,12 @@ func (r *JobRunReconciler) createPod(ctx context.Context, run *jobsv1alpha1.JobR
 	pod := buildPod(run, jt, attempt, r.policy.RunnerServiceAccount)
 	if err := controllerutil.SetControllerReference(run, pod, r.scheme); err != nil {
 		return err
+	}
+	if r.kueue != nil {
+		if err := r.ensureLocalQueue(ctx, run); err != nil {
+			return err
+		}
+		pod.Labels[KueueQueueLabel] = LocalQueueName(run)
 	}
 	err := r.client.Create(ctx, pod)
 	if apierrors.IsAlreadyExists(err) {

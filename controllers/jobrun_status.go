@@ -149,6 +149,22 @@ func decide(o observation) decision {
 		d.events = append(d.events, runEvent{corev1.EventTypeNormal, "Started", fmt.Sprintf("Handler started in pod %s (attempt %d)", pod.Name, st.Attempts)})
 	}
 
+	// Queued for admission by Kueue: pending by design, so no start
+	// timeout; a cancel ends it at once (no handler ever ran).
+	if pod.Status.Phase == corev1.PodPending && kueueQueued(pod) {
+		if cancel {
+			d.deletePod = true
+			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelledWhileQueued, "cancelled while queued for admission; its pod never ran", o.now)
+			return d
+		}
+		d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission,
+			fmt.Sprintf("pod %s waits for Kueue to admit it (LocalQueue %s)", pod.Name, pod.Labels[KueueQueueLabel]), now)
+		return d
+	}
+	if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionQueued); c != nil && c.Status == metav1.ConditionTrue {
+		d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionFalse, jobsv1alpha1.ReasonAdmitted, "Kueue admitted pod "+pod.Name, now)
+	}
+
 	// Still active: time decides the rest.
 	if st.StartedAt == nil && d.startTimedOut(o) {
 		return d
@@ -188,9 +204,19 @@ func cancelSeenAt(st *jobsv1alpha1.JobRunStatus) time.Time {
 	return meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionCancelRequested).LastTransitionTime.Time
 }
 
-// startTimeout is how long the run may take from its creation to running.
+// startTimeout is how long the run may take from its creation (or its
+// admission by Kueue) to running.
 func startTimeout(jt *jobsv1alpha1.JobType) time.Duration {
 	return time.Duration(ptr.Deref(jt.Spec.StartTimeoutSeconds, 600)) * time.Second
+}
+
+// startClock is when a run's start timeout began: when Kueue admitted it
+// (the time it waited in its queue is by design), else its creation.
+func startClock(run *jobsv1alpha1.JobRun, st *jobsv1alpha1.JobRunStatus) time.Time {
+	if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionQueued); c != nil && c.Reason == jobsv1alpha1.ReasonAdmitted && c.LastTransitionTime.After(run.CreatedAt()) {
+		return c.LastTransitionTime.Time
+	}
+	return run.CreatedAt()
 }
 
 // startTimedOut fails a run that has not started within its JobType's start
@@ -198,7 +224,7 @@ func startTimeout(jt *jobsv1alpha1.JobType) time.Duration {
 // otherwise it asks to look again when the timeout ends.
 func (d *decision) startTimedOut(o observation) bool {
 	timeout := startTimeout(o.jobType)
-	if left := o.run.CreatedAt().Add(timeout).Sub(o.now); left > 0 {
+	if left := startClock(o.run, &d.status).Add(timeout).Sub(o.now); left > 0 {
 		d.requeue(left)
 		return false
 	}
@@ -219,7 +245,8 @@ func startProblem(pod *corev1.Pod, st *jobsv1alpha1.JobRunStatus) (reason, messa
 		return jobsv1alpha1.ReasonStartTimeout, "no pod was created"
 	}
 	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse &&
+			(c.Reason != corev1.PodReasonSchedulingGated || len(pod.Spec.SchedulingGates) > 0) { // not a gate since lifted
 			return conditionReason(c.Reason, corev1.PodReasonUnschedulable), fmt.Sprintf("pod %s was not scheduled: %s", pod.Name, c.Message)
 		}
 	}
@@ -307,7 +334,8 @@ func (d *decision) startedFromPod(pod *corev1.Pod) {
 func (d *decision) firstAttemptUnrecorded(run *jobsv1alpha1.JobRun) bool {
 	neverWritten := run.Status.Attempts == 0 && len(run.Status.Conditions) == 0
 	return neverWritten && d.status.Attempts == 1 && d.status.Phase == jobsv1alpha1.JobRunPending &&
-		!d.finished && !d.deletePod && len(d.events) == 0 && d.status.Progress == nil
+		!d.finished && !d.deletePod && len(d.events) == 0 && d.status.Progress == nil &&
+		meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued) == nil // a queued run says so
 }
 
 // startAttempt asks for the pod of attempt n.

@@ -21,6 +21,8 @@ type options struct {
 	// archive, if set, receives finished runs (WithArchive).
 	archive        Archive
 	archiveLiveTTL time.Duration
+	// kueue, if set, sends run pods through Kueue (WithKueue).
+	kueue *KueueQueues
 }
 
 func newOptions(opts []Option) options {

@@ -421,6 +421,8 @@ func TestPrinterColumns(t *testing.T) {
 	}
 	run.Status.Phase = jobsv1alpha1.JobRunRunning
 	run.Status.Progress = jobsv1alpha1.NewProgress(45, 200, "Synced 38 users, 7 skipped")
+	run.Status.Conditions = []metav1.Condition{{Type: jobsv1alpha1.JobRunConditionQueued, Status: metav1.ConditionFalse,
+		Reason: jobsv1alpha1.ReasonAdmitted, Message: "Kueue admitted pod printed-run-1", LastTransitionTime: metav1.Now()}}
 	if err := env.Client.Status().Update(ctx, run); err != nil {
 		t.Fatal(err)
 	}
@@ -443,7 +445,7 @@ func TestPrinterColumns(t *testing.T) {
 		},
 		{
 			args: []string{"get", "jr", "-o", "wide"},
-			want: []string{`NAME\s+TYPE\s+PROJECT\s+STATUS\s+PROGRESS\s+TEAM\s+MESSAGE\s+AGE`, `printed-run\s+demo_sync\s+project-1\s+running\s+45/200\s+team-1\s+Synced 38 users, 7 skipped\s+\d+s`},
+			want: []string{`NAME\s+TYPE\s+PROJECT\s+STATUS\s+PROGRESS\s+TEAM\s+MESSAGE\s+QUEUE\s+AGE`, `printed-run\s+demo_sync\s+project-1\s+running\s+45/200\s+team-1\s+Synced 38 users, 7 skipped\s+Admitted\s+\d+s`},
 		},
 	}
 	for _, tt := range tests {

@@ -240,6 +240,11 @@ const (
 	// ArchivePending) while archiving it failed and is retried. Only with an
 	// archive configured.
 	JobRunConditionArchived = "Archived"
+	// JobRunConditionQueued is True while the run's pod waits for Kueue to
+	// admit it (its scheduling gate kueue.x-k8s.io/admission is on; the
+	// run is pending and its start timeout does not run), False (reason
+	// Admitted) once Kueue admitted it. Only with the manager's --kueue.
+	JobRunConditionQueued = "Queued"
 
 	// ReasonAccepted: the JobType exists and the run may start.
 	ReasonAccepted = "Accepted"
@@ -287,6 +292,15 @@ const (
 	// ReasonDeleted: the run was deleted before it finished (kubectl
 	// delete); with an archive it is archived as cancelled first.
 	ReasonDeleted = "Deleted"
+	// ReasonWaitingForAdmission: the run's pod is in its Kueue LocalQueue,
+	// not admitted yet (the message says which queue).
+	ReasonWaitingForAdmission = "WaitingForAdmission"
+	// ReasonAdmitted: Kueue admitted the run's pod; the start timeout runs
+	// from here.
+	ReasonAdmitted = "Admitted"
+	// ReasonCancelledWhileQueued: the run was cancelled before Kueue
+	// admitted it; its pod never ran.
+	ReasonCancelledWhileQueued = "CancelledWhileQueued"
 )
 
 // LabelRun is on the pods of a run: the run's name.
@@ -373,6 +387,7 @@ type JobRunStatus struct {
 // +kubebuilder:printcolumn:name="Progress",type=string,JSONPath=`.status.progress.summary`
 // +kubebuilder:printcolumn:name="Team",type=string,JSONPath=`.spec.teamID`,priority=1
 // +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.progress.message`,priority=1
+// +kubebuilder:printcolumn:name="Queue",type=string,JSONPath=`.status.conditions[?(@.type=="Queued")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type JobRun struct {
 	metav1.TypeMeta `json:",inline"`

@@ -163,6 +163,9 @@ func reconcilerOptions(f *managerFlags) ([]controllers.Option, error) {
 		controllers.WithRunnerServiceAccount(f.runnerServiceAccount), controllers.WithAllowedServiceAccounts(f.allowedServiceAccounts...),
 		controllers.WithWorkers(f.workers),
 	}
+	if f.kueue.enabled {
+		opts = append(opts, controllers.WithKueue(controllers.KueueQueues{Teams: f.kueue.teams, System: f.kueue.system}))
+	}
 	if f.smtp.Host == "" {
 		return opts, nil
 	}

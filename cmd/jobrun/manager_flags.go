@@ -45,7 +45,16 @@ type managerFlags struct {
 	smtp                    notify.SMTP
 	smtpPasswordFile        string
 	archive                 archiveFlags
+	kueue                   kueueFlags
 	zap                     zap.Options
+}
+
+// kueueFlags send run pods through Kueue.
+type kueueFlags struct {
+	enabled bool
+	// teams and system are the ClusterQueues of the teams' and the system
+	// LocalQueues.
+	teams, system string
 }
 
 // archiveFlags configure the run archive (PostgreSQL).
@@ -119,6 +128,9 @@ func (f *managerFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.archive.dsn, "archive-dsn", os.Getenv("JOBRUN_ARCHIVE_DSN"), "PostgreSQL connection string of the run archive, such as postgres://jobrun@db:5432/jobrun?sslmode=verify-full (default $JOBRUN_ARCHIVE_DSN, which the chart sets from a Secret). Empty: no archive; finished runs stay in the API server until their JobType's TTL or history limit deletes them.")
 	fs.DurationVar(&f.archive.liveTTL, "archive-live-ttl", time.Hour, "With an archive: how long a finished, archived run stays in the API server (kubectl) before it is deleted; the REST API goes on serving it from the archive. A JobType's shorter ttlSecondsAfterFinished wins.")
 	fs.DurationVar(&f.archive.retention, "archive-retention", 90*24*time.Hour, "With an archive: how long it keeps a run after the run finished; older rows are deleted in small batches. 0: forever.")
+	fs.BoolVar(&f.kueue.enabled, "kueue", false, "Send run pods through Kueue (its plain-Pod integration; Kueue must be installed with the pod framework on for the runs' namespace): a team's runs in the LocalQueue jobrun-team-<team>, created on demand, system runs in jobrun-system. A run waiting for admission is pending with condition Queued; its start timeout counts from its admission.")
+	fs.StringVar(&f.kueue.teams, "kueue-team-cluster-queue", "jobrun-teams", "With --kueue: the ClusterQueue the teams' LocalQueues point at.")
+	fs.StringVar(&f.kueue.system, "kueue-system-cluster-queue", "jobrun-system", "With --kueue: the ClusterQueue of the system LocalQueue (capacity team runs cannot take).")
 	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the manager reconciles (unless --all-namespaces) and the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)

@@ -1,0 +1,125 @@
+package controllers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+)
+
+// Fair dispatch through Kueue (kubernetes-sigs/kueue, its plain-Pod
+// integration). With WithKueue, every run pod carries the label
+// kueue.x-k8s.io/queue-name of its lane: a team's runs the LocalQueue
+// jobrun-team-<team>, system runs (no team) jobrun-system. The controller
+// creates a team's LocalQueue, in the runs' namespace, the first time it
+// dispatches a run of that team, pointing at the teams' ClusterQueue; the
+// system LocalQueue points at the system ClusterQueue, whose quota team runs
+// cannot take. The ClusterQueues (quotas, fair sharing) are the cluster
+// operator's (the chart renders them). Kueue's pod webhook gates each pod
+// (kueue.x-k8s.io/admission) until it admits it: the run stays pending with
+// condition Queued=True (decide), its start timeout counted from admission.
+
+// The Kueue names jobrun uses.
+const (
+	// KueueQueueLabel names a pod's LocalQueue.
+	KueueQueueLabel = "kueue.x-k8s.io/queue-name"
+	// KueueAdmissionGate is the scheduling gate Kueue's pod webhook adds and
+	// its admission removes.
+	KueueAdmissionGate = "kueue.x-k8s.io/admission"
+	// KueueSystemLocalQueue is the LocalQueue of system runs.
+	KueueSystemLocalQueue = "jobrun-system"
+	// kueueTeamQueuePrefix starts a team's LocalQueue name.
+	kueueTeamQueuePrefix = "jobrun-team-"
+)
+
+// The controller creates the teams' LocalQueues in its namespace.
+// +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=localqueues,verbs=get;list;watch;create,namespace=system
+
+// localQueueGVK is Kueue's LocalQueue (read and created as unstructured, so
+// that jobrun does not depend on Kueue's Go module).
+var localQueueGVK = schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "LocalQueue"}
+
+// KueueQueues are the ClusterQueues jobrun's LocalQueues point at.
+type KueueQueues struct {
+	// Teams is the ClusterQueue of every team's LocalQueue.
+	Teams string
+	// System is the ClusterQueue of the system LocalQueue.
+	System string
+}
+
+// WithKueue sends run pods through Kueue: each in its lane's LocalQueue,
+// created on demand, pointing at q's ClusterQueues.
+func WithKueue(q KueueQueues) Option { return func(o *options) { o.kueue = &q } }
+
+// LocalQueueName is the LocalQueue of run's lane: jobrun-system for system
+// runs, jobrun-team-<team> for a team's (the team's id if it makes a valid
+// name, else a hash of it).
+func LocalQueueName(run *jobsv1alpha1.JobRun) string {
+	team := run.Spec.TeamID
+	if team == "" {
+		return KueueSystemLocalQueue
+	}
+	name := kueueTeamQueuePrefix + team
+	if len(validation.IsDNS1123Label(name)) == 0 {
+		return name
+	}
+	sum := sha256.Sum256([]byte(team))
+	return kueueTeamQueuePrefix + hex.EncodeToString(sum[:8])
+}
+
+// kueueQueued reports whether pod waits for Kueue's admission.
+func kueueQueued(pod *corev1.Pod) bool {
+	return slices.ContainsFunc(pod.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == KueueAdmissionGate })
+}
+
+// ensureLocalQueue creates the LocalQueue of run's lane unless this process
+// saw it exist (ensuredQueues: one read per lane, not per pod).
+func (r *JobRunReconciler) ensureLocalQueue(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	name := LocalQueueName(run)
+	key := client.ObjectKey{Namespace: run.Namespace, Name: name}
+	if _, ok := r.ensuredQueues.Load(key); ok {
+		return nil
+	}
+	lq := &unstructured.Unstructured{}
+	lq.SetGroupVersionKind(localQueueGVK)
+	found, err := r.getConfirmed(ctx, key, lq)
+	if err != nil {
+		return err
+	}
+	if found {
+		r.ensuredQueues.Store(key, true)
+		return nil
+	}
+	cq := r.kueue.Teams
+	if run.Spec.TeamID == "" {
+		cq = r.kueue.System
+	}
+	lq.SetNamespace(run.Namespace)
+	lq.SetName(name)
+	lq.SetLabels(map[string]string{"app.kubernetes.io/managed-by": "jobrun-manager"})
+	if run.Spec.TeamID != "" {
+		lq.SetAnnotations(map[string]string{"jobs.jobrun.dev/team": run.Spec.TeamID})
+	}
+	lq.Object["spec"] = map[string]any{"clusterQueue": cq}
+	err = r.client.Create(ctx, lq)
+	switch {
+	case apierrors.IsAlreadyExists(err):
+	case err != nil:
+		return fmt.Errorf("failed to create Kueue LocalQueue %s/%s: %w", run.Namespace, name, err)
+	default:
+		logf.FromContext(ctx).Info("created Kueue LocalQueue", "localQueue", name, "clusterQueue", cq)
+	}
+	r.ensuredQueues.Store(key, true)
+	return nil
+}

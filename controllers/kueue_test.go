@@ -1,0 +1,206 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
+	"jobrun.dev/jobrun/internal/kueuetest"
+	"jobrun.dev/jobrun/test/testenv"
+)
+
+// kueueQueues starts a real Kueue for ns (labelled for its pod
+// integration) with a ResourceFlavor and two ClusterQueues of one pod each,
+// for the teams and for system runs.
+func kueueQueues(t *testing.T, ns string) KueueQueues {
+	t.Helper()
+	kueuetest.Start(t, env.ControlPlane, kueuetest.Options{})
+	ctx := context.Background()
+	nsObj := &corev1.Namespace{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, nsObj); err != nil {
+		t.Fatal(err)
+	}
+	nsObj.Labels[kueuetest.NamespaceLabel] = "true"
+	if err := env.Client.Update(ctx, nsObj); err != nil {
+		t.Fatal(err)
+	}
+	q := KueueQueues{Teams: "teams-" + ns, System: "system-" + ns}
+	flavor := "flavor-" + ns
+	create := func(obj map[string]any) {
+		t.Helper()
+		u := &unstructured.Unstructured{Object: obj}
+		if err := env.Client.Create(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), u) })
+	}
+	create(map[string]any{"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": map[string]any{"name": flavor}})
+	for _, cq := range []string{q.Teams, q.System} {
+		create(map[string]any{
+			"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue",
+			"metadata": map[string]any{"name": cq},
+			"spec": map[string]any{
+				"namespaceSelector": map[string]any{},
+				"resourceGroups": []any{map[string]any{
+					"coveredResources": []any{"pods"},
+					"flavors":          []any{map[string]any{"name": flavor, "resources": []any{map[string]any{"name": "pods", "nominalQuota": 1}}}},
+				}},
+			},
+		})
+	}
+	return q
+}
+
+// waitQueued waits until run name is pending with condition Queued of
+// status want (and reason).
+func waitQueued(t *testing.T, ns, name string, want metav1.ConditionStatus, reason string) *jobsv1alpha1.JobRun {
+	t.Helper()
+	var jr *jobsv1alpha1.JobRun
+	testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
+		var err error
+		if jr, err = getRun(ctx, ns, name); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionQueued)
+		if c == nil || c.Status != want || c.Reason != reason || jr.CurrentPhase() != jobsv1alpha1.JobRunPending {
+			return fmt.Errorf("run %s: %s, Queued %+v; want pending, Queued=%s %s", name, jr.CurrentPhase(), c, want, reason)
+		}
+		return nil
+	})
+	return jr
+}
+
+// waitAdmitted waits until Kueue removed its gate from pod name, and
+// returns the pod.
+func waitAdmitted(t *testing.T, ns, name string) *corev1.Pod {
+	t.Helper()
+	pod := &corev1.Pod{}
+	testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod); err != nil {
+			return err
+		}
+		if kueueQueued(pod) {
+			return fmt.Errorf("pod %s still has Kueue's admission gate", name)
+		}
+		return nil
+	})
+	return pod
+}
+
+// TestRunsQueueThroughKueue: with a real Kueue, a team's runs wait in the
+// team's LocalQueue (created by the controller) while the team's quota is
+// used: pending, Queued=True, not failed by the start timeout; a cancel
+// ends a queued run at once; a system run goes through its own lane,
+// whatever the teams' queue holds; and an admitted run's start timeout
+// counts from its admission.
+func TestRunsQueueThroughKueue(t *testing.T) {
+	ns := env.Namespace(t)
+	q := kueueQueues(t, ns)
+	clock := clocktesting.NewFakeClock(time.Now())
+	startManager(t, ns, clock, WithKueue(q))
+	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) { jt.Spec.StartTimeoutSeconds = ptr.To[int64](60) })
+	created := func(at time.Time) func(*jobsv1alpha1.JobRun) {
+		return func(jr *jobsv1alpha1.JobRun) { jr.Spec.CreatedAt = ptr.To(metav1.NewMicroTime(at)) }
+	}
+
+	createRunWith(t, ns, "run-a", created(clock.Now()))
+	podA := waitAdmitted(t, ns, "run-a-1")
+	if got := podA.Labels[KueueQueueLabel]; got != "jobrun-team-team-1" {
+		t.Fatalf("run-a's pod is in queue %q, want jobrun-team-team-1", got)
+	}
+	lq := &unstructured.Unstructured{}
+	lq.SetGroupVersionKind(localQueueGVK)
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "jobrun-team-team-1"}, lq); err != nil {
+		t.Fatalf("the team's LocalQueue: %v", err)
+	}
+	if cq, _, _ := unstructured.NestedString(lq.Object, "spec", "clusterQueue"); cq != q.Teams {
+		t.Errorf("the team's LocalQueue points at %q, want %q", cq, q.Teams)
+	}
+
+	// The team's one pod is taken: run-b waits, pending, and its start
+	// timeout does not fail it.
+	createRunWith(t, ns, "run-b", created(clock.Now()))
+	waitPod(t, ns, "run-b-1")
+	waitQueued(t, ns, "run-b", metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission)
+	clock.Step(2 * time.Minute)
+	poke(t, ns, "run-b")
+	waitReconciled(t, ns, "run-b")
+	waitQueued(t, ns, "run-b", metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission)
+
+	// A system run has a lane of its own.
+	createRunWith(t, ns, "run-system", func(jr *jobsv1alpha1.JobRun) {
+		jr.Spec.TeamID, jr.Spec.ProjectID = "", ""
+		jr.Spec.CreatedAt = ptr.To(metav1.NewMicroTime(clock.Now()))
+	})
+	if got := waitAdmitted(t, ns, "run-system-1").Labels[KueueQueueLabel]; got != KueueSystemLocalQueue {
+		t.Errorf("the system run's pod is in queue %q, want %s", got, KueueSystemLocalQueue)
+	}
+
+	// A cancel ends a queued run at once: no handler ever ran.
+	env.Annotate(t, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "run-b"}}, jobsv1alpha1.AnnotationCancelRequested, "now")
+	if jr := waitPhase(t, ns, "run-b", jobsv1alpha1.JobRunCancelled); finishedReason(jr) != jobsv1alpha1.ReasonCancelledWhileQueued {
+		t.Errorf("the cancelled queued run ended with reason %q, want %s", finishedReason(jr), jobsv1alpha1.ReasonCancelledWhileQueued)
+	}
+	waitPodGone(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "run-b-1"}}, "the cancelled queued run's pod")
+	collectOrphanWorkloads(t, ns)
+
+	// run-c waits past its start timeout; once run-a's pod ends, Kueue
+	// admits run-c's, and its start timeout runs from then: still pending,
+	// not failed.
+	createRunWith(t, ns, "run-c", created(clock.Now()))
+	waitQueued(t, ns, "run-c", metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission)
+	clock.Step(2 * time.Minute)
+	poke(t, ns, "run-c")
+	waitReconciled(t, ns, "run-c")
+	kubelet(t, podA, corev1.PodSucceeded, 0, "")
+	waitPhase(t, ns, "run-a", jobsv1alpha1.JobRunCompleted)
+	waitAdmitted(t, ns, "run-c-1")
+	waitQueued(t, ns, "run-c", metav1.ConditionFalse, jobsv1alpha1.ReasonAdmitted)
+	clock.Step(59 * time.Second)
+	poke(t, ns, "run-c")
+	waitReconciled(t, ns, "run-c")
+	if jr, err := getRun(context.Background(), ns, "run-c"); err != nil || jr.CurrentPhase() != jobsv1alpha1.JobRunPending {
+		t.Fatalf("run-c 59 s after its admission: %v (%v), want pending", jr.Status.Phase, err)
+	}
+	clock.Step(2 * time.Second)
+	poke(t, ns, "run-c")
+	if jr := waitPhase(t, ns, "run-c", jobsv1alpha1.JobRunFailed); finishedReason(jr) != jobsv1alpha1.ReasonStartTimeout {
+		t.Errorf("run-c a start timeout after its admission: reason %q, want %s", finishedReason(jr), jobsv1alpha1.ReasonStartTimeout)
+	}
+}
+
+// collectOrphanWorkloads deletes the Workloads of ns whose pod is gone, as
+// the garbage collector would (envtest runs none): Kueue leaves a deleted
+// pod's Workload to it, and until then the Workload may still be admitted.
+func collectOrphanWorkloads(t *testing.T, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	list := &unstructured.UnstructuredList{}
+	list.SetGroupVersionKind(schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "WorkloadList"})
+	if err := env.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range list.Items {
+		wl := &list.Items[i]
+		for _, ref := range wl.GetOwnerReferences() {
+			err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name}, &corev1.Pod{})
+			if ref.Kind == "Pod" && apierrors.IsNotFound(err) {
+				if err := env.Client.Delete(ctx, wl); client.IgnoreNotFound(err) != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
