@@ -66,6 +66,7 @@ func valuesFiles(t *testing.T) []string {
 // dry-run: schemas, CEL rules, RBAC and admission policies compile).
 func TestChartValuesFilesDryRun(t *testing.T) {
 	installServiceMonitorCRD(t)
+	installKueueCRDs(t)
 	for _, values := range valuesFiles(t) {
 		t.Run(filepath.Base(values), func(t *testing.T) {
 			ns := env.Namespace(t)

@@ -192,3 +192,11 @@ helm.sh/hook: post-delete
 helm.sh/hook-weight: {{ . | quote }}
 helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 {{- end }}
+
+{{/* The ClusterQueues of the teams' and the system's runs (kueue.*). */}}
+{{- define "jobrun.kueueTeams" -}}
+{{- .Values.kueue.teams.clusterQueue | default (printf "%s-teams" (include "jobrun.fullname" .)) -}}
+{{- end }}
+{{- define "jobrun.kueueSystem" -}}
+{{- .Values.kueue.system.clusterQueue | default (printf "%s-system" (include "jobrun.fullname" .)) -}}
+{{- end }}
