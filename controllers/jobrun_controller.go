@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
@@ -54,6 +55,8 @@ const DefaultRunnerServiceAccount = "jobrun-runner"
 // attempts and deletes finished runs after their TTL or history limit.
 type JobRunReconciler struct {
 	client client.Client
+	// cache reads what client does not cache (Kueue's Workloads).
+	cache client.Reader
 	// apiReader reads around the cache, to confirm that something the cache
 	// lacks is really gone before acting on its absence.
 	apiReader client.Reader
@@ -89,6 +92,7 @@ func NewJobRunReconciler(mgr ctrl.Manager, opts ...Option) *JobRunReconciler {
 	o := newOptions(opts)
 	return &JobRunReconciler{
 		client:         mgr.GetClient(),
+		cache:          mgr.GetCache(),
 		apiReader:      mgr.GetAPIReader(),
 		scheme:         mgr.GetScheme(),
 		recorder:       mgr.GetEventRecorder("jobrun-controller"),
@@ -129,15 +133,21 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 	if _, err := runInformer.AddEventHandler(r.written.seen()); err != nil {
 		return fmt.Errorf("failed to watch JobRuns for the controller's own writes: %w", err)
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&jobsv1alpha1.JobRun{}, builder.WithPredicates(notConsistencyMarker, leftToPodlessFirst, predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{},
 			predicate.LabelChangedPredicate{}, statusPhaseChanged{}))).
 		// A new run's first pass (its pod) ahead of the bookkeeping of
 		// runs that have one.
 		Watches(&jobsv1alpha1.JobRun{}, podlessFirst).
-		Owns(&corev1.Pod{}).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.workers}).
+		Owns(&corev1.Pod{})
+	if r.kueue != nil {
+		// Why a queued run waits is on its pod's Workload.
+		wl := &unstructured.Unstructured{}
+		wl.SetGroupVersionKind(workloadGVK)
+		b = b.Watches(wl, handler.EnqueueRequestsFromMapFunc(r.workloadRun))
+	}
+	return b.WithOptions(controller.Options{MaxConcurrentReconciles: r.workers}).
 		Named("jobrun").
 		Complete(r)
 }
@@ -243,7 +253,11 @@ func (r *JobRunReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if jobType != nil && run.Status.Attempts == 0 {
 		paramsErr = paramschema.Validate(jobType.Spec.ParamsSchema, run.Spec.Params)
 	}
-	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, now: r.clock.Now()})
+	var queue *queueState
+	if r.kueue != nil && pod != nil && kueueQueued(pod) {
+		queue = r.workloadState(ctx, pod)
+	}
+	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, queue: queue, now: r.clock.Now()})
 
 	if d.createAttempt > 0 {
 		if d, err = r.createAttempt(ctx, run, jobType, d); err != nil {

@@ -24,6 +24,9 @@ type observation struct {
 	pod *corev1.Pod
 	// paramsErr is why the run's params fail its JobType's paramsSchema.
 	paramsErr error
+	// queue is why Kueue has not admitted the pod yet, from its Workload
+	// (nil: no Workload seen yet).
+	queue *queueState
 	now       time.Time
 }
 
@@ -157,8 +160,12 @@ func decide(o observation) decision {
 			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelledWhileQueued, "cancelled while queued for admission; its pod never ran", o.now)
 			return d
 		}
-		d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission,
-			fmt.Sprintf("pod %s waits for Kueue to admit it (LocalQueue %s)", pod.Name, pod.Labels[KueueQueueLabel]), now)
+		reason, msg := jobsv1alpha1.ReasonWaitingForAdmission, fmt.Sprintf("pod %s waits for Kueue to admit it (LocalQueue %s)", pod.Name, pod.Labels[KueueQueueLabel])
+		if q := o.queue; q != nil {
+			reason = conditionReason(q.reason, reason)
+			msg = clipTo(fmt.Sprintf("LocalQueue %s: %s", pod.Labels[KueueQueueLabel], q.message), 1024)
+		}
+		d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, reason, msg, now)
 		return d
 	}
 	if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionQueued); c != nil && c.Status == metav1.ConditionTrue {

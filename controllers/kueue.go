@@ -9,11 +9,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
@@ -43,12 +45,74 @@ const (
 	kueueTeamQueuePrefix = "jobrun-team-"
 )
 
-// The controller creates the teams' LocalQueues in its namespace.
+// The controller creates the teams' LocalQueues in its namespace, and reads
+// the Workloads Kueue makes of run pods (why a run waits).
 // +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=localqueues,verbs=get;list;watch;create,namespace=system
+// +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=workloads,verbs=get;list;watch,namespace=system
 
-// localQueueGVK is Kueue's LocalQueue (read and created as unstructured, so
-// that jobrun does not depend on Kueue's Go module).
-var localQueueGVK = schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "LocalQueue"}
+// localQueueGVK and workloadGVK are Kueue's LocalQueue and Workload (read
+// and created as unstructured, so that jobrun does not depend on Kueue's Go
+// module).
+var (
+	localQueueGVK = schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "LocalQueue"}
+	workloadGVK   = schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "Workload"}
+)
+
+// kueueJobUIDLabel is on the Workload of a pod: the pod's UID.
+const kueueJobUIDLabel = "kueue.x-k8s.io/job-uid"
+
+// queueState is why a queued pod waits, as its Workload says.
+type queueState struct {
+	reason, message string
+}
+
+// workloadState reads the Workload of pod from the cache: Kueue's reason
+// and message for not admitting it yet (its QuotaReserved condition, or
+// Admitted when the quota is reserved and admission checks are pending),
+// or nil when there is no Workload yet.
+func (r *JobRunReconciler) workloadState(ctx context.Context, pod *corev1.Pod) *queueState {
+	list := &unstructured.UnstructuredList{}
+	list.SetGroupVersionKind(workloadGVK.GroupVersion().WithKind("WorkloadList"))
+	if err := r.cache.List(ctx, list, client.InNamespace(pod.Namespace), client.MatchingLabels{kueueJobUIDLabel: string(pod.UID)}); err != nil || len(list.Items) == 0 {
+		return nil
+	}
+	conds, _, _ := unstructured.NestedSlice(list.Items[0].Object, "status", "conditions")
+	find := func(typ string) (status, reason, message string) {
+		for _, c := range conds {
+			if m, ok := c.(map[string]any); ok && m["type"] == typ {
+				status, _ = m["status"].(string)
+				reason, _ = m["reason"].(string)
+				message, _ = m["message"].(string)
+			}
+		}
+		return
+	}
+	if status, reason, message := find("QuotaReserved"); status == "False" && reason != "" {
+		return &queueState{reason: reason, message: message}
+	} else if status == "True" {
+		if status, reason, message := find("Admitted"); status == "False" && reason != "" {
+			return &queueState{reason: reason, message: message}
+		}
+	}
+	return nil
+}
+
+// workloadRun maps a Workload to the run of the pod that owns it.
+func (r *JobRunReconciler) workloadRun(ctx context.Context, obj client.Object) []reconcile.Request {
+	for _, ref := range obj.GetOwnerReferences() {
+		if ref.Kind != "Pod" {
+			continue
+		}
+		pod := &corev1.Pod{}
+		if err := r.client.Get(ctx, client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref.Name}, pod); err != nil {
+			return nil
+		}
+		if run := pod.Labels[jobsv1alpha1.LabelRun]; run != "" {
+			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: pod.Namespace, Name: run}}}
+		}
+	}
+	return nil
+}
 
 // KueueQueues are the ClusterQueues jobrun's LocalQueues point at.
 type KueueQueues struct {
@@ -121,5 +185,16 @@ func (r *JobRunReconciler) ensureLocalQueue(ctx context.Context, run *jobsv1alph
 		logf.FromContext(ctx).Info("created Kueue LocalQueue", "localQueue", name, "clusterQueue", cq)
 	}
 	r.ensuredQueues.Store(key, true)
+	return nil
+}
+
+// KueueServed checks that Kueue's kinds jobrun uses are served: --kueue
+// without Kueue installed fails at start, saying so.
+func KueueServed(mapper meta.RESTMapper) error {
+	for _, gvk := range []schema.GroupVersionKind{localQueueGVK, workloadGVK} {
+		if _, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
+			return fmt.Errorf("--kueue: Kueue's %s (%s) is not served; install Kueue (v0.17 or later, with its pod framework) first: %w", gvk.Kind, gvk.GroupVersion(), err)
+		}
+	}
 	return nil
 }

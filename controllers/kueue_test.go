@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,11 +134,15 @@ func TestRunsQueueThroughKueue(t *testing.T) {
 	// timeout does not fail it.
 	createRunWith(t, ns, "run-b", created(clock.Now()))
 	waitPod(t, ns, "run-b-1")
-	waitQueued(t, ns, "run-b", metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission)
+	// Queued carries Kueue's reason and message, from the pod's Workload.
+	jr := waitQueued(t, ns, "run-b", metav1.ConditionTrue, "Pending")
+	if c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionQueued); !strings.Contains(c.Message, "LocalQueue jobrun-team-team-1: couldn't assign flavors") || !strings.Contains(c.Message, "insufficient unused quota for pods") {
+		t.Errorf("run-b's Queued message %q, want the LocalQueue and Kueue's message", c.Message)
+	}
 	clock.Step(2 * time.Minute)
 	poke(t, ns, "run-b")
 	waitReconciled(t, ns, "run-b")
-	waitQueued(t, ns, "run-b", metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission)
+	waitQueued(t, ns, "run-b", metav1.ConditionTrue, "Pending")
 
 	// A system run has a lane of its own.
 	createRunWith(t, ns, "run-system", func(jr *jobsv1alpha1.JobRun) {
@@ -160,7 +165,7 @@ func TestRunsQueueThroughKueue(t *testing.T) {
 	// admits run-c's, and its start timeout runs from then: still pending,
 	// not failed.
 	createRunWith(t, ns, "run-c", created(clock.Now()))
-	waitQueued(t, ns, "run-c", metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission)
+	waitQueued(t, ns, "run-c", metav1.ConditionTrue, "Pending")
 	clock.Step(2 * time.Minute)
 	poke(t, ns, "run-c")
 	waitReconciled(t, ns, "run-c")

@@ -242,8 +242,11 @@ const (
 	JobRunConditionArchived = "Archived"
 	// JobRunConditionQueued is True while the run's pod waits for Kueue to
 	// admit it (its scheduling gate kueue.x-k8s.io/admission is on; the
-	// run is pending and its start timeout does not run), False (reason
-	// Admitted) once Kueue admitted it. Only with the manager's --kueue.
+	// run is pending and its start timeout does not run), with Kueue's
+	// reason and message from the pod's Workload (such as Pending: "...
+	// insufficient unused quota ..."; WaitingForAdmission before Kueue made
+	// the Workload), False (reason Admitted) once Kueue admitted it. Only
+	// with the manager's --kueue.
 	JobRunConditionQueued = "Queued"
 
 	// ReasonAccepted: the JobType exists and the run may start.

@@ -144,6 +144,11 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, f *managerFlags, ar
 	if arch != nil {
 		opts = append(opts, controllers.WithArchive(arch, f.archive.liveTTL))
 	}
+	if f.kueue.enabled {
+		if err := controllers.KueueServed(mgr.GetRESTMapper()); err != nil {
+			return err
+		}
+	}
 	if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("setting up the JobRun controller: %w", err)
 	}
