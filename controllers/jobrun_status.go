@@ -27,7 +27,7 @@ type observation struct {
 	// queue is why Kueue has not admitted the pod yet, from its Workload
 	// (nil: no Workload seen yet).
 	queue *queueState
-	now       time.Time
+	now   time.Time
 }
 
 // runEvent is an Event for people about a transition.
