@@ -42,7 +42,7 @@ help: ## Show the targets.
 DEV_ARGS ?=
 
 .PHONY: dev
-dev: tools-dev tools-pg build ## Run jobrun locally: a real control plane on loopback, the CRDs, the samples, the manager and a PostgreSQL for the run archive (data kept in .dev/postgres). Ctrl-C stops it.
+dev: tools-dev tools-kueue tools-pg build ## Run jobrun locally: a real control plane on loopback, the CRDs, the samples, Kueue, the manager and a PostgreSQL for the run archive (data kept in .dev/postgres). Ctrl-C stops it.
 	go build -o $(BIN)/devcluster ./hack/devcluster
 	$(BIN)/devcluster --root $(CURDIR) --jobrun $(BIN)/jobrun $(DEV_ARGS)
 

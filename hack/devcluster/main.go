@@ -36,6 +36,7 @@ type options struct {
 	attachControl bool
 	archive       bool
 	postgresPort  int
+	kueue         bool
 	// out gets the ready message (os.Stderr when nil).
 	out io.Writer
 }
@@ -52,6 +53,7 @@ func main() {
 	flag.BoolVar(&o.attachControl, "attach-control-plane-output", false, "Print etcd's and kube-apiserver's logs.")
 	flag.BoolVar(&o.archive, "archive", true, "Start a local PostgreSQL (the distribution's server binaries, make tools-pg; data kept in <dir>/postgres) and run the manager with --archive-dsn pointing at it.")
 	flag.IntVar(&o.postgresPort, "postgres-port", 15432, "The archive's PostgreSQL port on 127.0.0.1; 0: a free one.")
+	flag.BoolVar(&o.kueue, "kueue", true, "Start a real Kueue (bin/kueue, make tools-kueue) with jobrun's queues (jobrun-teams: 20 runs at once, fairly shared by the teams; jobrun-system: 2) and run the manager with --kueue.")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -83,10 +85,18 @@ func run(ctx context.Context, o options) (err error) {
 	if o.archive {
 		archive = &localcluster.ArchiveOptions{Dir: filepath.Join(dir, "postgres"), Port: o.postgresPort}
 	}
+	var kueueOpts *localcluster.KueueOptions
+	kueueLine := "Kueue is off (--kueue=false): runs get their pods first come, first served."
+	if o.kueue {
+		kueueOpts = &localcluster.KueueOptions{TeamRuns: 20, SystemRuns: 2}
+		kueueLine = fmt.Sprintf(`Kueue admits the run pods: a team's runs wait in LocalQueue jobrun-team-<team>, fairly sharing
+ClusterQueue %s (%d at once); system runs in jobrun-system (%s, %d). Log: %s/kueue/kueue.log`,
+			localcluster.KueueTeamsQueue, kueueOpts.TeamRuns, localcluster.KueueSystemQueue, kueueOpts.SystemRuns, dir)
+	}
 	c, err := localcluster.Start(ctx, localcluster.Options{
 		Root: root, Dir: dir, Namespace: o.namespace, Binary: abs(root, o.binary),
 		ProbeAddr: o.probeAddr, MetricsAddr: o.metricsAddr, APIAddr: o.apiAddr, Samples: true,
-		AttachControlPlaneOutput: o.attachControl, Archive: archive, Log: logf,
+		AttachControlPlaneOutput: o.attachControl, Archive: archive, Kueue: kueueOpts, Log: logf,
 	})
 	if errors.Is(err, pgserver.ErrPortTaken) {
 		return fmt.Errorf("%w\n(another port: make dev DEV_ARGS=--postgres-port=15433; no archive: make dev DEV_ARGS=--archive=false)", err)
@@ -139,11 +149,13 @@ The console, signed in as demo-user of demo-team in one click (the link works on
 
 %s
 
+%s
+
 Logs (manager, dev node agent, controller-manager, scheduler, postgres): %s/logs
 Job pods' output: %s/pods/<namespace>/<pod>/handler.log
 Press Ctrl-C to stop everything.
 `, c.Config.Host, c.Kubeconfig, c.Kubectl, o.namespace, c.Kubectl, o.namespace, root, c.Kubectl, o.namespace, o.probeAddr, o.metricsAddr,
-		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, o.apiAddr, link, o.apiAddr, o.apiAddr, archiveLine, dir, dir)
+		o.apiAddr, dir, abs(root, o.binary), token, o.apiAddr, o.apiAddr, link, o.apiAddr, o.apiAddr, archiveLine, kueueLine, dir, dir)
 	// The marker tells scripts and tests that everything is up.
 	ready := filepath.Join(dir, "ready")
 	if err := os.WriteFile(ready, []byte(c.Config.Host+"\n"), 0o644); err != nil {

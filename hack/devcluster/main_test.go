@@ -47,6 +47,7 @@ func TestDevCluster(t *testing.T) {
 		metricsAddr: testenv.FreeAddr(t),
 		apiAddr:     testenv.FreeAddr(t),
 		out:         &printed,
+		kueue:       true,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}) // closed when run returns; runErr is its result
@@ -129,6 +130,17 @@ func TestDevCluster(t *testing.T) {
 	})
 	if len(seen) < 2 {
 		t.Errorf("saw the run running with progress %v; want it seen at least twice, moving", seen)
+	}
+	// It went through Kueue: its pod was in its team's LocalQueue, which
+	// the manager created, admitted by Kueue (its Workload).
+	out, err = exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "pods,localqueues,workloads", "-n", "jobrun-system",
+		"-l", "jobs.jobrun.dev/run="+strings.TrimPrefix(run, "jobrun.jobs.jobrun.dev/"), "-o", `jsonpath={range .items[*]}{.kind} {.metadata.labels.kueue\.x-k8s\.io/queue-name}{"\n"}{end}`).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Pod jobrun-team-demo-team") {
+		t.Errorf("the sample run's pod is not in Kueue's LocalQueue jobrun-team-demo-team: %q (%v)", out, err)
+	}
+	out, err = exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "localqueue", "jobrun-team-demo-team", "-n", "jobrun-system", "-o", "jsonpath={.spec.clusterQueue}").CombinedOutput()
+	if err != nil || string(out) != "jobrun-teams" {
+		t.Errorf("the team's LocalQueue: %q (%v), want it pointing at jobrun-teams", out, err)
 	}
 
 	// The REST API, with the token the printed command mints.

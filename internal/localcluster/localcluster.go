@@ -27,6 +27,7 @@ import (
 
 	"jobrun.dev/jobrun/internal/controlplane"
 	"jobrun.dev/jobrun/internal/cutproxy"
+	"jobrun.dev/jobrun/internal/kueue"
 	"jobrun.dev/jobrun/internal/pgserver"
 	"jobrun.dev/jobrun/internal/supervise"
 )
@@ -62,6 +63,12 @@ type Options struct {
 	// everything else and gives every manager --archive-dsn pointing at it;
 	// Stop stops it last. nil: no PostgreSQL, no archive.
 	Archive *ArchiveOptions
+	// Kueue, when set, starts a real Kueue (internal/kueue) with jobrun's
+	// queues (its ResourceFlavor, the ClusterQueues jobrun-teams and
+	// jobrun-system), labels Namespace for Kueue's pod integration, and
+	// gives every manager --kueue. nil: runs get their pods first come,
+	// first served.
+	Kueue *KueueOptions
 	// Log receives progress lines.
 	Log func(format string, args ...any)
 }
@@ -73,6 +80,15 @@ type ArchiveOptions struct {
 	Dir string
 	// Port is its port on 127.0.0.1; 0: a free one.
 	Port int
+}
+
+// KueueOptions size the cluster's Kueue queues (Options.Kueue).
+type KueueOptions struct {
+	// TeamRuns and SystemRuns are the pods quotas of the ClusterQueues
+	// jobrun-teams and jobrun-system: runs at once. (They cover cpu and
+	// memory too, as Kueue admits no pod asking for a resource its
+	// ClusterQueue does not cover, with quotas no dev run reaches.)
+	TeamRuns, SystemRuns int
 }
 
 // ArchiveDatabase is the database the archive's PostgreSQL holds it in.
@@ -101,6 +117,7 @@ type Cluster struct {
 	componentKubeconfig string
 	proxy               *cutproxy.Proxy
 	postgres            *pgserver.Server
+	kueue               *kueue.Kueue
 
 	mu       sync.Mutex
 	managers map[string]*Manager // by process name
@@ -172,6 +189,11 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := c.InstallIntegrations(ctx, o.Namespace, DefaultIntegrationsNamespace); err != nil {
 		return c, err
 	}
+	if o.Kueue != nil {
+		if err := c.startKueue(ctx, *o.Kueue); err != nil {
+			return c, err
+		}
+	}
 	if o.Samples {
 		o.Log("applying config/samples to namespace %s", o.Namespace)
 		if err := c.apply(ctx, "-n", o.Namespace, "-k", filepath.Join(o.Root, "config", "samples")); err != nil {
@@ -204,6 +226,77 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	return c, nil
 }
+
+// startKueue starts Kueue (its files in Dir/kueue), creates jobrun's queues
+// and labels the namespace for its pod integration; the managers get
+// --kueue.
+func (c *Cluster) startKueue(ctx context.Context, o KueueOptions) error {
+	c.opts.Log("starting Kueue (log %s)", filepath.Join(c.opts.Dir, "kueue", "kueue.log"))
+	start := time.Now()
+	k, err := kueue.Start(ctx, c.ControlPlane, kueue.Options{Root: c.opts.Root, Dir: filepath.Join(c.opts.Dir, "kueue")})
+	if err != nil {
+		return fmt.Errorf("kueue: %w", err)
+	}
+	c.kueue = k
+	ns := &corev1.Namespace{}
+	if err := c.Client.Get(ctx, client.ObjectKey{Name: c.opts.Namespace}, ns); err != nil {
+		return err
+	}
+	if ns.Labels == nil {
+		ns.Labels = map[string]string{}
+	}
+	ns.Labels[kueue.NamespaceLabel] = "true"
+	if err := c.Client.Update(ctx, ns); err != nil {
+		return fmt.Errorf("labelling namespace %s for Kueue: %w", c.opts.Namespace, err)
+	}
+	queues := fmt.Sprintf(`apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {name: jobrun}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {name: %s}
+spec:
+  namespaceSelector: {}
+  queueingStrategy: BestEffortFIFO
+  admissionScope: {admissionMode: UsageBasedAdmissionFairSharing}
+  resourceGroups:
+  - coveredResources: [cpu, memory, pods]
+    flavors: [{name: jobrun, resources: [{name: cpu, nominalQuota: "100"}, {name: memory, nominalQuota: 100Gi}, {name: pods, nominalQuota: %d}]}]
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {name: %s}
+spec:
+  namespaceSelector: {}
+  queueingStrategy: BestEffortFIFO
+  resourceGroups:
+  - coveredResources: [cpu, memory, pods]
+    flavors: [{name: jobrun, resources: [{name: cpu, nominalQuota: "100"}, {name: memory, nominalQuota: 100Gi}, {name: pods, nominalQuota: %d}]}]
+`, KueueTeamsQueue, o.TeamRuns, KueueSystemQueue, o.SystemRuns)
+	f, err := os.CreateTemp("", "jobrun-kueue-queues-*.yaml")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.WriteString(queues); err != nil {
+		f.Close()
+		return err
+	}
+	f.Close()
+	if err := c.apply(ctx, "-f", f.Name()); err != nil {
+		return err
+	}
+	c.opts.ManagerArgs = append(c.opts.ManagerArgs, "--kueue", "--kueue-team-cluster-queue="+KueueTeamsQueue, "--kueue-system-cluster-queue="+KueueSystemQueue)
+	c.opts.Log("Kueue ready after %s: ClusterQueues %s (%d runs at once) and %s (%d)", time.Since(start).Round(time.Millisecond), KueueTeamsQueue, o.TeamRuns, KueueSystemQueue, o.SystemRuns)
+	return nil
+}
+
+// The ClusterQueues of a cluster with Kueue (Options.Kueue).
+const (
+	KueueTeamsQueue  = "jobrun-teams"
+	KueueSystemQueue = "jobrun-system"
+)
 
 // startArchive starts the archive's PostgreSQL on its kept directory, with
 // its log at logFile.
@@ -544,11 +637,16 @@ func (c *Cluster) Exited() <-chan string { return c.procs.exitedChan() }
 // removes the kubeconfig. The archive's data stays.
 func (c *Cluster) Stop() error {
 	c.procs.stopAll()
+	var errs []error
+	if c.kueue != nil {
+		c.opts.Log("stopping Kueue")
+		errs = append(errs, c.kueue.Stop())
+	}
 	if c.proxy != nil {
 		c.proxy.Cut()
 	}
 	c.opts.Log("stopping kube-apiserver and etcd")
-	errs := []error{c.ControlPlane.Stop()}
+	errs = append(errs, c.ControlPlane.Stop())
 	_ = os.Remove(c.Kubeconfig)
 	if c.postgres != nil {
 		c.opts.Log("stopping PostgreSQL (pid %d)", c.postgres.Pid())

@@ -70,9 +70,14 @@ func TestChartKueue(t *testing.T) {
 			flavors, _, _ := unstructured.NestedSlice(groups[0].(map[string]any), "flavors")
 			if len(flavors) == 1 {
 				res, _, _ := unstructured.NestedSlice(flavors[0].(map[string]any), "resources")
-				if len(res) == 1 && res[0].(map[string]any)["name"] == "pods" {
-					q, _ := res[0].(map[string]any)["nominalQuota"].(float64) // JSON numbers
-					quota = int64(q)
+				for _, r := range res {
+					if r.(map[string]any)["name"] == "pods" {
+						q, _ := r.(map[string]any)["nominalQuota"].(float64) // JSON numbers
+						quota = int64(q)
+					}
+				}
+				if covered, _, _ := unstructured.NestedStringSlice(groups[0].(map[string]any), "coveredResources"); !slices.Equal(covered, []string{"cpu", "memory", "pods"}) {
+					t.Errorf("ClusterQueue %s covers %v, want cpu, memory and pods (Kueue admits no pod asking for another)", name, covered)
 				}
 			}
 		}
