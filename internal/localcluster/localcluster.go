@@ -274,17 +274,7 @@ spec:
   - coveredResources: [cpu, memory, pods]
     flavors: [{name: jobrun, resources: [{name: cpu, nominalQuota: "100"}, {name: memory, nominalQuota: 100Gi}, {name: pods, nominalQuota: %d}]}]
 `, KueueTeamsQueue, o.TeamRuns, KueueSystemQueue, o.SystemRuns)
-	f, err := os.CreateTemp("", "jobrun-kueue-queues-*.yaml")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.WriteString(queues); err != nil {
-		f.Close()
-		return err
-	}
-	f.Close()
-	if err := c.apply(ctx, "-f", f.Name()); err != nil {
+	if err := c.applyYAML(ctx, "kueue-queues", queues); err != nil {
 		return err
 	}
 	c.opts.ManagerArgs = append(c.opts.ManagerArgs, "--kueue", "--kueue-team-cluster-queue="+KueueTeamsQueue, "--kueue-system-cluster-queue="+KueueSystemQueue)
@@ -416,7 +406,14 @@ func (c *Cluster) InstallIntegrations(ctx context.Context, runsNS, integrationsN
 	}
 	y := strings.ReplaceAll(string(data), "namespace: jobrun-system", "namespace: "+runsNS)
 	y = strings.ReplaceAll(y, DefaultIntegrationsNamespace, integrationsNS)
-	f, err := os.CreateTemp("", "jobrun-integrations-*.yaml")
+	c.opts.Log("installing the integrations namespace %s for the runner of %s", integrationsNS, runsNS)
+	return c.applyYAML(ctx, "integrations", y)
+}
+
+// applyYAML applies the manifests y (through a temporary file named for
+// what).
+func (c *Cluster) applyYAML(ctx context.Context, what, y string) error {
+	f, err := os.CreateTemp("", "jobrun-"+what+"-*.yaml")
 	if err != nil {
 		return err
 	}
@@ -428,7 +425,6 @@ func (c *Cluster) InstallIntegrations(ctx context.Context, runsNS, integrationsN
 	if err := f.Close(); err != nil {
 		return err
 	}
-	c.opts.Log("installing the integrations namespace %s for the runner of %s", integrationsNS, runsNS)
 	return c.apply(ctx, "-f", f.Name())
 }
 
