@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -23,11 +24,14 @@ import (
 )
 
 // kueueQueues starts a real Kueue for ns (labelled for its pod
-// integration) with a ResourceFlavor and two ClusterQueues of one pod each,
-// for the teams and for system runs.
-func kueueQueues(t *testing.T, ns string) KueueQueues {
+// integration; Admission Fair Sharing sampling usage every second, half of
+// it forgotten in 10 s, so that seconds of use count) with a
+// ResourceFlavor and two ClusterQueues, for the teams (teamPods at once,
+// Admission Fair Sharing between their LocalQueues, as the chart's) and for
+// system runs (systemPods).
+func kueueQueues(t *testing.T, ns string, teamPods, systemPods int) KueueQueues {
 	t.Helper()
-	kueuetest.Start(t, env.ControlPlane, kueuetest.Options{})
+	kueuetest.Start(t, env.ControlPlane, kueuetest.Options{UsageSamplingInterval: time.Second, UsageHalfLife: 10 * time.Second})
 	ctx := context.Background()
 	nsObj := &corev1.Namespace{}
 	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, nsObj); err != nil {
@@ -48,18 +52,19 @@ func kueueQueues(t *testing.T, ns string) KueueQueues {
 		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), u) })
 	}
 	create(map[string]any{"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": map[string]any{"name": flavor}})
-	for _, cq := range []string{q.Teams, q.System} {
-		create(map[string]any{
-			"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue",
-			"metadata": map[string]any{"name": cq},
-			"spec": map[string]any{
-				"namespaceSelector": map[string]any{},
-				"resourceGroups": []any{map[string]any{
-					"coveredResources": []any{"pods"},
-					"flavors":          []any{map[string]any{"name": flavor, "resources": []any{map[string]any{"name": "pods", "nominalQuota": 1}}}},
-				}},
-			},
-		})
+	for cq, pods := range map[string]int{q.Teams: teamPods, q.System: systemPods} {
+		spec := map[string]any{
+			"namespaceSelector": map[string]any{},
+			"resourceGroups": []any{map[string]any{
+				"coveredResources": []any{"cpu", "pods"},
+				"flavors": []any{map[string]any{"name": flavor, "resources": []any{
+					map[string]any{"name": "cpu", "nominalQuota": "100"}, map[string]any{"name": "pods", "nominalQuota": pods}}}},
+			}},
+		}
+		if cq == q.Teams {
+			spec["admissionScope"] = map[string]any{"admissionMode": "UsageBasedAdmissionFairSharing"}
+		}
+		create(map[string]any{"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": map[string]any{"name": cq}, "spec": spec})
 	}
 	return q
 }
@@ -108,7 +113,7 @@ func waitAdmitted(t *testing.T, ns, name string) *corev1.Pod {
 // counts from its admission.
 func TestRunsQueueThroughKueue(t *testing.T) {
 	ns := env.Namespace(t)
-	q := kueueQueues(t, ns)
+	q := kueueQueues(t, ns, 1, 1)
 	clock := clocktesting.NewFakeClock(time.Now())
 	startManager(t, ns, clock, WithKueue(q))
 	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) { jt.Spec.StartTimeoutSeconds = ptr.To[int64](60) })
@@ -207,5 +212,95 @@ func collectOrphanWorkloads(t *testing.T, ns string) {
 				}
 			}
 		}
+	}
+}
+
+// TestTeamsShareFairlyUnderAFlood: with a real Kueue and the teams'
+// ClusterQueue shared by Admission Fair Sharing, a team that floods the
+// queue does not make another team's runs wait behind its backlog: when a
+// slot frees, the other team's runs are admitted next. A system run is
+// admitted at once through its own lane, whatever the teams' queue holds.
+func TestTeamsShareFairlyUnderAFlood(t *testing.T) {
+	ns := env.Namespace(t)
+	q := kueueQueues(t, ns, 2, 1)
+	clock := clocktesting.NewFakeClock(time.Now())
+	startManager(t, ns, clock, WithKueue(q))
+	// Admission Fair Sharing weighs the teams' usage of what their pods
+	// request, as real run pods do.
+	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) {
+		jt.Spec.Template.Spec.Containers[0].Resources.Requests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m")}
+	})
+	team := func(name string) func(*jobsv1alpha1.JobRun) {
+		return func(jr *jobsv1alpha1.JobRun) { jr.Spec.TeamID, jr.Spec.ProjectID = name, name+"-project" }
+	}
+
+	// Team A floods: 2 admitted, the rest queued.
+	const flood = 12
+	for i := range flood {
+		createRunWith(t, ns, fmt.Sprintf("a-%02d", i), team("team-a"))
+	}
+	admitted := func() map[string]bool {
+		pods := &corev1.PodList{}
+		if err := env.Client.List(context.Background(), pods, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, p := range pods.Items {
+			if !kueueQueued(&p) && p.Status.Phase == corev1.PodPending {
+				out[p.Labels[jobsv1alpha1.LabelRun]] = true
+			}
+		}
+		return out
+	}
+	var first map[string]bool
+	testenv.Eventually(t, 60*time.Second, func(context.Context) error {
+		if first = admitted(); len(first) != 2 {
+			return fmt.Errorf("admitted %v, want 2 of team-a's runs", first)
+		}
+		return nil
+	})
+	for i := range flood {
+		if name := fmt.Sprintf("a-%02d", i); !first[name] {
+			waitQueued(t, ns, name, metav1.ConditionTrue, "Pending")
+		}
+	}
+	// Kueue has sampled team-a's usage (2 runs); team-b has none.
+	testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
+		lq := &unstructured.Unstructured{}
+		lq.SetGroupVersionKind(localQueueGVK)
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "jobrun-team-team-a"}, lq); err != nil {
+			return err
+		}
+		cpu, _, _ := unstructured.NestedString(lq.Object, "status", "fairSharing", "admissionFairSharingStatus", "consumedResources", "cpu")
+		if q, err := resource.ParseQuantity(cpu); err != nil || q.IsZero() {
+			return fmt.Errorf("team-a's LocalQueue has consumed cpu %q, want some", cpu)
+		}
+		return nil
+	})
+
+	// A system run is not held by the teams' queue.
+	createRunWith(t, ns, "system-1", func(jr *jobsv1alpha1.JobRun) { jr.Spec.TeamID, jr.Spec.ProjectID = "", "" })
+	waitAdmitted(t, ns, "system-1-1")
+
+	// Team B's runs, created after all of team-a's, go next.
+	createRunWith(t, ns, "b-00", team("team-b"))
+	createRunWith(t, ns, "b-01", team("team-b"))
+	waitQueued(t, ns, "b-00", metav1.ConditionTrue, "Pending")
+	waitQueued(t, ns, "b-01", metav1.ConditionTrue, "Pending")
+	for name := range first {
+		kubelet(t, waitPod(t, ns, name+"-1"), corev1.PodSucceeded, 0, "")
+		waitPhase(t, ns, name, jobsv1alpha1.JobRunCompleted)
+	}
+	var next map[string]bool
+	testenv.Eventually(t, 60*time.Second, func(context.Context) error {
+		next = admitted()
+		delete(next, "system-1")
+		if len(next) != 2 {
+			return fmt.Errorf("admitted %v, want 2 runs once team-a's first two ended", next)
+		}
+		return nil
+	})
+	if !next["b-00"] || !next["b-01"] {
+		t.Errorf("after team-a's first two runs ended, Kueue admitted %v; want team-b's b-00 and b-01 (created after team-a's %d runs) before team-a's backlog", next, flood)
 	}
 }

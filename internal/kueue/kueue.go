@@ -102,6 +102,11 @@ type Options struct {
 	FeatureGates map[string]bool
 	// LogLevel is the manager's zap log level (--zap-log-level); default 2.
 	LogLevel int
+	// UsageSamplingInterval is how often Kueue samples the LocalQueues'
+	// usage for Admission Fair Sharing (its admissionFairSharing config;
+	// default 10s); UsageHalfLife is how fast that usage decays (default
+	// 10m).
+	UsageSamplingInterval, UsageHalfLife time.Duration
 }
 
 // Kueue is a running Kueue manager.
@@ -212,7 +217,7 @@ func Start(ctx context.Context, cp *controlplane.ControlPlane, opts Options) (k 
 		exited:        make(chan struct{}),
 	}
 	configPath := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(configPath, configYAML(dir, webhookPort, healthPort, visibilityPort, opts.FeatureGates), 0o600); err != nil {
+	if err := os.WriteFile(configPath, configYAML(dir, webhookPort, healthPort, visibilityPort, opts), 0o600); err != nil {
 		return nil, err
 	}
 
@@ -387,7 +392,15 @@ func (k *Kueue) waitWebhook(ctx context.Context, cs kubernetes.Interface) error 
 // configYAML is the manager's Configuration: no leader election, no
 // internal certificate management (the certificates are ours), every
 // server on loopback, the pod integration only, for NamespaceLabel=true.
-func configYAML(dir string, webhookPort, healthPort, visibilityPort int, gates map[string]bool) []byte {
+func configYAML(dir string, webhookPort, healthPort, visibilityPort int, opts Options) []byte {
+	gates := opts.FeatureGates
+	sampling, halfLife := opts.UsageSamplingInterval, opts.UsageHalfLife
+	if sampling <= 0 {
+		sampling = 10 * time.Second
+	}
+	if halfLife <= 0 {
+		halfLife = 10 * time.Minute
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `apiVersion: config.kueue.x-k8s.io/v1beta2
 kind: Configuration
@@ -417,7 +430,10 @@ managedJobsNamespaceSelector:
 integrations:
   frameworks:
   - pod
-`, Namespace, healthPort, webhookPort, filepath.Join(dir, "webhook-certs"), visibilityPort, NamespaceLabel)
+admissionFairSharing:
+  usageSamplingInterval: %s
+  usageHalfLifeTime: %s
+`, Namespace, healthPort, webhookPort, filepath.Join(dir, "webhook-certs"), visibilityPort, NamespaceLabel, sampling, halfLife)
 	if len(gates) > 0 {
 		b.WriteString("featureGates:\n")
 		names := make([]string, 0, len(gates))
