@@ -525,52 +525,65 @@ func installWebhooks(ctx context.Context, cs kubernetes.Interface, path, baseURL
 		switch o := obj.(type) {
 		case *admissionv1.MutatingWebhookConfiguration:
 			found++
-			var keep []admissionv1.MutatingWebhook
-			for _, w := range o.Webhooks {
-				kueueKind, pods := classify(w.Rules)
-				if !kueueKind && !pods {
-					continue
-				}
-				w.ClientConfig = clientConfig(w.ClientConfig.Service)
-				if pods {
-					w.NamespaceSelector = nsSelector
-				}
-				keep = append(keep, w)
-			}
+			keep := ours(o.Webhooks, func(w *admissionv1.MutatingWebhook) ([]admissionv1.RuleWithOperations, *admissionv1.WebhookClientConfig, **metav1.LabelSelector) {
+				return w.Rules, &w.ClientConfig, &w.NamespaceSelector
+			}, clientConfig, nsSelector)
 			wc := &admissionv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: mutatingName}, Webhooks: keep}
-			api := cs.AdmissionregistrationV1().MutatingWebhookConfigurations()
-			if err := api.Delete(ctx, mutatingName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			if err := replace(ctx, cs.AdmissionregistrationV1().MutatingWebhookConfigurations(), mutatingName, wc); err != nil {
 				return err
-			}
-			if _, err := api.Create(ctx, wc, metav1.CreateOptions{}); err != nil {
-				return fmt.Errorf("creating %s: %w", mutatingName, err)
 			}
 		case *admissionv1.ValidatingWebhookConfiguration:
 			found++
-			var keep []admissionv1.ValidatingWebhook
-			for _, w := range o.Webhooks {
-				kueueKind, pods := classify(w.Rules)
-				if !kueueKind && !pods {
-					continue
-				}
-				w.ClientConfig = clientConfig(w.ClientConfig.Service)
-				if pods {
-					w.NamespaceSelector = nsSelector
-				}
-				keep = append(keep, w)
-			}
+			keep := ours(o.Webhooks, func(w *admissionv1.ValidatingWebhook) ([]admissionv1.RuleWithOperations, *admissionv1.WebhookClientConfig, **metav1.LabelSelector) {
+				return w.Rules, &w.ClientConfig, &w.NamespaceSelector
+			}, clientConfig, nsSelector)
 			wc := &admissionv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: validatingName}, Webhooks: keep}
-			api := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations()
-			if err := api.Delete(ctx, validatingName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			if err := replace(ctx, cs.AdmissionregistrationV1().ValidatingWebhookConfigurations(), validatingName, wc); err != nil {
 				return err
-			}
-			if _, err := api.Create(ctx, wc, metav1.CreateOptions{}); err != nil {
-				return fmt.Errorf("creating %s: %w", validatingName, err)
 			}
 		}
 	}
 	if found != 2 {
 		return fmt.Errorf("%s: found %d webhook configurations, want a mutating and a validating one", path, found)
+	}
+	return nil
+}
+
+// ours keeps the webhooks (mutating or validating: fields gives a
+// webhook's rules, client config and namespace selector) of Kueue's own
+// kinds and of pods, pointed at the manager by clientConfig; the pod
+// webhooks only for nsSelector's namespaces.
+func ours[W any](hooks []W, fields func(*W) ([]admissionv1.RuleWithOperations, *admissionv1.WebhookClientConfig, **metav1.LabelSelector),
+	clientConfig func(*admissionv1.ServiceReference) admissionv1.WebhookClientConfig, nsSelector *metav1.LabelSelector) []W {
+	var keep []W
+	for _, w := range hooks {
+		rules, cc, sel := fields(&w)
+		kueueKind, pods := classify(rules)
+		if !kueueKind && !pods {
+			continue
+		}
+		*cc = clientConfig(cc.Service)
+		if pods {
+			*sel = nsSelector
+		}
+		keep = append(keep, w)
+	}
+	return keep
+}
+
+// webhookConfigs is the API of one kind of webhook configuration.
+type webhookConfigs[T any] interface {
+	Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error
+	Create(ctx context.Context, obj *T, opts metav1.CreateOptions) (*T, error)
+}
+
+// replace creates obj, named name, in place of any earlier one.
+func replace[T any](ctx context.Context, api webhookConfigs[T], name string, obj *T) error {
+	if err := api.Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	if _, err := api.Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating %s: %w", name, err)
 	}
 	return nil
 }

@@ -249,37 +249,35 @@ func (c *Cluster) startKueue(ctx context.Context, o KueueOptions) error {
 	if err := c.Client.Update(ctx, ns); err != nil {
 		return fmt.Errorf("labelling namespace %s for Kueue: %w", c.opts.Namespace, err)
 	}
-	queues := fmt.Sprintf(`apiVersion: kueue.x-k8s.io/v1beta2
-kind: ResourceFlavor
-metadata: {name: jobrun}
----
-apiVersion: kueue.x-k8s.io/v1beta2
-kind: ClusterQueue
-metadata: {name: %s}
-spec:
-  namespaceSelector: {}
-  queueingStrategy: BestEffortFIFO
-  admissionScope: {admissionMode: UsageBasedAdmissionFairSharing}
-  resourceGroups:
-  - coveredResources: [cpu, memory, pods]
-    flavors: [{name: jobrun, resources: [{name: cpu, nominalQuota: "100"}, {name: memory, nominalQuota: 100Gi}, {name: pods, nominalQuota: %d}]}]
----
-apiVersion: kueue.x-k8s.io/v1beta2
-kind: ClusterQueue
-metadata: {name: %s}
-spec:
-  namespaceSelector: {}
-  queueingStrategy: BestEffortFIFO
-  resourceGroups:
-  - coveredResources: [cpu, memory, pods]
-    flavors: [{name: jobrun, resources: [{name: cpu, nominalQuota: "100"}, {name: memory, nominalQuota: 100Gi}, {name: pods, nominalQuota: %d}]}]
-`, KueueTeamsQueue, o.TeamRuns, KueueSystemQueue, o.SystemRuns)
+	queues := "apiVersion: kueue.x-k8s.io/v1beta2\nkind: ResourceFlavor\nmetadata: {name: jobrun}\n" +
+		clusterQueueYAML(KueueTeamsQueue, o.TeamRuns, true) + clusterQueueYAML(KueueSystemQueue, o.SystemRuns, false)
 	if err := c.applyYAML(ctx, "kueue-queues", queues); err != nil {
 		return err
 	}
 	c.opts.ManagerArgs = append(c.opts.ManagerArgs, "--kueue", "--kueue-team-cluster-queue="+KueueTeamsQueue, "--kueue-system-cluster-queue="+KueueSystemQueue)
 	c.opts.Log("Kueue ready after %s: ClusterQueues %s (%d runs at once) and %s (%d)", time.Since(start).Round(time.Millisecond), KueueTeamsQueue, o.TeamRuns, KueueSystemQueue, o.SystemRuns)
 	return nil
+}
+
+// clusterQueueYAML is a ClusterQueue of the flavor jobrun for every
+// namespace: pods runs at once, cpu and memory no dev run reaches, with
+// Admission Fair Sharing between its LocalQueues if fair.
+func clusterQueueYAML(name string, pods int, fair bool) string {
+	scope := ""
+	if fair {
+		scope = "  admissionScope: {admissionMode: UsageBasedAdmissionFairSharing}\n"
+	}
+	return fmt.Sprintf(`---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {name: %s}
+spec:
+  namespaceSelector: {}
+  queueingStrategy: BestEffortFIFO
+%s  resourceGroups:
+  - coveredResources: [cpu, memory, pods]
+    flavors: [{name: jobrun, resources: [{name: cpu, nominalQuota: "100"}, {name: memory, nominalQuota: 100Gi}, {name: pods, nominalQuota: %d}]}]
+`, name, scope, pods)
 }
 
 // The ClusterQueues of a cluster with Kueue (Options.Kueue).
