@@ -18,17 +18,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -56,6 +50,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"jobrun.dev/jobrun/internal/controlplane"
+	"jobrun.dev/jobrun/internal/selfsigned"
 )
 
 const (
@@ -179,7 +174,7 @@ func Start(ctx context.Context, cp *controlplane.ControlPlane, opts Options) (k 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	certPEM, keyPEM, pool, err := selfSignedCert()
+	certPEM, keyPEM, pool, err := selfsigned.Loopback("jobrun kueue", 24*time.Hour)
 	if err != nil {
 		return nil, err
 	}
@@ -601,44 +596,6 @@ func classify(rules []admissionv1.RuleWithOperations) (kueueKind, pods bool) {
 		}
 	}
 	return kueueKind, pods
-}
-
-// selfSignedCert makes a self-signed serving certificate for 127.0.0.1 and
-// localhost, its key, and a pool that trusts it.
-func selfSignedCert() (certPEM, keyPEM []byte, pool *x509.CertPool, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "kueuetest"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	pool = x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
-	return certPEM, keyPEM, pool, nil
 }
 
 // TLSConfig trusts the webhook and visibility servers' certificate.
