@@ -62,6 +62,14 @@ type Authenticator interface {
 
 var errUnauthenticated = errors.New("invalid credential")
 
+// credentialRefused reports whether err, from an Authenticator, says the
+// credential is no good (errUnauthenticated, or a 401 apiError), rather than
+// that it could not be checked now.
+func credentialRefused(err error) bool {
+	var ae *apiError
+	return errors.Is(err, errUnauthenticated) || errors.As(err, &ae) && ae.status == http.StatusUnauthorized
+}
+
 // claims are the JWT claims the API reads.
 type claims struct {
 	jwt.RegisteredClaims

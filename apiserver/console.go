@@ -296,10 +296,10 @@ func (c consoleResource) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := c.s.sessions.auth.Authenticate(r.Context(), credential)
 	if err != nil {
-		var ae *apiError
-		if errors.Is(err, errUnauthenticated) || (errors.As(err, &ae) && ae.status == http.StatusUnauthorized) {
+		if credentialRefused(err) {
 			msg := "Invalid or expired credential."
-			if ae != nil {
+			var ae *apiError
+			if errors.As(err, &ae) {
 				msg = ae.message
 			}
 			again(http.StatusUnauthorized, msg)

@@ -188,14 +188,10 @@ func (ss *sessions) authenticateSession(r *http.Request) (*Principal, string, er
 		return nil, "", err
 	}
 	p, err := ss.auth.Authenticate(r.Context(), credential)
-	if errors.Is(err, errUnauthenticated) {
+	if credentialRefused(err) {
 		return nil, "", errors.Join(errNoSession, err)
 	}
 	if err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) && ae.status == http.StatusUnauthorized {
-			return nil, "", errors.Join(errNoSession, err)
-		}
 		return nil, "", err
 	}
 	return p, c.Value, nil

@@ -3,7 +3,6 @@ package apiserver
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -181,10 +180,9 @@ func stillAllowed(ctx context.Context, allowed func(*Principal) error) string {
 		return ""
 	}
 	p, err := recheck(ctx)
-	var ae *apiError
 	switch {
 	case err == nil:
-	case errors.Is(err, errUnauthenticated), errors.As(err, &ae) && ae.status == http.StatusUnauthorized:
+	case credentialRefused(err):
 		return "the stream's credential is no longer valid (expired, revoked, or a ticket stream past its " + ticketStreamMaxAge.String() + "): reconnect with a valid one"
 	default:
 		return ""
