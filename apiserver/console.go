@@ -257,7 +257,7 @@ func (c consoleResource) signInForm(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			d.Link = value
 		} else {
-			status, p.Message = http.StatusBadRequest, "This sign-in link is invalid, expired or already used: sign in with a credential, or ask for a new link."
+			status, p.Message = http.StatusBadRequest, badLinkMessage
 		}
 	}
 	c.render(w, r, status, "signin", p)
@@ -285,7 +285,7 @@ func (c consoleResource) signIn(w http.ResponseWriter, r *http.Request) {
 	if value := r.PostFormValue("link"); value != "" {
 		lp, err := c.s.sessions.openLink(value, true)
 		if err != nil {
-			again(http.StatusBadRequest, "This sign-in link is invalid, expired or already used: sign in with a credential, or ask for a new link.")
+			again(http.StatusBadRequest, badLinkMessage)
 			return
 		}
 		credential = lp.Credential

@@ -51,6 +51,9 @@ type linkPayload struct {
 
 var errBadLink = errors.New("this sign-in link is invalid, expired or already used")
 
+// badLinkMessage is what the sign-in page says of a link it refuses.
+const badLinkMessage = "This sign-in link is invalid, expired or already used: sign in with a credential, or ask for a new link."
+
 // link seals credential into a sign-in link's value, and its expiry.
 func (ss *sessions) link(credential string) (string, time.Time) {
 	nonce := make([]byte, 16)
