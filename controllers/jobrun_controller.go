@@ -79,6 +79,9 @@ type JobRunReconciler struct {
 	// ensuredQueues are the LocalQueues seen to exist.
 	kueue         *KueueQueues
 	ensuredQueues sync.Map
+	// priorityClasses are the WorkloadPriorityClasses seen to exist, and
+	// when (priorityClassExists).
+	priorityClasses sync.Map
 }
 
 // Notifier sends the completion email of a finished run.
@@ -300,6 +303,18 @@ func (r *JobRunReconciler) createAttempt(ctx context.Context, run *jobsv1alpha1.
 		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonTemplateNotAllowed, templateRefusal(violations), r.clock.Now())
 		return d, nil
 	}
+	if name := jt.Spec.PriorityClassName; r.kueue != nil && name != "" {
+		switch found, err := r.priorityClassExists(ctx, name); {
+		case err != nil:
+			return d, err
+		case !found:
+			// Kueue would never admit the pod; say why now.
+			d = decision{status: d.status}
+			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonPriorityClassNotFound,
+				fmt.Sprintf("the JobType's priorityClassName %q names no Kueue WorkloadPriorityClass", name), r.clock.Now())
+			return d, nil
+		}
+	}
 	err := r.createPod(ctx, run, jt, d.createAttempt)
 	switch {
 	case err == nil:
@@ -421,6 +436,9 @@ func (r *JobRunReconciler) createPod(ctx context.Context, run *jobsv1alpha1.JobR
 			return err
 		}
 		pod.Labels[KueueQueueLabel] = LocalQueueName(run)
+		if jt.Spec.PriorityClassName != "" {
+			pod.Labels[KueuePriorityLabel] = jt.Spec.PriorityClassName
+		}
 	}
 	err := r.client.Create(ctx, pod)
 	if apierrors.IsAlreadyExists(err) {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -41,6 +42,9 @@ const (
 	KueueAdmissionGate = "kueue.x-k8s.io/admission"
 	// KueueSystemLocalQueue is the LocalQueue of system runs.
 	KueueSystemLocalQueue = "jobrun-system"
+	// KueuePriorityLabel names a pod's WorkloadPriorityClass (the
+	// JobType's priorityClassName).
+	KueuePriorityLabel = "kueue.x-k8s.io/priority-class"
 	// kueueTeamQueuePrefix starts a team's LocalQueue name.
 	kueueTeamQueuePrefix = "jobrun-team-"
 )
@@ -49,6 +53,8 @@ const (
 // the Workloads Kueue makes of run pods (why a run waits).
 // +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=localqueues,verbs=get;list;watch;create,namespace=system
 // +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=workloads,verbs=get;list;watch,namespace=system
+// It checks that a JobType's WorkloadPriorityClass exists.
+// +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=workloadpriorityclasses,verbs=get
 
 // localQueueGVK and workloadGVK are Kueue's LocalQueue and Workload (read
 // and created as unstructured, so that jobrun does not depend on Kueue's Go
@@ -56,6 +62,7 @@ const (
 var (
 	localQueueGVK = schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "LocalQueue"}
 	workloadGVK   = schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "Workload"}
+	priorityGVK   = schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "WorkloadPriorityClass"}
 )
 
 // kueueJobUIDLabel is on the Workload of a pod: the pod's UID.
@@ -188,10 +195,37 @@ func (r *JobRunReconciler) ensureLocalQueue(ctx context.Context, run *jobsv1alph
 	return nil
 }
 
+// priorityClassRecheck is how long a WorkloadPriorityClass seen to exist is
+// taken to exist without reading it again.
+const priorityClassRecheck = time.Minute
+
+// priorityClassExists reports whether Kueue's WorkloadPriorityClass name
+// exists: Kueue makes no Workload for a pod naming a missing class, so its
+// run would wait forever. A class seen is not read again for
+// priorityClassRecheck.
+func (r *JobRunReconciler) priorityClassExists(ctx context.Context, name string) (bool, error) {
+	now := r.clock.Now()
+	if seen, ok := r.priorityClasses.Load(name); ok && now.Sub(seen.(time.Time)) < priorityClassRecheck {
+		return true, nil
+	}
+	wpc := &unstructured.Unstructured{}
+	wpc.SetGroupVersionKind(priorityGVK)
+	err := r.apiReader.Get(ctx, client.ObjectKey{Name: name}, wpc)
+	switch {
+	case apierrors.IsNotFound(err):
+		r.priorityClasses.Delete(name)
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("failed to get Kueue WorkloadPriorityClass %s: %w", name, err)
+	}
+	r.priorityClasses.Store(name, now)
+	return true, nil
+}
+
 // KueueServed checks that Kueue's kinds jobrun uses are served: --kueue
 // without Kueue installed fails at start, saying so.
 func KueueServed(mapper meta.RESTMapper) error {
-	for _, gvk := range []schema.GroupVersionKind{localQueueGVK, workloadGVK} {
+	for _, gvk := range []schema.GroupVersionKind{localQueueGVK, workloadGVK, priorityGVK} {
 		if _, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
 			return fmt.Errorf("--kueue: Kueue's %s (%s) is not served; install Kueue (v0.17 or later, with its pod framework) first: %w", gvk.Kind, gvk.GroupVersion(), err)
 		}

@@ -304,3 +304,93 @@ func TestTeamsShareFairlyUnderAFlood(t *testing.T) {
 		t.Errorf("after team-a's first two runs ended, Kueue admitted %v; want team-b's b-00 and b-01 (created after team-a's %d runs) before team-a's backlog", next, flood)
 	}
 }
+
+// TestKueuePriorities: a JobType's priorityClassName orders its runs in
+// Kueue's queue: when the team's one slot frees, the run of the highest
+// priority goes next, whatever its age. A JobType's pod template cannot
+// give itself a priority (or a queue) through Kueue's labels; a class
+// that does not exist fails the run at once instead of leaving it queued
+// forever.
+func TestKueuePriorities(t *testing.T) {
+	ns := env.Namespace(t)
+	q := kueueQueues(t, ns, 1, 1)
+	high, low := "high-"+ns, "low-"+ns
+	for name, value := range map[string]int64{high: 1000, low: -1000} {
+		wpc := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
+			"metadata": map[string]any{"name": name}, "value": value,
+		}}
+		if err := env.Client.Create(context.Background(), wpc); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), wpc) })
+	}
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()), WithKueue(q))
+	jobType := func(jobType, priorityClass string, templateLabels map[string]string) {
+		createJobType(t, ns, func(jt *jobsv1alpha1.JobType) {
+			jt.Name, jt.Spec.JobType = strings.ReplaceAll(jobType, "_", "-"), jobType
+			jt.Spec.PriorityClassName = priorityClass
+			jt.Spec.Template.Labels = templateLabels
+		})
+	}
+	jobType("demo_sync", low, nil)
+	jobType("urgent_sync", high, nil)
+	// An attack: a template asking for the high priority and the system
+	// lane through Kueue's own labels. (The API server prunes a JobType
+	// template's metadata, by the CRD's schema: only the controller labels
+	// run pods.)
+	jobType("sneaky_sync", "", map[string]string{KueuePriorityLabel: high, KueueQueueLabel: KueueSystemLocalQueue})
+	jobType("broken_sync", "missing-"+ns, nil)
+	run := func(name, jobType string) {
+		createRunWith(t, ns, name, func(jr *jobsv1alpha1.JobRun) { jr.Spec.JobType = jobType; jr.Spec.ProjectID = name })
+	}
+
+	run("first", "sneaky_sync")
+	first := waitAdmitted(t, ns, "first-1")
+	if got, ok := first.Labels[KueuePriorityLabel]; ok || first.Labels[KueueQueueLabel] != "jobrun-team-team-1" {
+		t.Errorf("the sneaky template's pod has priority class %q (%v) and queue %q; want none and the team's queue", got, ok, first.Labels[KueueQueueLabel])
+	}
+	// Queued oldest first: low, sneaky (default priority), urgent (high).
+	for _, r := range [][2]string{{"low", "demo_sync"}, {"sneaky", "sneaky_sync"}, {"urgent", "urgent_sync"}} {
+		run(r[0], r[1])
+		waitQueued(t, ns, r[0], metav1.ConditionTrue, "Pending")
+	}
+	if got := waitPod(t, ns, "urgent-1").Labels[KueuePriorityLabel]; got != high {
+		t.Errorf("the urgent run's pod has priority class %q, want %s", got, high)
+	}
+	// Each time the slot frees, the highest priority waiting goes next.
+	prev := first
+	for _, next := range []string{"urgent", "sneaky", "low"} {
+		kubelet(t, prev, corev1.PodSucceeded, 0, "")
+		testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
+			pods := &corev1.PodList{}
+			if err := env.Client.List(ctx, pods, client.InNamespace(ns)); err != nil {
+				return err
+			}
+			var admitted []string
+			for _, p := range pods.Items {
+				if !kueueQueued(&p) && p.Status.Phase == corev1.PodPending {
+					admitted = append(admitted, p.Labels[jobsv1alpha1.LabelRun])
+				}
+			}
+			if len(admitted) != 1 {
+				return fmt.Errorf("admitted and not started: %v, want one run", admitted)
+			}
+			if admitted[0] != next {
+				t.Fatalf("Kueue admitted %s next, want %s (queued: low -1000, sneaky 0, urgent 1000, oldest first)", admitted[0], next)
+			}
+			return nil
+		})
+		prev = waitPod(t, ns, next+"-1")
+	}
+
+	// A class that does not exist: the run fails, no pod waits forever.
+	run("broken", "broken_sync")
+	jr := waitPhase(t, ns, "broken", jobsv1alpha1.JobRunFailed)
+	if c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionFinished); c.Reason != jobsv1alpha1.ReasonPriorityClassNotFound || !strings.Contains(c.Message, "missing-"+ns) {
+		t.Errorf("the run of a missing priority class ended with %q: %q, want %s naming the class", c.Reason, c.Message, jobsv1alpha1.ReasonPriorityClassNotFound)
+	}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "broken-1"}, &corev1.Pod{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the run of a missing priority class has a pod (%v)", err)
+	}
+}

@@ -304,6 +304,10 @@ const (
 	// ReasonCancelledWhileQueued: the run was cancelled before Kueue
 	// admitted it; its pod never ran.
 	ReasonCancelledWhileQueued = "CancelledWhileQueued"
+	// ReasonPriorityClassNotFound: the JobType's priorityClassName names no
+	// Kueue WorkloadPriorityClass; the run failed before any pod was
+	// created (Kueue would never admit it).
+	ReasonPriorityClassNotFound = "PriorityClassNotFound"
 )
 
 // LabelRun is on the pods of a run: the run's name.

@@ -103,6 +103,19 @@ type JobTypeSpec struct {
 	// +kubebuilder:validation:Maximum=10000
 	HistoryLimit *int32 `json:"historyLimit,omitempty"`
 
+	// priorityClassName is the Kueue WorkloadPriorityClass of the JobType's
+	// runs, when the manager sends runs through Kueue (--kueue): among the
+	// runs waiting in one ClusterQueue, Kueue admits those of higher
+	// priority first (after fair sharing between the teams, which comes
+	// first); it never preempts a running handler. A run whose class does
+	// not exist fails before any pod is created (reason
+	// PriorityClassNotFound). Without Kueue it has no effect. Empty: Kueue's
+	// default priority (0).
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+
 	// paramsSchema is an optional OpenAPI v3 schema (the dialect of CRD
 	// schemas) that a run's params must satisfy; a run whose params fail it
 	// fails before any pod starts (reason InvalidParams).
@@ -153,6 +166,7 @@ type JobTypeStatus struct {
 // +kubebuilder:printcolumn:name="Scope",type=string,JSONPath=`.spec.scope`
 // +kubebuilder:printcolumn:name="Deadline",type=integer,JSONPath=`.spec.activeDeadlineSeconds`,priority=1
 // +kubebuilder:printcolumn:name="Retries",type=integer,JSONPath=`.spec.retryLimit`,priority=1
+// +kubebuilder:printcolumn:name="Priority",type=string,JSONPath=`.spec.priorityClassName`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name == self.spec.jobType.replace('_', '-')",message="metadata.name must be spec.jobType with underscores replaced by hyphens",fieldPath=`.spec.jobType`
 type JobType struct {

@@ -250,7 +250,8 @@ func (c *Cluster) startKueue(ctx context.Context, o KueueOptions) error {
 		return fmt.Errorf("labelling namespace %s for Kueue: %w", c.opts.Namespace, err)
 	}
 	queues := "apiVersion: kueue.x-k8s.io/v1beta2\nkind: ResourceFlavor\nmetadata: {name: jobrun}\n" +
-		clusterQueueYAML(KueueTeamsQueue, o.TeamRuns, true) + clusterQueueYAML(KueueSystemQueue, o.SystemRuns, false)
+		clusterQueueYAML(KueueTeamsQueue, o.TeamRuns, true) + clusterQueueYAML(KueueSystemQueue, o.SystemRuns, false) +
+		fmt.Sprintf(priorityClassYAML, KueuePriorityHigh, KueuePriorityLow)
 	if err := c.applyYAML(ctx, "kueue-queues", queues); err != nil {
 		return err
 	}
@@ -280,10 +281,29 @@ spec:
 `, name, scope, pods)
 }
 
-// The ClusterQueues of a cluster with Kueue (Options.Kueue).
+// priorityClassYAML are the WorkloadPriorityClasses a JobType's
+// priorityClassName may name, as the chart's defaults: high, then low.
+const priorityClassYAML = `---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: WorkloadPriorityClass
+metadata: {name: %s}
+value: 1000
+description: Runs admitted ahead of the default priority (0) in their queue.
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: WorkloadPriorityClass
+metadata: {name: %s}
+value: -1000
+description: Runs admitted after those of the default priority (0) in their queue.
+`
+
+// The ClusterQueues and WorkloadPriorityClasses of a cluster with Kueue
+// (Options.Kueue).
 const (
-	KueueTeamsQueue  = "jobrun-teams"
-	KueueSystemQueue = "jobrun-system"
+	KueueTeamsQueue   = "jobrun-teams"
+	KueueSystemQueue  = "jobrun-system"
+	KueuePriorityHigh = "jobrun-high"
+	KueuePriorityLow  = "jobrun-low"
 )
 
 // startArchive starts the archive's PostgreSQL on its kept directory, with

@@ -24,7 +24,8 @@ func installKueueCRDs(t *testing.T) {
 // TestChartKueue: kueue.enabled renders the teams' ClusterQueue (the
 // release namespace's runs, Admission Fair Sharing, teams.maxRuns pods), the
 // system's (its own quota, no cohort to lend it to), their ResourceFlavor,
-// and the manager's --kueue flags naming them; without it, none of that.
+// the default WorkloadPriorityClasses, and the manager's --kueue flags
+// naming them; without it, none of that.
 func TestChartKueue(t *testing.T) {
 	values := filepath.Join(chartDir(), "ci", "kueue-values.yaml")
 	deployments, _ := chartDeployments(t, []string{values})
@@ -83,6 +84,16 @@ func TestChartKueue(t *testing.T) {
 		}
 		if ns != "rel" || quota != want.quota || (mode == "UsageBasedAdmissionFairSharing") != want.afs || cohort {
 			t.Errorf("ClusterQueue %s: namespace %q, pods quota %d, admission mode %q, cohort %v; want rel, %d, fair sharing %v, none", name, ns, quota, mode, cohort, want.quota, want.afs)
+		}
+	}
+	for name, want := range map[string]int64{"jobrun-high": 1000, "jobrun-low": -1000} {
+		wpc := objs["WorkloadPriorityClass/"+name]
+		if wpc == nil {
+			t.Errorf("no WorkloadPriorityClass %s: %v", name, slices.Sorted(maps.Keys(objs)))
+			continue
+		}
+		if value, _, _ := unstructured.NestedFloat64(wpc.Object, "value"); int64(value) != want {
+			t.Errorf("WorkloadPriorityClass %s has value %v, want %d", name, value, want)
 		}
 	}
 
