@@ -30,6 +30,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/guard"
@@ -82,6 +83,10 @@ type JobRunReconciler struct {
 	// priorityClasses are the WorkloadPriorityClasses seen to exist, and
 	// when (priorityClassExists).
 	priorityClasses sync.Map
+	// kueuePositions, if set, reads queued runs' positions into positions
+	// (kueue_position.go).
+	kueuePositions *KueuePositions
+	positions      sync.Map
 }
 
 // Notifier sends the completion email of a finished run.
@@ -107,6 +112,7 @@ func NewJobRunReconciler(mgr ctrl.Manager, opts ...Option) *JobRunReconciler {
 		archive:        o.archive,
 		archiveLiveTTL: o.archiveLiveTTL,
 		kueue:          o.kueue,
+		kueuePositions: o.kueuePositions,
 	}
 }
 
@@ -149,6 +155,17 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		wl := &unstructured.Unstructured{}
 		wl.SetGroupVersionKind(workloadGVK)
 		b = b.Watches(wl, handler.EnqueueRequestsFromMapFunc(r.workloadRun))
+		if r.kueuePositions != nil {
+			// A queued run whose position changed.
+			reporter, err := newPositionReporter(r, *r.kueuePositions)
+			if err != nil {
+				return err
+			}
+			if err := mgr.Add(reporter); err != nil {
+				return err
+			}
+			b = b.WatchesRawSource(source.Channel(reporter.events, &handler.EnqueueRequestForObject{}))
+		}
 	}
 	return b.WithOptions(controller.Options{MaxConcurrentReconciles: r.workers}).
 		Named("jobrun").
@@ -257,10 +274,11 @@ func (r *JobRunReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctr
 		paramsErr = paramschema.Validate(jobType.Spec.ParamsSchema, run.Spec.Params)
 	}
 	var queue *queueState
+	var position *queuePosition
 	if r.kueue != nil && pod != nil && kueueQueued(pod) {
-		queue = r.workloadState(ctx, pod)
+		queue, position = r.workloadState(ctx, pod), r.queuePosition(run)
 	}
-	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, queue: queue, now: r.clock.Now()})
+	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, queue: queue, position: position, now: r.clock.Now()})
 
 	if d.createAttempt > 0 {
 		if d, err = r.createAttempt(ctx, run, jobType, d); err != nil {
@@ -325,7 +343,9 @@ func (r *JobRunReconciler) createAttempt(ctx context.Context, run *jobsv1alpha1.
 		d = decision{status: d.status}
 		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonHandlerFailed, "the JobType's pod template is invalid: "+err.Error(), r.clock.Now())
 		return d, nil
-	case apierrors.IsForbidden(err):
+	case apierrors.IsForbidden(err) || apierrors.IsInternalError(err):
+		// Forbidden, or an admission webhook that cannot be called (such
+		// as Kueue's while it restarts, failurePolicy Fail): refused.
 		return podRefused(observation{run: run, jobType: jt, now: r.clock.Now()}, d, err), nil
 	default:
 		return d, fmt.Errorf("failed to create pod %s for JobRun %s: %w", jobsv1alpha1.PodName(run.Name, d.createAttempt), client.ObjectKeyFromObject(run), err)

@@ -27,7 +27,10 @@ type observation struct {
 	// queue is why Kueue has not admitted the pod yet, from its Workload
 	// (nil: no Workload seen yet).
 	queue *queueState
-	now   time.Time
+	// position is where the queued pod stands in Kueue's queues, as last
+	// read (nil: not read, or behind the positions read).
+	position *queuePosition
+	now      time.Time
 }
 
 // runEvent is an Event for people about a transition.
@@ -160,10 +163,14 @@ func decide(o observation) decision {
 			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelledWhileQueued, "cancelled while queued for admission; its pod never ran", o.now)
 			return d
 		}
-		reason, msg := jobsv1alpha1.ReasonWaitingForAdmission, fmt.Sprintf("pod %s waits for Kueue to admit it (LocalQueue %s)", pod.Name, pod.Labels[KueueQueueLabel])
+		where := "LocalQueue " + pod.Labels[KueueQueueLabel]
+		if p := o.position; p != nil {
+			where = fmt.Sprintf("position %d in LocalQueue %s (%d in its ClusterQueue)", p.local+1, pod.Labels[KueueQueueLabel], p.cluster+1)
+		}
+		reason, msg := jobsv1alpha1.ReasonWaitingForAdmission, fmt.Sprintf("%s: pod %s waits for Kueue to admit it", where, pod.Name)
 		if q := o.queue; q != nil {
 			reason = conditionReason(q.reason, reason)
-			msg = clipTo(fmt.Sprintf("LocalQueue %s: %s", pod.Labels[KueueQueueLabel], q.message), 1024)
+			msg = clipTo(where+": "+q.message, 1024)
 		}
 		d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, reason, msg, now)
 		return d

@@ -29,9 +29,9 @@ import (
 // ResourceFlavor and two ClusterQueues, for the teams (teamPods at once,
 // Admission Fair Sharing between their LocalQueues, as the chart's) and for
 // system runs (systemPods).
-func kueueQueues(t *testing.T, ns string, teamPods, systemPods int) KueueQueues {
+func kueueQueues(t *testing.T, ns string, teamPods, systemPods int) (KueueQueues, *kueuetest.Kueue) {
 	t.Helper()
-	kueuetest.Start(t, env.ControlPlane, kueuetest.Options{UsageSamplingInterval: time.Second, UsageHalfLife: 10 * time.Second})
+	k := startKueue(t)
 	ctx := context.Background()
 	nsObj := &corev1.Namespace{}
 	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, nsObj); err != nil {
@@ -66,7 +66,15 @@ func kueueQueues(t *testing.T, ns string, teamPods, systemPods int) KueueQueues 
 		}
 		create(map[string]any{"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": map[string]any{"name": cq}, "spec": spec})
 	}
-	return q
+	return q, k
+}
+
+// startKueue starts a real Kueue for the tests' control plane (Admission
+// Fair Sharing sampling usage every second, half of it forgotten in 10 s,
+// so that seconds of use count).
+func startKueue(t *testing.T) *kueuetest.Kueue {
+	t.Helper()
+	return kueuetest.Start(t, env.ControlPlane, kueuetest.Options{UsageSamplingInterval: time.Second, UsageHalfLife: 10 * time.Second})
 }
 
 // waitQueued waits until run name is pending with condition Queued of
@@ -113,7 +121,7 @@ func waitAdmitted(t *testing.T, ns, name string) *corev1.Pod {
 // counts from its admission.
 func TestRunsQueueThroughKueue(t *testing.T) {
 	ns := env.Namespace(t)
-	q := kueueQueues(t, ns, 1, 1)
+	q, _ := kueueQueues(t, ns, 1, 1)
 	clock := clocktesting.NewFakeClock(time.Now())
 	startManager(t, ns, clock, WithKueue(q))
 	createJobType(t, ns, func(jt *jobsv1alpha1.JobType) { jt.Spec.StartTimeoutSeconds = ptr.To[int64](60) })
@@ -222,7 +230,7 @@ func collectOrphanWorkloads(t *testing.T, ns string) {
 // admitted at once through its own lane, whatever the teams' queue holds.
 func TestTeamsShareFairlyUnderAFlood(t *testing.T) {
 	ns := env.Namespace(t)
-	q := kueueQueues(t, ns, 2, 1)
+	q, _ := kueueQueues(t, ns, 2, 1)
 	clock := clocktesting.NewFakeClock(time.Now())
 	startManager(t, ns, clock, WithKueue(q))
 	// Admission Fair Sharing weighs the teams' usage of what their pods
@@ -313,7 +321,7 @@ func TestTeamsShareFairlyUnderAFlood(t *testing.T) {
 // forever.
 func TestKueuePriorities(t *testing.T) {
 	ns := env.Namespace(t)
-	q := kueueQueues(t, ns, 1, 1)
+	q, _ := kueueQueues(t, ns, 1, 1)
 	high, low := "high-"+ns, "low-"+ns
 	for name, value := range map[string]int64{high: 1000, low: -1000} {
 		wpc := &unstructured.Unstructured{Object: map[string]any{
@@ -393,4 +401,176 @@ func TestKueuePriorities(t *testing.T) {
 	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "broken-1"}, &corev1.Pod{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the run of a missing priority class has a pod (%v)", err)
 	}
+}
+
+// waitNextSecond waits until the second in which pod's Workload was created
+// has passed: Kueue orders a queue by its Workloads' creation, in whole
+// seconds (ties by UID), so a run created after is queued behind pod's.
+func waitNextSecond(t *testing.T, ns, pod string) {
+	t.Helper()
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		p := &corev1.Pod{}
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: pod}, p); err != nil {
+			return err
+		}
+		list := &unstructured.UnstructuredList{}
+		list.SetGroupVersionKind(workloadGVK.GroupVersion().WithKind("WorkloadList"))
+		if err := env.Client.List(ctx, list, client.InNamespace(ns), client.MatchingLabels{kueueJobUIDLabel: string(p.UID)}); err != nil {
+			return err
+		}
+		if len(list.Items) == 0 {
+			return fmt.Errorf("no Workload of pod %s yet", pod)
+		}
+		if created := list.Items[0].GetCreationTimestamp(); !time.Now().After(created.Add(time.Second)) {
+			return fmt.Errorf("the second of the Workload of pod %s (%s) has not passed", pod, created)
+		}
+		return nil
+	})
+}
+
+// TestKueueRestartsLoseNothing: the manager down while runs queue (a run
+// ends, a queued run is cancelled, a run is created), then Kueue killed
+// (a crash: its webhooks stay, refusing pods) while runs wait and one is
+// created: once each is back, every run ends or waits as it should, none
+// lost, none failed; a pod Kueue's dead webhook refused says so and is
+// created once Kueue is back.
+func TestKueueRestartsLoseNothing(t *testing.T) {
+	ns := env.Namespace(t)
+	q, k := kueueQueues(t, ns, 1, 1)
+	clock := clocktesting.NewFakeClock(time.Now())
+	stop := startManager(t, ns, clock, WithKueue(q))
+	createJobType(t, ns)
+	run := func(name string) {
+		createRunWith(t, ns, name, func(jr *jobsv1alpha1.JobRun) { jr.Spec.ProjectID = name })
+	}
+	run("run-1")
+	pod1 := waitAdmitted(t, ns, "run-1-1")
+	run("run-2")
+	waitQueued(t, ns, "run-2", metav1.ConditionTrue, "Pending")
+	waitNextSecond(t, ns, "run-2-1")
+	run("run-3")
+	waitQueued(t, ns, "run-3", metav1.ConditionTrue, "Pending")
+
+	// The manager is down: run-1 ends (Kueue admits run-2 meanwhile),
+	// run-3 is cancelled, run-4 is created.
+	stop()
+	kubelet(t, pod1, corev1.PodSucceeded, 0, "")
+	waitAdmitted(t, ns, "run-2-1")
+	env.Annotate(t, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "run-3"}}, jobsv1alpha1.AnnotationCancelRequested, "now")
+	run("run-4")
+	startManager(t, ns, clock, WithKueue(q))
+	waitPhase(t, ns, "run-1", jobsv1alpha1.JobRunCompleted)
+	waitQueued(t, ns, "run-2", metav1.ConditionFalse, jobsv1alpha1.ReasonAdmitted)
+	if jr := waitPhase(t, ns, "run-3", jobsv1alpha1.JobRunCancelled); finishedReason(jr) != jobsv1alpha1.ReasonCancelledWhileQueued {
+		t.Errorf("run-3, cancelled while the manager was down: reason %q, want %s", finishedReason(jr), jobsv1alpha1.ReasonCancelledWhileQueued)
+	}
+	waitQueued(t, ns, "run-4", metav1.ConditionTrue, "Pending")
+	collectOrphanWorkloads(t, ns)
+
+	// Kueue crashes: run-2 ends and run-4 stays queued (nothing admits
+	// it); run-5's pod is refused by Kueue's webhook, so run-5 waits
+	// without one.
+	k.Kill()
+	kubelet(t, waitPod(t, ns, "run-2-1"), corev1.PodSucceeded, 0, "")
+	waitPhase(t, ns, "run-2", jobsv1alpha1.JobRunCompleted)
+	waitQueued(t, ns, "run-4", metav1.ConditionTrue, "Pending")
+	run("run-5")
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		jr, err := getRun(ctx, ns, "run-5")
+		if err != nil {
+			return err
+		}
+		if c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionRunning); c == nil || c.Reason != jobsv1alpha1.ReasonPodForbidden || !strings.Contains(c.Message, "failed calling webhook") {
+			return fmt.Errorf("run-5's Running condition %+v, want %s saying Kueue's webhook could not be called", c, jobsv1alpha1.ReasonPodForbidden)
+		}
+		return nil
+	})
+	if jr, err := getRun(context.Background(), ns, "run-5"); err != nil || jr.CurrentPhase() != jobsv1alpha1.JobRunPending {
+		t.Fatalf("run-5 while Kueue is down: %+v (%v), want pending", jr.Status, err)
+	}
+
+	// Kueue is back: run-5 gets its pod; run-4 and run-5 are admitted one
+	// at a time (after a restart, Kueue's best-effort FIFO may take either
+	// first), and both complete.
+	startKueue(t)
+	waitPod(t, ns, "run-5-1")
+	for range 2 {
+		var admitted string
+		testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
+			var queued []string
+			for _, name := range []string{"run-4", "run-5"} {
+				jr, err := getRun(ctx, ns, name)
+				if err != nil {
+					return err
+				}
+				if jr.CurrentPhase() != jobsv1alpha1.JobRunPending {
+					continue
+				}
+				switch c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionQueued); {
+				case c != nil && c.Status == metav1.ConditionFalse && c.Reason == jobsv1alpha1.ReasonAdmitted:
+					admitted = name
+				default:
+					queued = append(queued, name)
+				}
+			}
+			if admitted == "" {
+				return fmt.Errorf("none of run-4 and run-5 admitted (queued: %v)", queued)
+			}
+			return nil
+		})
+		kubelet(t, waitPod(t, ns, admitted+"-1"), corev1.PodSucceeded, 0, "")
+		waitPhase(t, ns, admitted, jobsv1alpha1.JobRunCompleted)
+	}
+}
+
+// TestQueuedRunsShowTheirPosition: a queued run's Queued condition says
+// where it stands in Kueue's queues, from Kueue's visibility API, for the
+// first runs of each LocalQueue (limit 2 here); positions follow the queue
+// as runs ahead are admitted.
+func TestQueuedRunsShowTheirPosition(t *testing.T) {
+	ns := env.Namespace(t)
+	q, k := kueueQueues(t, ns, 1, 1)
+	startManager(t, ns, clocktesting.NewFakeClock(time.Now()), WithKueue(q),
+		WithKueuePositions(KueuePositions{Interval: 200 * time.Millisecond, Limit: 2, Config: k.VisibilityConfig(env.Config)}))
+	createJobType(t, ns)
+	run := func(name string) {
+		createRunWith(t, ns, name, func(jr *jobsv1alpha1.JobRun) { jr.Spec.ProjectID = name })
+	}
+	run("run-0")
+	first := waitAdmitted(t, ns, "run-0-1")
+	// Queued in this order (Kueue orders by whole seconds of creation).
+	for i, name := range []string{"run-1", "run-2", "run-3"} {
+		if i > 0 {
+			waitNextSecond(t, ns, fmt.Sprintf("run-%d-1", i))
+		}
+		run(name)
+		waitQueued(t, ns, name, metav1.ConditionTrue, "Pending")
+	}
+	wantPositions := func(want map[string]string) {
+		t.Helper()
+		testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
+			for name, prefix := range want {
+				jr, err := getRun(ctx, ns, name)
+				if err != nil {
+					return err
+				}
+				c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionQueued)
+				if c == nil || c.Status != metav1.ConditionTrue || !strings.HasPrefix(c.Message, prefix+": ") {
+					return fmt.Errorf("%s's Queued condition %+v, want a message starting %q", name, c, prefix)
+				}
+			}
+			return nil
+		})
+	}
+	wantPositions(map[string]string{
+		"run-1": "position 1 in LocalQueue jobrun-team-team-1 (1 in its ClusterQueue)",
+		"run-2": "position 2 in LocalQueue jobrun-team-team-1 (2 in its ClusterQueue)",
+		"run-3": "LocalQueue jobrun-team-team-1", // behind the limit
+	})
+	kubelet(t, first, corev1.PodSucceeded, 0, "")
+	waitQueued(t, ns, "run-1", metav1.ConditionFalse, jobsv1alpha1.ReasonAdmitted)
+	wantPositions(map[string]string{
+		"run-2": "position 1 in LocalQueue jobrun-team-team-1 (1 in its ClusterQueue)",
+		"run-3": "position 2 in LocalQueue jobrun-team-team-1 (2 in its ClusterQueue)",
+	})
 }

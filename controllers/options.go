@@ -23,6 +23,9 @@ type options struct {
 	archiveLiveTTL time.Duration
 	// kueue, if set, sends run pods through Kueue (WithKueue).
 	kueue *KueueQueues
+	// kueuePositions, if set, puts queued runs' positions in their Queued
+	// condition (WithKueuePositions).
+	kueuePositions *KueuePositions
 }
 
 func newOptions(opts []Option) options {

@@ -271,8 +271,9 @@ const (
 	// finished.
 	ReasonPodLost = "PodLost"
 	// ReasonPodForbidden: the API server refused the run's pod (Pod
-	// Security, a quota, an admission webhook); retried until the JobType's
-	// start timeout, then the run fails with it.
+	// Security, a quota, an admission webhook's denial, or a webhook it
+	// could not call); retried until the JobType's start timeout, then the
+	// run fails with it.
 	ReasonPodForbidden = "PodForbidden"
 	// ReasonStartTimeout: the run was not running when the JobType's start
 	// timeout ended, and its pod says no more specific reason.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"k8s.io/client-go/rest"
 	"os"
 	"strings"
 	_ "time/tzdata" // JobSchedule time zones, also in images without a zoneinfo database
@@ -148,6 +149,11 @@ func setupControllers(ctx context.Context, mgr ctrl.Manager, f *managerFlags, ar
 		if err := controllers.KueueServed(mgr.GetRESTMapper()); err != nil {
 			return err
 		}
+		if f.kueue.positionInterval > 0 {
+			opts = append(opts, controllers.WithKueuePositions(controllers.KueuePositions{
+				Interval: f.kueue.positionInterval, Limit: f.kueue.positionLimit, Config: visibilityConfig(mgr.GetConfig(), f.kueue),
+			}))
+		}
 	}
 	if err := controllers.NewJobRunReconciler(mgr, opts...).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("setting up the JobRun controller: %w", err)
@@ -290,4 +296,15 @@ func readSecretFile(flagName, path string) (string, error) {
 		return "", fmt.Errorf("reading %s: %w", flagName, err)
 	}
 	return strings.TrimSpace(string(data)), nil
+}
+
+// visibilityConfig reaches Kueue's visibility API with the manager's
+// credentials: through the API server, or at --kueue-visibility-url.
+func visibilityConfig(base *rest.Config, f kueueFlags) *rest.Config {
+	cfg := rest.CopyConfig(base)
+	if f.visibilityURL != "" {
+		cfg.Host = f.visibilityURL
+		cfg.TLSClientConfig.CAData, cfg.TLSClientConfig.CAFile = nil, f.visibilityCAFile
+	}
+	return cfg
 }

@@ -55,6 +55,13 @@ type kueueFlags struct {
 	// teams and system are the ClusterQueues of the teams' and the system
 	// LocalQueues.
 	teams, system string
+	// positionInterval is how often queued runs' positions are read (0:
+	// never); positionLimit how many per LocalQueue.
+	positionInterval time.Duration
+	positionLimit    int
+	// visibilityURL and visibilityCAFile reach Kueue's visibility server
+	// directly; empty: through the API server (Kueue's APIService).
+	visibilityURL, visibilityCAFile string
 }
 
 // archiveFlags configure the run archive (PostgreSQL).
@@ -131,6 +138,10 @@ func (f *managerFlags) bind(fs *flag.FlagSet) {
 	fs.BoolVar(&f.kueue.enabled, "kueue", false, "Send run pods through Kueue (its plain-Pod integration; Kueue must be installed with the pod framework on for the runs' namespace): a team's runs in the LocalQueue jobrun-team-<team>, created on demand, system runs in jobrun-system. A run waiting for admission is pending with condition Queued; its start timeout counts from its admission.")
 	fs.StringVar(&f.kueue.teams, "kueue-team-cluster-queue", "jobrun-teams", "With --kueue: the ClusterQueue the teams' LocalQueues point at.")
 	fs.StringVar(&f.kueue.system, "kueue-system-cluster-queue", "jobrun-system", "With --kueue: the ClusterQueue of the system LocalQueue (capacity team runs cannot take).")
+	fs.DurationVar(&f.kueue.positionInterval, "kueue-position-interval", 10*time.Second, "With --kueue: how often the leader reads queued runs' positions from Kueue's visibility API (one request per LocalQueue with pending runs) into their Queued condition; 0: never.")
+	fs.IntVar(&f.kueue.positionLimit, "kueue-position-limit", 50, "With --kueue: how many queued runs of each LocalQueue, from the front, get their position.")
+	fs.StringVar(&f.kueue.visibilityURL, "kueue-visibility-url", "", "With --kueue: the URL of Kueue's visibility server, reached directly with the manager's credentials; empty: through the API server, which serves it when Kueue's APIService (v1beta2.visibility.kueue.x-k8s.io) is installed.")
+	fs.StringVar(&f.kueue.visibilityCAFile, "kueue-visibility-ca-file", "", "With --kueue-visibility-url: the certificate (PEM) that the visibility server's is signed by.")
 	fs.StringVar(&f.namespace, "namespace", "jobrun-system", "Namespace of the runs, job types and projects the manager reconciles (unless --all-namespaces) and the REST API serves.")
 	f.zap.Development = false
 	f.zap.BindFlags(fs)
@@ -165,6 +176,12 @@ func (f *managerFlags) validate() error {
 	}
 	if f.archive.dsn != "" && (f.archive.liveTTL <= 0 || f.archive.retention < 0) {
 		return fmt.Errorf("--archive-live-ttl (%s) must be positive and --archive-retention (%s) not negative", f.archive.liveTTL, f.archive.retention)
+	}
+	if f.kueue.positionInterval < 0 || (f.kueue.positionInterval > 0 && (f.kueue.positionLimit < 1 || f.kueue.positionLimit > 1000)) {
+		return fmt.Errorf("--kueue-position-interval (%s) must not be negative, and --kueue-position-limit (%d) from 1 to 1000", f.kueue.positionInterval, f.kueue.positionLimit)
+	}
+	if f.kueue.visibilityURL != "" && !strings.HasPrefix(f.kueue.visibilityURL, "https://") {
+		return fmt.Errorf("--kueue-visibility-url %q must be an https:// URL", f.kueue.visibilityURL)
 	}
 	if !f.runControllers && f.apiAddr == "" {
 		return fmt.Errorf("--run-controllers=false without --api-bind-address leaves nothing to do")

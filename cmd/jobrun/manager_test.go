@@ -206,6 +206,9 @@ func TestManagerRejectsBadFlags(t *testing.T) {
 		{"--jwt-max-token-lifetime=0s"},
 		{"--kube-api-qps=0"},
 		{"--kube-api-burst=-1"},
+		{"--kueue", "--kueue-position-interval=-1s"},
+		{"--kueue", "--kueue-position-limit=0"},
+		{"--kueue", "--kueue-visibility-url=http://kueue-visibility:8082"},
 	} {
 		if _, err := parseManagerFlags(args); err == nil {
 			t.Errorf("parseManagerFlags(%q) accepted", args)

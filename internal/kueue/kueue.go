@@ -285,6 +285,15 @@ func (k *Kueue) Stop() error {
 	return err
 }
 
+// Kill ends the manager at once (SIGKILL), as a crash would: its webhook
+// configurations stay, so the API server refuses pods of the managed
+// namespaces until a Kueue started again serves them (Start replaces the
+// configurations).
+func (k *Kueue) Kill() {
+	_ = k.cmd.Process.Kill()
+	<-k.exited
+}
+
 // Exited is closed when the manager process has exited.
 func (k *Kueue) Exited() <-chan struct{} { return k.exited }
 
@@ -597,6 +606,22 @@ func classify(rules []admissionv1.RuleWithOperations) (kueueKind, pods bool) {
 	}
 	return kueueKind, pods
 }
+
+// VisibilityConfig is base (its credentials) pointed at Kueue's visibility
+// server directly on loopback, trusting its certificate: the local stand-in
+// for the API server's aggregation, which a cluster's Kueue install
+// registers (an APIService) and a local control plane has not.
+func (k *Kueue) VisibilityConfig(base *rest.Config) *rest.Config {
+	cfg := rest.CopyConfig(base)
+	cfg.Host = k.VisibilityURL
+	cfg.TLSClientConfig.CAFile = ""
+	cfg.TLSClientConfig.CAData = k.CAPEM
+	return cfg
+}
+
+// VisibilityCAFile holds the visibility server's certificate (for
+// --kueue-visibility-ca-file).
+func (k *Kueue) VisibilityCAFile() string { return filepath.Join(k.Dir, "visibility", "tls.crt") }
 
 // TLSConfig trusts the webhook and visibility servers' certificate.
 func (k *Kueue) TLSConfig() *tls.Config {

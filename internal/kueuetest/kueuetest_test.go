@@ -345,11 +345,7 @@ type pendingWorkload struct {
 // delegation to kube-apiserver), for the pending workloads of a LocalQueue.
 func pendingWorkloads(ctx context.Context, t *testing.T, k *kueuetest.Kueue, ns, lq string) []pendingWorkload {
 	t.Helper()
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Host = k.VisibilityURL
-	cfg.TLSClientConfig.CAFile = ""
-	cfg.TLSClientConfig.CAData = k.CAPEM
-	hc, err := rest.HTTPClientFor(cfg)
+	hc, err := rest.HTTPClientFor(k.VisibilityConfig(env.Config))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -255,7 +255,10 @@ func (c *Cluster) startKueue(ctx context.Context, o KueueOptions) error {
 	if err := c.applyYAML(ctx, "kueue-queues", queues); err != nil {
 		return err
 	}
-	c.opts.ManagerArgs = append(c.opts.ManagerArgs, "--kueue", "--kueue-team-cluster-queue="+KueueTeamsQueue, "--kueue-system-cluster-queue="+KueueSystemQueue)
+	// Queued runs' positions from Kueue's visibility server, directly:
+	// a local control plane has no aggregation to reach it through.
+	c.opts.ManagerArgs = append(c.opts.ManagerArgs, "--kueue", "--kueue-team-cluster-queue="+KueueTeamsQueue, "--kueue-system-cluster-queue="+KueueSystemQueue,
+		"--kueue-visibility-url="+k.VisibilityURL, "--kueue-visibility-ca-file="+k.VisibilityCAFile())
 	c.opts.Log("Kueue ready after %s: ClusterQueues %s (%d runs at once) and %s (%d)", time.Since(start).Round(time.Millisecond), KueueTeamsQueue, o.TeamRuns, KueueSystemQueue, o.SystemRuns)
 	return nil
 }
