@@ -80,9 +80,6 @@ type JobRunReconciler struct {
 	// ensuredQueues are the LocalQueues seen to exist.
 	kueue         *KueueQueues
 	ensuredQueues sync.Map
-	// priorityClasses are the WorkloadPriorityClasses seen to exist, and
-	// when (priorityClassExists).
-	priorityClasses sync.Map
 	// kueuePositions, if set, reads queued runs' positions into positions
 	// (kueue_position.go).
 	kueuePositions *KueuePositions
@@ -151,10 +148,10 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		Watches(&jobsv1alpha1.JobRun{}, podlessFirst).
 		Owns(&corev1.Pod{})
 	if r.kueue != nil {
-		// Why a queued run waits is on its pod's Workload.
+		// A run's Workload admitted, or why it waits.
 		wl := &unstructured.Unstructured{}
 		wl.SetGroupVersionKind(workloadGVK)
-		b = b.Watches(wl, handler.EnqueueRequestsFromMapFunc(r.workloadRun))
+		b = b.Watches(wl, handler.EnqueueRequestsFromMapFunc(workloadRun))
 		if r.kueuePositions != nil {
 			// A queued run whose position changed.
 			reporter, err := newPositionReporter(r, *r.kueuePositions)
@@ -273,19 +270,28 @@ func (r *JobRunReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if jobType != nil && run.Status.Attempts == 0 {
 		paramsErr = paramschema.Validate(jobType.Spec.ParamsSchema, run.Spec.Params)
 	}
-	var queue *queueState
+	var workload *workloadObs
 	var position *queuePosition
-	if r.kueue != nil && pod != nil && kueueQueued(pod) {
-		queue, position = r.workloadState(ctx, pod), r.queuePosition(run)
+	if r.kueue != nil && jobType != nil && run.Status.Attempts == 0 && pod == nil {
+		if workload, err = r.workloadState(ctx, run); err != nil {
+			return ctrl.Result{}, err
+		}
+		position = r.queuePosition(run)
 	}
-	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr, queue: queue, position: position, now: r.clock.Now()})
+	d := decide(observation{run: run, jobType: jobType, pod: pod, paramsErr: paramsErr,
+		kueue: r.kueue != nil, workload: workload, position: position, now: r.clock.Now()})
 
+	if d.createWorkload {
+		if d, err = r.createWorkload(ctx, run, jobType, d); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	if d.createAttempt > 0 {
 		if d, err = r.createAttempt(ctx, run, jobType, d); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
-	if d.firstAttemptUnrecorded(run) {
+	if d.firstAttemptUnrecorded(run) || d.workloadUnrecorded(run) {
 		// A run created without the status label (kubectl) still gets it,
 		// and the archive's finalizer.
 		return ctrl.Result{RequeueAfter: d.requeueAfter}, r.syncMetadata(ctx, run)
@@ -320,18 +326,6 @@ func (r *JobRunReconciler) createAttempt(ctx context.Context, run *jobsv1alpha1.
 		d = decision{status: d.status}
 		d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonTemplateNotAllowed, templateRefusal(violations), r.clock.Now())
 		return d, nil
-	}
-	if name := jt.Spec.PriorityClassName; r.kueue != nil && name != "" {
-		switch found, err := r.priorityClassExists(ctx, name); {
-		case err != nil:
-			return d, err
-		case !found:
-			// Kueue would never admit the pod; say why now.
-			d = decision{status: d.status}
-			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonPriorityClassNotFound,
-				fmt.Sprintf("the JobType's priorityClassName %q names no Kueue WorkloadPriorityClass", name), r.clock.Now())
-			return d, nil
-		}
 	}
 	err := r.createPod(ctx, run, jt, d.createAttempt)
 	switch {
@@ -451,15 +445,6 @@ func (r *JobRunReconciler) createPod(ctx context.Context, run *jobsv1alpha1.JobR
 	if err := controllerutil.SetControllerReference(run, pod, r.scheme); err != nil {
 		return err
 	}
-	if r.kueue != nil {
-		if err := r.ensureLocalQueue(ctx, run); err != nil {
-			return err
-		}
-		pod.Labels[KueueQueueLabel] = LocalQueueName(run)
-		if jt.Spec.PriorityClassName != "" {
-			pod.Labels[KueuePriorityLabel] = jt.Spec.PriorityClassName
-		}
-	}
 	err := r.client.Create(ctx, pod)
 	if apierrors.IsAlreadyExists(err) {
 		return nil
@@ -557,6 +542,13 @@ func (r *JobRunReconciler) reconcileFinished(ctx context.Context, run *jobsv1alp
 	}
 	if err := r.releaseGuard(ctx, run); err != nil {
 		return ctrl.Result{}, err
+	}
+	if r.kueue != nil {
+		// Its quota back to Kueue; a run that ended queued leaves the
+		// queue.
+		if err := r.finishWorkload(ctx, run); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	if run.DeletionTimestamp != nil {
 		// Deleted (kubectl, a schedule's history, the garbage collector):

@@ -24,10 +24,11 @@ type observation struct {
 	pod *corev1.Pod
 	// paramsErr is why the run's params fail its JobType's paramsSchema.
 	paramsErr error
-	// queue is why Kueue has not admitted the pod yet, from its Workload
-	// (nil: no Workload seen yet).
-	queue *queueState
-	// position is where the queued pod stands in Kueue's queues, as last
+	// kueue: runs go through Kueue (WithKueue); workload is the run's
+	// Workload before its first pod (nil: none seen yet).
+	kueue    bool
+	workload *workloadObs
+	// position is where the queued run stands in Kueue's queues, as last
 	// read (nil: not read, or behind the positions read).
 	position *queuePosition
 	now      time.Time
@@ -44,6 +45,8 @@ type decision struct {
 	status jobsv1alpha1.JobRunStatus
 	// createAttempt is the attempt whose pod to create (0: none).
 	createAttempt int32
+	// createWorkload asks for the run's Kueue Workload (decision.queued).
+	createWorkload bool
 	// deletePod asks to stop the current attempt's pod.
 	deletePod bool
 	// requeueAfter is when time alone changes the decision (deadline, grace).
@@ -92,6 +95,10 @@ func decide(o observation) decision {
 
 	if st.Attempts == 0 {
 		if cancel {
+			if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionQueued); o.pod == nil && c != nil && c.Status == metav1.ConditionTrue {
+				d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelledWhileQueued, "cancelled while queued for admission; it never ran", o.now)
+				return d
+			}
 			if o.pod != nil {
 				// A first pod not recorded yet has not run the handler
 				// (its runner records the attempt first): stop it now.
@@ -103,6 +110,13 @@ func decide(o observation) decision {
 			return d
 		}
 		if o.pod == nil {
+			if o.kueue && (o.workload == nil || !o.workload.admitted) {
+				d.queued(run, o, now)
+				return d
+			}
+			if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionQueued); c != nil && c.Status == metav1.ConditionTrue {
+				d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionFalse, jobsv1alpha1.ReasonAdmitted, "Kueue admitted the run's Workload", now)
+			}
 			if d.startTimedOut(o) {
 				return d
 			}
@@ -153,30 +167,6 @@ func decide(o observation) decision {
 		}
 		d.setCondition(jobsv1alpha1.JobRunConditionRunning, metav1.ConditionTrue, jobsv1alpha1.ReasonHandlerRunning, "pod "+pod.Name+" is running the handler", now)
 		d.events = append(d.events, runEvent{corev1.EventTypeNormal, "Started", fmt.Sprintf("Handler started in pod %s (attempt %d)", pod.Name, st.Attempts)})
-	}
-
-	// Queued for admission by Kueue: pending by design, so no start
-	// timeout; a cancel ends it at once (no handler ever ran).
-	if pod.Status.Phase == corev1.PodPending && kueueQueued(pod) {
-		if cancel {
-			d.deletePod = true
-			d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelledWhileQueued, "cancelled while queued for admission; its pod never ran", o.now)
-			return d
-		}
-		where := "LocalQueue " + pod.Labels[KueueQueueLabel]
-		if p := o.position; p != nil {
-			where = fmt.Sprintf("position %d in LocalQueue %s (%d in its ClusterQueue)", p.local+1, pod.Labels[KueueQueueLabel], p.cluster+1)
-		}
-		reason, msg := jobsv1alpha1.ReasonWaitingForAdmission, fmt.Sprintf("%s: pod %s waits for Kueue to admit it", where, pod.Name)
-		if q := o.queue; q != nil {
-			reason = conditionReason(q.reason, reason)
-			msg = clipTo(where+": "+q.message, 1024)
-		}
-		d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, reason, msg, now)
-		return d
-	}
-	if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionQueued); c != nil && c.Status == metav1.ConditionTrue {
-		d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionFalse, jobsv1alpha1.ReasonAdmitted, "Kueue admitted pod "+pod.Name, now)
 	}
 
 	// Still active: time decides the rest.
@@ -350,6 +340,42 @@ func (d *decision) firstAttemptUnrecorded(run *jobsv1alpha1.JobRun) bool {
 	return neverWritten && d.status.Attempts == 1 && d.status.Phase == jobsv1alpha1.JobRunPending &&
 		!d.finished && !d.deletePod && len(d.events) == 0 && d.status.Progress == nil &&
 		meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued) == nil // a queued run says so
+}
+
+// queued keeps a run whose Workload Kueue has not admitted pending, with
+// condition Queued: Kueue's reason and message, after where the run stands;
+// no start timeout (it waits by design). A run without a Workload gets one.
+func (d *decision) queued(run *jobsv1alpha1.JobRun, o observation, now metav1.Time) {
+	d.status.Phase = jobsv1alpha1.JobRunPending
+	lq := LocalQueueName(run)
+	where := "LocalQueue " + lq
+	if p := o.position; p != nil {
+		where = fmt.Sprintf("position %d in LocalQueue %s (%d in its ClusterQueue)", p.local+1, lq, p.cluster+1)
+	}
+	if o.workload == nil {
+		d.createWorkload = true
+		if c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued); c == nil || c.Reason != jobsv1alpha1.ReasonWorkloadRefused {
+			d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission, where+": waiting for Kueue to admit the run's Workload", now)
+		}
+		return
+	}
+	reason, msg := jobsv1alpha1.ReasonWaitingForAdmission, where+": waiting for Kueue to admit the run's Workload"
+	if o.workload.reason != "" {
+		reason = conditionReason(o.workload.reason, reason)
+		msg = clipTo(where+": "+o.workload.message, 1024)
+	}
+	d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, reason, msg, now)
+}
+
+// workloadUnrecorded reports whether d would write nothing but the
+// bookkeeping of a new run whose Workload it creates into a status the
+// controller never wrote: then it is not written (as firstAttemptUnrecorded).
+// Kueue admits the Workload or says why not, and either brings the next pass.
+func (d *decision) workloadUnrecorded(run *jobsv1alpha1.JobRun) bool {
+	neverWritten := run.Status.Attempts == 0 && len(run.Status.Conditions) == 0
+	c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued)
+	return neverWritten && d.createWorkload && !d.finished && len(d.events) == 0 &&
+		c != nil && c.Reason == jobsv1alpha1.ReasonWaitingForAdmission
 }
 
 // startAttempt asks for the pod of attempt n.

@@ -5,55 +5,62 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"slices"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
-// Fair dispatch through Kueue (kubernetes-sigs/kueue, its plain-Pod
-// integration). With WithKueue, every run pod carries the label
-// kueue.x-k8s.io/queue-name of its lane: a team's runs the LocalQueue
+// Fair dispatch through Kueue (kubernetes-sigs/kueue), with a Workload per
+// run: jobrun is a Kueue integration, as JobSet or Argo are. With
+// WithKueue, a pending run's first pass creates its Workload (named as the
+// run, owned by it: one pod set of one pod, the handler's pod spec, the
+// JobType's priority) in its lane's LocalQueue: a team's runs
 // jobrun-team-<team>, system runs (no team) jobrun-system. The controller
 // creates a team's LocalQueue, in the runs' namespace, the first time it
 // dispatches a run of that team, pointing at the teams' ClusterQueue; the
 // system LocalQueue points at the system ClusterQueue, whose quota team runs
 // cannot take. The ClusterQueues (quotas, fair sharing) are the cluster
-// operator's (the chart renders them). Kueue's pod webhook gates each pod
-// (kueue.x-k8s.io/admission) until it admits it: the run stays pending with
-// condition Queued=True (decide), its start timeout counted from admission.
+// operator's (the chart renders them). Until Kueue admits the Workload the
+// run has no pod: it stays pending with condition Queued=True (decide), its
+// start timeout counted from admission. Once admitted, its pods are created
+// as without Kueue (retries keep the admission); when the run ends, its
+// Workload is marked Finished, which gives its quota back at once.
+//
+// (Kueue's plain-Pod integration, which gates each pod and makes its
+// Workload, was tried first: its pod controller, one queue for every pod,
+// ~7 passes a pod, fell behind under a flood on two cores, holding other
+// teams' and system runs behind one team's backlog; docs/benchmarks.md.)
 
 // The Kueue names jobrun uses.
 const (
-	// KueueQueueLabel names a pod's LocalQueue.
-	KueueQueueLabel = "kueue.x-k8s.io/queue-name"
-	// KueueAdmissionGate is the scheduling gate Kueue's pod webhook adds and
-	// its admission removes.
-	KueueAdmissionGate = "kueue.x-k8s.io/admission"
 	// KueueSystemLocalQueue is the LocalQueue of system runs.
 	KueueSystemLocalQueue = "jobrun-system"
-	// KueuePriorityLabel names a pod's WorkloadPriorityClass (the
-	// JobType's priorityClassName).
-	KueuePriorityLabel = "kueue.x-k8s.io/priority-class"
 	// kueueTeamQueuePrefix starts a team's LocalQueue name.
 	kueueTeamQueuePrefix = "jobrun-team-"
+	// kueuePodSet names the one pod set of a run's Workload.
+	kueuePodSet = "main"
+	// kueueFieldOwner writes the Finished condition of a run's Workload.
+	kueueFieldOwner = "jobrun-manager"
 )
 
-// The controller creates the teams' LocalQueues in its namespace, and reads
-// the Workloads Kueue makes of run pods (why a run waits).
+// The controller creates the teams' LocalQueues in its namespace, and a
+// Workload per run, which it marks Finished when the run ends.
 // +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=localqueues,verbs=get;list;watch;create,namespace=system
-// +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=workloads,verbs=get;list;watch,namespace=system
-// It checks that a JobType's WorkloadPriorityClass exists.
+// +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=workloads,verbs=get;list;watch;create,namespace=system
+// +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=workloads/status,verbs=patch,namespace=system
+// It reads the value of a JobType's WorkloadPriorityClass.
 // +kubebuilder:rbac:groups=kueue.x-k8s.io,resources=workloadpriorityclasses,verbs=get
 
 // localQueueGVK and workloadGVK are Kueue's LocalQueue and Workload (read
@@ -65,58 +72,159 @@ var (
 	priorityGVK   = schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "WorkloadPriorityClass"}
 )
 
-// kueueJobUIDLabel is on the Workload of a pod: the pod's UID.
-const kueueJobUIDLabel = "kueue.x-k8s.io/job-uid"
-
-// queueState is why a queued pod waits, as its Workload says.
-type queueState struct {
+// workloadObs is what the cache shows of a run's Workload.
+type workloadObs struct {
+	// admitted: Kueue admitted it (condition Admitted=True).
+	admitted bool
+	// reason and message say why it is not admitted yet (its QuotaReserved
+	// condition, or Admitted while admission checks are pending).
 	reason, message string
 }
 
-// workloadState reads the Workload of pod from the cache: Kueue's reason
-// and message for not admitting it yet (its QuotaReserved condition, or
-// Admitted when the quota is reserved and admission checks are pending),
-// or nil when there is no Workload yet.
-func (r *JobRunReconciler) workloadState(ctx context.Context, pod *corev1.Pod) *queueState {
-	list := &unstructured.UnstructuredList{}
-	list.SetGroupVersionKind(workloadGVK.GroupVersion().WithKind("WorkloadList"))
-	if err := r.cache.List(ctx, list, client.InNamespace(pod.Namespace), client.MatchingLabels{kueueJobUIDLabel: string(pod.UID)}); err != nil || len(list.Items) == 0 {
+// workload reads run's Workload from the cache, or nil.
+func (r *JobRunReconciler) workload(ctx context.Context, run *jobsv1alpha1.JobRun) (*unstructured.Unstructured, error) {
+	wl := &unstructured.Unstructured{}
+	wl.SetGroupVersionKind(workloadGVK)
+	err := r.cache.Get(ctx, client.ObjectKey{Namespace: run.Namespace, Name: run.Name}, wl)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("failed to get the Workload of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	if !metav1.IsControlledBy(wl, run) {
+		return nil, fmt.Errorf("workload %s/%s exists and is not JobRun %s's", wl.GetNamespace(), wl.GetName(), run.Name)
+	}
+	return wl, nil
+}
+
+// workloadCondition is condition typ of wl.
+func workloadCondition(wl *unstructured.Unstructured, typ string) (status, reason, message string) {
+	conds, _, _ := unstructured.NestedSlice(wl.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, ok := c.(map[string]any); ok && m["type"] == typ {
+			status, _ = m["status"].(string)
+			reason, _ = m["reason"].(string)
+			message, _ = m["message"].(string)
+		}
+	}
+	return
+}
+
+// workloadState is what decide needs of run's Workload: nil when it has
+// none yet (the cache may lag its creation: creating it again is
+// AlreadyExists, and its event brings the next pass).
+func (r *JobRunReconciler) workloadState(ctx context.Context, run *jobsv1alpha1.JobRun) (*workloadObs, error) {
+	wl, err := r.workload(ctx, run)
+	if wl == nil || err != nil {
+		return nil, err
+	}
+	if status, _, _ := workloadCondition(wl, "Admitted"); status == "True" {
+		return &workloadObs{admitted: true}, nil
+	}
+	obs := &workloadObs{}
+	if status, reason, message := workloadCondition(wl, "QuotaReserved"); status == "False" && reason != "" {
+		obs.reason, obs.message = reason, message
+	} else if status == "True" {
+		_, obs.reason, obs.message = workloadCondition(wl, "Admitted")
+	}
+	return obs, nil
+}
+
+// createWorkload creates run's Workload in its lane's LocalQueue (creating
+// that first if needed), for the first attempt's pod spec and the JobType's
+// priority. A priority class that does not exist fails the run (Kueue
+// would never admit it); a refusal (Kueue's webhook down, a quota) keeps
+// it queued, saying so, and is retried.
+func (r *JobRunReconciler) createWorkload(ctx context.Context, run *jobsv1alpha1.JobRun, jt *jobsv1alpha1.JobType, d decision) (decision, error) {
+	now := r.clock.Now()
+	// Always a priority: Kueue's visibility API fails on a Workload
+	// without one (as its own integrations write, 0 without a class).
+	spec := map[string]any{"queueName": LocalQueueName(run), "priority": int64(0)}
+	if name := jt.Spec.PriorityClassName; name != "" {
+		value, found, err := r.priorityClassValue(ctx, name)
+		switch {
+		case err != nil:
+			return d, err
+		case !found:
+			d = decision{status: d.status}
+			d.finish(jobsv1alpha1.JobRunFailed, jobsv1alpha1.ReasonPriorityClassNotFound,
+				fmt.Sprintf("the JobType's priorityClassName %q names no Kueue WorkloadPriorityClass", name), now)
+			return d, nil
+		}
+		spec["priorityClassRef"] = map[string]any{"group": "kueue.x-k8s.io", "kind": "WorkloadPriorityClass", "name": name}
+		spec["priority"] = value
+	}
+	if err := r.ensureLocalQueue(ctx, run); err != nil {
+		return d, err
+	}
+	pod := buildPod(run, jt, 1, r.policy.RunnerServiceAccount)
+	podSpec, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&pod.Spec)
+	if err != nil {
+		return d, err
+	}
+	spec["podSets"] = []any{map[string]any{"name": kueuePodSet, "count": int64(1), "template": map[string]any{"spec": podSpec}}}
+	wl := &unstructured.Unstructured{Object: map[string]any{"spec": spec}}
+	wl.SetGroupVersionKind(workloadGVK)
+	wl.SetNamespace(run.Namespace)
+	wl.SetName(run.Name)
+	wl.SetLabels(map[string]string{jobsv1alpha1.LabelRun: run.Name, "app.kubernetes.io/managed-by": "jobrun-manager"})
+	if err := controllerutil.SetControllerReference(run, wl, r.scheme); err != nil {
+		return d, err
+	}
+	err = r.client.Create(ctx, wl)
+	switch {
+	case err == nil:
+		logf.FromContext(ctx).V(1).Info("created Kueue Workload", "localQueue", spec["queueName"])
+	case apierrors.IsAlreadyExists(err):
+	case apierrors.IsForbidden(err) || apierrors.IsInternalError(err) || apierrors.IsInvalid(err):
+		// Kueue's webhook refused it, or could not be called (Kueue
+		// down): the run waits, saying why, and tries again.
+		logf.FromContext(ctx).Error(err, "Kueue refused the run's Workload; retrying")
+		d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, jobsv1alpha1.ReasonWorkloadRefused,
+			clipTo("Kueue refused the run's Workload (retrying): "+err.Error(), 1024), metav1.NewTime(now))
+		d.requeue(workloadRetry)
+	default:
+		return d, fmt.Errorf("failed to create the Workload of JobRun %s: %w", client.ObjectKeyFromObject(run), err)
+	}
+	return d, nil
+}
+
+// workloadRetry is how soon a refused Workload is created again.
+const workloadRetry = 5 * time.Second
+
+// finishWorkload marks run's Workload Finished, which gives its quota back
+// (a finished run's: reason its reason), unless it has none or it is
+// finished already.
+func (r *JobRunReconciler) finishWorkload(ctx context.Context, run *jobsv1alpha1.JobRun) error {
+	wl, err := r.workload(ctx, run)
+	if wl == nil || err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if status, _, _ := workloadCondition(wl, "Finished"); status == "True" {
 		return nil
 	}
-	conds, _, _ := unstructured.NestedSlice(list.Items[0].Object, "status", "conditions")
-	find := func(typ string) (status, reason, message string) {
-		for _, c := range conds {
-			if m, ok := c.(map[string]any); ok && m["type"] == typ {
-				status, _ = m["status"].(string)
-				reason, _ = m["reason"].(string)
-				message, _ = m["message"].(string)
-			}
-		}
-		return
+	reason, message := jobsv1alpha1.ReasonCompleted, "the run ended"
+	if c := meta.FindStatusCondition(run.Status.Conditions, jobsv1alpha1.JobRunConditionFinished); c != nil {
+		reason, message = c.Reason, clipTo(c.Message, 1024)
 	}
-	if status, reason, message := find("QuotaReserved"); status == "False" && reason != "" {
-		return &queueState{reason: reason, message: message}
-	} else if status == "True" {
-		if status, reason, message := find("Admitted"); status == "False" && reason != "" {
-			return &queueState{reason: reason, message: message}
-		}
+	patch := &unstructured.Unstructured{Object: map[string]any{"status": map[string]any{"conditions": []any{map[string]any{
+		"type": "Finished", "status": "True", "reason": reason, "message": message,
+		"lastTransitionTime": r.clock.Now().UTC().Format(time.RFC3339),
+	}}}}}
+	patch.SetGroupVersionKind(workloadGVK)
+	patch.SetNamespace(wl.GetNamespace())
+	patch.SetName(wl.GetName())
+	if err := r.client.Status().Patch(ctx, patch, client.Apply, client.FieldOwner(kueueFieldOwner), client.ForceOwnership); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("failed to mark the Workload of JobRun %s finished: %w", client.ObjectKeyFromObject(run), err)
 	}
 	return nil
 }
 
-// workloadRun maps a Workload to the run of the pod that owns it.
-func (r *JobRunReconciler) workloadRun(ctx context.Context, obj client.Object) []reconcile.Request {
-	for _, ref := range obj.GetOwnerReferences() {
-		if ref.Kind != "Pod" {
-			continue
-		}
-		pod := &corev1.Pod{}
-		if err := r.client.Get(ctx, client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref.Name}, pod); err != nil {
-			return nil
-		}
-		if run := pod.Labels[jobsv1alpha1.LabelRun]; run != "" {
-			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: pod.Namespace, Name: run}}}
-		}
+// workloadRun maps a Workload to the run that owns it.
+func workloadRun(_ context.Context, obj client.Object) []reconcile.Request {
+	if ref := metav1.GetControllerOf(obj); ref != nil && ref.Kind == "JobRun" {
+		return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref.Name}}}
 	}
 	return nil
 }
@@ -147,11 +255,6 @@ func LocalQueueName(run *jobsv1alpha1.JobRun) string {
 	}
 	sum := sha256.Sum256([]byte(team))
 	return kueueTeamQueuePrefix + hex.EncodeToString(sum[:8])
-}
-
-// kueueQueued reports whether pod waits for Kueue's admission.
-func kueueQueued(pod *corev1.Pod) bool {
-	return slices.ContainsFunc(pod.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == KueueAdmissionGate })
 }
 
 // ensureLocalQueue creates the LocalQueue of run's lane unless this process
@@ -195,31 +298,20 @@ func (r *JobRunReconciler) ensureLocalQueue(ctx context.Context, run *jobsv1alph
 	return nil
 }
 
-// priorityClassRecheck is how long a WorkloadPriorityClass seen to exist is
-// taken to exist without reading it again.
-const priorityClassRecheck = time.Minute
-
-// priorityClassExists reports whether Kueue's WorkloadPriorityClass name
-// exists: Kueue makes no Workload for a pod naming a missing class, so its
-// run would wait forever. A class seen is not read again for
-// priorityClassRecheck.
-func (r *JobRunReconciler) priorityClassExists(ctx context.Context, name string) (bool, error) {
-	now := r.clock.Now()
-	if seen, ok := r.priorityClasses.Load(name); ok && now.Sub(seen.(time.Time)) < priorityClassRecheck {
-		return true, nil
-	}
+// priorityClassValue reads the value of Kueue's WorkloadPriorityClass name
+// and reports whether it exists.
+func (r *JobRunReconciler) priorityClassValue(ctx context.Context, name string) (int64, bool, error) {
 	wpc := &unstructured.Unstructured{}
 	wpc.SetGroupVersionKind(priorityGVK)
 	err := r.apiReader.Get(ctx, client.ObjectKey{Name: name}, wpc)
 	switch {
 	case apierrors.IsNotFound(err):
-		r.priorityClasses.Delete(name)
-		return false, nil
+		return 0, false, nil
 	case err != nil:
-		return false, fmt.Errorf("failed to get Kueue WorkloadPriorityClass %s: %w", name, err)
+		return 0, false, fmt.Errorf("failed to get Kueue WorkloadPriorityClass %s: %w", name, err)
 	}
-	r.priorityClasses.Store(name, now)
-	return true, nil
+	value, _, _ := unstructured.NestedInt64(wpc.Object, "value")
+	return value, true, nil
 }
 
 // KueueServed checks that Kueue's kinds jobrun uses are served: --kueue

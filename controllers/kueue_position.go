@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -130,15 +129,8 @@ func (p *positionReporter) read(ctx context.Context) error {
 		}
 		for _, wl := range list.Items {
 			for _, ref := range wl.Metadata.OwnerReferences {
-				if ref.Kind != "Pod" {
-					continue
-				}
-				pod := &corev1.Pod{}
-				if err := p.r.client.Get(ctx, client.ObjectKey{Namespace: lq.GetNamespace(), Name: ref.Name}, pod); err != nil {
-					continue // gone meanwhile
-				}
-				if run := pod.Labels[jobsv1alpha1.LabelRun]; run != "" {
-					now[types.NamespacedName{Namespace: pod.Namespace, Name: run}] = queuePosition{local: wl.PositionInLocalQueue, cluster: wl.PositionInClusterQueue}
+				if ref.Kind == "JobRun" {
+					now[types.NamespacedName{Namespace: lq.GetNamespace(), Name: ref.Name}] = queuePosition{local: wl.PositionInLocalQueue, cluster: wl.PositionInClusterQueue}
 				}
 			}
 		}

@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,14 +32,6 @@ func kueueQueues(t *testing.T, ns string, teamPods, systemPods int) (KueueQueues
 	t.Helper()
 	k := startKueue(t)
 	ctx := context.Background()
-	nsObj := &corev1.Namespace{}
-	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, nsObj); err != nil {
-		t.Fatal(err)
-	}
-	nsObj.Labels[kueuetest.NamespaceLabel] = "true"
-	if err := env.Client.Update(ctx, nsObj); err != nil {
-		t.Fatal(err)
-	}
 	q := KueueQueues{Teams: "teams-" + ns, System: "system-" + ns}
 	flavor := "flavor-" + ns
 	create := func(obj map[string]any) {
@@ -96,21 +87,50 @@ func waitQueued(t *testing.T, ns, name string, want metav1.ConditionStatus, reas
 	return jr
 }
 
-// waitAdmitted waits until Kueue removed its gate from pod name, and
-// returns the pod.
+// waitAdmitted waits until pod name exists (a run's pod is created once
+// Kueue admitted its Workload), and returns it.
 func waitAdmitted(t *testing.T, ns, name string) *corev1.Pod {
 	t.Helper()
 	pod := &corev1.Pod{}
 	testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
-		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod); err != nil {
-			return err
-		}
-		if kueueQueued(pod) {
-			return fmt.Errorf("pod %s still has Kueue's admission gate", name)
-		}
-		return nil
+		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
 	})
 	return pod
+}
+
+// workloadOf returns the Workload of run name.
+func workloadOf(t *testing.T, ns, name string) *unstructured.Unstructured {
+	t.Helper()
+	wl := &unstructured.Unstructured{}
+	wl.SetGroupVersionKind(workloadGVK)
+	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, wl)
+	})
+	return wl
+}
+
+// queueOf is the LocalQueue of run name's Workload.
+func queueOf(t *testing.T, ns, name string) string {
+	t.Helper()
+	q, _, _ := unstructured.NestedString(workloadOf(t, ns, name).Object, "spec", "queueName")
+	return q
+}
+
+// runsWithPods are the runs of ns whose pod exists and has not started:
+// admitted by Kueue, not running yet.
+func runsWithPods(t *testing.T, ns string) map[string]bool {
+	t.Helper()
+	pods := &corev1.PodList{}
+	if err := env.Client.List(context.Background(), pods, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, p := range pods.Items {
+		if p.Status.Phase == corev1.PodPending {
+			out[p.Labels[jobsv1alpha1.LabelRun]] = true
+		}
+	}
+	return out
 }
 
 // TestRunsQueueThroughKueue: with a real Kueue, a team's runs wait in the
@@ -131,8 +151,8 @@ func TestRunsQueueThroughKueue(t *testing.T) {
 
 	createRunWith(t, ns, "run-a", created(clock.Now()))
 	podA := waitAdmitted(t, ns, "run-a-1")
-	if got := podA.Labels[KueueQueueLabel]; got != "jobrun-team-team-1" {
-		t.Fatalf("run-a's pod is in queue %q, want jobrun-team-team-1", got)
+	if got := queueOf(t, ns, "run-a"); got != "jobrun-team-team-1" {
+		t.Fatalf("run-a's Workload is in queue %q, want jobrun-team-team-1", got)
 	}
 	lq := &unstructured.Unstructured{}
 	lq.SetGroupVersionKind(localQueueGVK)
@@ -146,7 +166,6 @@ func TestRunsQueueThroughKueue(t *testing.T) {
 	// The team's one pod is taken: run-b waits, pending, and its start
 	// timeout does not fail it.
 	createRunWith(t, ns, "run-b", created(clock.Now()))
-	waitPod(t, ns, "run-b-1")
 	// Queued carries Kueue's reason and message, from the pod's Workload.
 	jr := waitQueued(t, ns, "run-b", metav1.ConditionTrue, "Pending")
 	if c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionQueued); !strings.Contains(c.Message, "LocalQueue jobrun-team-team-1: couldn't assign flavors") || !strings.Contains(c.Message, "insufficient unused quota for pods") {
@@ -162,8 +181,9 @@ func TestRunsQueueThroughKueue(t *testing.T) {
 		jr.Spec.TeamID, jr.Spec.ProjectID = "", ""
 		jr.Spec.CreatedAt = ptr.To(metav1.NewMicroTime(clock.Now()))
 	})
-	if got := waitAdmitted(t, ns, "run-system-1").Labels[KueueQueueLabel]; got != KueueSystemLocalQueue {
-		t.Errorf("the system run's pod is in queue %q, want %s", got, KueueSystemLocalQueue)
+	waitAdmitted(t, ns, "run-system-1")
+	if got := queueOf(t, ns, "run-system"); got != KueueSystemLocalQueue {
+		t.Errorf("the system run's Workload is in queue %q, want %s", got, KueueSystemLocalQueue)
 	}
 
 	// A cancel ends a queued run at once: no handler ever ran.
@@ -171,8 +191,16 @@ func TestRunsQueueThroughKueue(t *testing.T) {
 	if jr := waitPhase(t, ns, "run-b", jobsv1alpha1.JobRunCancelled); finishedReason(jr) != jobsv1alpha1.ReasonCancelledWhileQueued {
 		t.Errorf("the cancelled queued run ended with reason %q, want %s", finishedReason(jr), jobsv1alpha1.ReasonCancelledWhileQueued)
 	}
-	waitPodGone(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "run-b-1"}}, "the cancelled queued run's pod")
-	collectOrphanWorkloads(t, ns)
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "run-b-1"}, &corev1.Pod{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the cancelled queued run has a pod (%v)", err)
+	}
+	// Its Workload leaves the queue.
+	testenv.Eventually(t, 30*time.Second, func(context.Context) error {
+		if status, _, _ := workloadCondition(workloadOf(t, ns, "run-b"), "Finished"); status != "True" {
+			return fmt.Errorf("the cancelled queued run's Workload is not Finished")
+		}
+		return nil
+	})
 
 	// run-c waits past its start timeout; once run-a's pod ends, Kueue
 	// admits run-c's, and its start timeout runs from then: still pending,
@@ -196,30 +224,6 @@ func TestRunsQueueThroughKueue(t *testing.T) {
 	poke(t, ns, "run-c")
 	if jr := waitPhase(t, ns, "run-c", jobsv1alpha1.JobRunFailed); finishedReason(jr) != jobsv1alpha1.ReasonStartTimeout {
 		t.Errorf("run-c a start timeout after its admission: reason %q, want %s", finishedReason(jr), jobsv1alpha1.ReasonStartTimeout)
-	}
-}
-
-// collectOrphanWorkloads deletes the Workloads of ns whose pod is gone, as
-// the garbage collector would (envtest runs none): Kueue leaves a deleted
-// pod's Workload to it, and until then the Workload may still be admitted.
-func collectOrphanWorkloads(t *testing.T, ns string) {
-	t.Helper()
-	ctx := context.Background()
-	list := &unstructured.UnstructuredList{}
-	list.SetGroupVersionKind(schema.GroupVersionKind{Group: "kueue.x-k8s.io", Version: "v1beta2", Kind: "WorkloadList"})
-	if err := env.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
-		t.Fatal(err)
-	}
-	for i := range list.Items {
-		wl := &list.Items[i]
-		for _, ref := range wl.GetOwnerReferences() {
-			err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name}, &corev1.Pod{})
-			if ref.Kind == "Pod" && apierrors.IsNotFound(err) {
-				if err := env.Client.Delete(ctx, wl); client.IgnoreNotFound(err) != nil {
-					t.Fatal(err)
-				}
-			}
-		}
 	}
 }
 
@@ -247,19 +251,7 @@ func TestTeamsShareFairlyUnderAFlood(t *testing.T) {
 	for i := range flood {
 		createRunWith(t, ns, fmt.Sprintf("a-%02d", i), team("team-a"))
 	}
-	admitted := func() map[string]bool {
-		pods := &corev1.PodList{}
-		if err := env.Client.List(context.Background(), pods, client.InNamespace(ns)); err != nil {
-			t.Fatal(err)
-		}
-		out := map[string]bool{}
-		for _, p := range pods.Items {
-			if !kueueQueued(&p) && p.Status.Phase == corev1.PodPending {
-				out[p.Labels[jobsv1alpha1.LabelRun]] = true
-			}
-		}
-		return out
-	}
+	admitted := func() map[string]bool { return runsWithPods(t, ns) }
 	var first map[string]bool
 	testenv.Eventually(t, 60*time.Second, func(context.Context) error {
 		if first = admitted(); len(first) != 2 {
@@ -315,10 +307,9 @@ func TestTeamsShareFairlyUnderAFlood(t *testing.T) {
 
 // TestKueuePriorities: a JobType's priorityClassName orders its runs in
 // Kueue's queue: when the team's one slot frees, the run of the highest
-// priority goes next, whatever its age. A JobType's pod template cannot
-// give itself a priority (or a queue) through Kueue's labels; a class
-// that does not exist fails the run at once instead of leaving it queued
-// forever.
+// priority goes next, whatever its age (the run's Workload carries the
+// class and its value); a class that does not exist fails the run at once
+// instead of leaving it queued forever.
 func TestKueuePriorities(t *testing.T) {
 	ns := env.Namespace(t)
 	q, _ := kueueQueues(t, ns, 1, 1)
@@ -334,58 +325,50 @@ func TestKueuePriorities(t *testing.T) {
 		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), wpc) })
 	}
 	startManager(t, ns, clocktesting.NewFakeClock(time.Now()), WithKueue(q))
-	jobType := func(jobType, priorityClass string, templateLabels map[string]string) {
+	jobType := func(jobType, priorityClass string) {
 		createJobType(t, ns, func(jt *jobsv1alpha1.JobType) {
 			jt.Name, jt.Spec.JobType = strings.ReplaceAll(jobType, "_", "-"), jobType
 			jt.Spec.PriorityClassName = priorityClass
-			jt.Spec.Template.Labels = templateLabels
 		})
 	}
-	jobType("demo_sync", low, nil)
-	jobType("urgent_sync", high, nil)
-	// An attack: a template asking for the high priority and the system
-	// lane through Kueue's own labels. (The API server prunes a JobType
-	// template's metadata, by the CRD's schema: only the controller labels
-	// run pods.)
-	jobType("sneaky_sync", "", map[string]string{KueuePriorityLabel: high, KueueQueueLabel: KueueSystemLocalQueue})
-	jobType("broken_sync", "missing-"+ns, nil)
+	jobType("demo_sync", low)
+	jobType("urgent_sync", high)
+	jobType("plain_sync", "")
+	jobType("broken_sync", "missing-"+ns)
 	run := func(name, jobType string) {
 		createRunWith(t, ns, name, func(jr *jobsv1alpha1.JobRun) { jr.Spec.JobType = jobType; jr.Spec.ProjectID = name })
 	}
 
-	run("first", "sneaky_sync")
+	run("first", "plain_sync")
 	first := waitAdmitted(t, ns, "first-1")
-	if got, ok := first.Labels[KueuePriorityLabel]; ok || first.Labels[KueueQueueLabel] != "jobrun-team-team-1" {
-		t.Errorf("the sneaky template's pod has priority class %q (%v) and queue %q; want none and the team's queue", got, ok, first.Labels[KueueQueueLabel])
+	wl := workloadOf(t, ns, "first")
+	if class, found, _ := unstructured.NestedString(wl.Object, "spec", "priorityClassRef", "name"); found || queueOf(t, ns, "first") != "jobrun-team-team-1" {
+		t.Errorf("the plain JobType's run has priority class %q (%v) and queue %q; want none and the team's queue", class, found, queueOf(t, ns, "first"))
 	}
-	// Queued oldest first: low, sneaky (default priority), urgent (high).
-	for _, r := range [][2]string{{"low", "demo_sync"}, {"sneaky", "sneaky_sync"}, {"urgent", "urgent_sync"}} {
+	// Queued oldest first: low, plain (default priority), urgent (high).
+	for _, r := range [][2]string{{"low", "demo_sync"}, {"plain", "plain_sync"}, {"urgent", "urgent_sync"}} {
 		run(r[0], r[1])
 		waitQueued(t, ns, r[0], metav1.ConditionTrue, "Pending")
 	}
-	if got := waitPod(t, ns, "urgent-1").Labels[KueuePriorityLabel]; got != high {
-		t.Errorf("the urgent run's pod has priority class %q, want %s", got, high)
+	wl = workloadOf(t, ns, "urgent")
+	class, _, _ := unstructured.NestedString(wl.Object, "spec", "priorityClassRef", "name")
+	if priority, _, _ := unstructured.NestedInt64(wl.Object, "spec", "priority"); class != high || priority != 1000 {
+		t.Errorf("the urgent run's Workload has priority class %q, priority %d; want %s, 1000", class, priority, high)
 	}
 	// Each time the slot frees, the highest priority waiting goes next.
 	prev := first
-	for _, next := range []string{"urgent", "sneaky", "low"} {
+	for _, next := range []string{"urgent", "plain", "low"} {
 		kubelet(t, prev, corev1.PodSucceeded, 0, "")
 		testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
-			pods := &corev1.PodList{}
-			if err := env.Client.List(ctx, pods, client.InNamespace(ns)); err != nil {
-				return err
-			}
 			var admitted []string
-			for _, p := range pods.Items {
-				if !kueueQueued(&p) && p.Status.Phase == corev1.PodPending {
-					admitted = append(admitted, p.Labels[jobsv1alpha1.LabelRun])
-				}
+			for name := range runsWithPods(t, ns) {
+				admitted = append(admitted, name)
 			}
 			if len(admitted) != 1 {
 				return fmt.Errorf("admitted and not started: %v, want one run", admitted)
 			}
 			if admitted[0] != next {
-				t.Fatalf("Kueue admitted %s next, want %s (queued: low -1000, sneaky 0, urgent 1000, oldest first)", admitted[0], next)
+				t.Fatalf("Kueue admitted %s next, want %s (queued: low -1000, plain 0, urgent 1000, oldest first)", admitted[0], next)
 			}
 			return nil
 		})
@@ -403,26 +386,15 @@ func TestKueuePriorities(t *testing.T) {
 	}
 }
 
-// waitNextSecond waits until the second in which pod's Workload was created
-// has passed: Kueue orders a queue by its Workloads' creation, in whole
-// seconds (ties by UID), so a run created after is queued behind pod's.
-func waitNextSecond(t *testing.T, ns, pod string) {
+// waitNextSecond waits until the second in which run's Workload was
+// created has passed: Kueue orders a queue by its Workloads' creation, in
+// whole seconds (ties by UID), so a run created after is queued behind.
+func waitNextSecond(t *testing.T, ns, run string) {
 	t.Helper()
-	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
-		p := &corev1.Pod{}
-		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: pod}, p); err != nil {
-			return err
-		}
-		list := &unstructured.UnstructuredList{}
-		list.SetGroupVersionKind(workloadGVK.GroupVersion().WithKind("WorkloadList"))
-		if err := env.Client.List(ctx, list, client.InNamespace(ns), client.MatchingLabels{kueueJobUIDLabel: string(p.UID)}); err != nil {
-			return err
-		}
-		if len(list.Items) == 0 {
-			return fmt.Errorf("no Workload of pod %s yet", pod)
-		}
-		if created := list.Items[0].GetCreationTimestamp(); !time.Now().After(created.Add(time.Second)) {
-			return fmt.Errorf("the second of the Workload of pod %s (%s) has not passed", pod, created)
+	created := workloadOf(t, ns, run).GetCreationTimestamp()
+	testenv.Eventually(t, 30*time.Second, func(context.Context) error {
+		if !time.Now().After(created.Add(time.Second)) {
+			return fmt.Errorf("the second of the Workload of run %s (%s) has not passed", run, created)
 		}
 		return nil
 	})
@@ -432,7 +404,7 @@ func waitNextSecond(t *testing.T, ns, pod string) {
 // ends, a queued run is cancelled, a run is created), then Kueue killed
 // (a crash: its webhooks stay, refusing pods) while runs wait and one is
 // created: once each is back, every run ends or waits as it should, none
-// lost, none failed; a pod Kueue's dead webhook refused says so and is
+// lost, none failed; a Workload Kueue's dead webhook refused says so and is
 // created once Kueue is back.
 func TestKueueRestartsLoseNothing(t *testing.T) {
 	ns := env.Namespace(t)
@@ -447,15 +419,15 @@ func TestKueueRestartsLoseNothing(t *testing.T) {
 	pod1 := waitAdmitted(t, ns, "run-1-1")
 	run("run-2")
 	waitQueued(t, ns, "run-2", metav1.ConditionTrue, "Pending")
-	waitNextSecond(t, ns, "run-2-1")
+	waitNextSecond(t, ns, "run-2")
 	run("run-3")
 	waitQueued(t, ns, "run-3", metav1.ConditionTrue, "Pending")
 
-	// The manager is down: run-1 ends (Kueue admits run-2 meanwhile),
-	// run-3 is cancelled, run-4 is created.
+	// The manager is down: run-1 ends, run-3 is cancelled, run-4 is
+	// created. (run-1's quota goes back when the manager marks its
+	// Workload finished.)
 	stop()
 	kubelet(t, pod1, corev1.PodSucceeded, 0, "")
-	waitAdmitted(t, ns, "run-2-1")
 	env.Annotate(t, &jobsv1alpha1.JobRun{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "run-3"}}, jobsv1alpha1.AnnotationCancelRequested, "now")
 	run("run-4")
 	startManager(t, ns, clock, WithKueue(q))
@@ -465,11 +437,10 @@ func TestKueueRestartsLoseNothing(t *testing.T) {
 		t.Errorf("run-3, cancelled while the manager was down: reason %q, want %s", finishedReason(jr), jobsv1alpha1.ReasonCancelledWhileQueued)
 	}
 	waitQueued(t, ns, "run-4", metav1.ConditionTrue, "Pending")
-	collectOrphanWorkloads(t, ns)
 
 	// Kueue crashes: run-2 ends and run-4 stays queued (nothing admits
-	// it); run-5's pod is refused by Kueue's webhook, so run-5 waits
-	// without one.
+	// it); run-5's Workload is refused by Kueue's webhook, so run-5 waits,
+	// saying so.
 	k.Kill()
 	kubelet(t, waitPod(t, ns, "run-2-1"), corev1.PodSucceeded, 0, "")
 	waitPhase(t, ns, "run-2", jobsv1alpha1.JobRunCompleted)
@@ -480,8 +451,8 @@ func TestKueueRestartsLoseNothing(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionRunning); c == nil || c.Reason != jobsv1alpha1.ReasonPodForbidden || !strings.Contains(c.Message, "failed calling webhook") {
-			return fmt.Errorf("run-5's Running condition %+v, want %s saying Kueue's webhook could not be called", c, jobsv1alpha1.ReasonPodForbidden)
+		if c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionQueued); c == nil || c.Reason != jobsv1alpha1.ReasonWorkloadRefused || !strings.Contains(c.Message, "failed calling webhook") {
+			return fmt.Errorf("run-5's Queued condition %+v, want %s saying Kueue's webhook could not be called", c, jobsv1alpha1.ReasonWorkloadRefused)
 		}
 		return nil
 	})
@@ -489,11 +460,11 @@ func TestKueueRestartsLoseNothing(t *testing.T) {
 		t.Fatalf("run-5 while Kueue is down: %+v (%v), want pending", jr.Status, err)
 	}
 
-	// Kueue is back: run-5 gets its pod; run-4 and run-5 are admitted one
-	// at a time (after a restart, Kueue's best-effort FIFO may take either
-	// first), and both complete.
+	// Kueue is back: run-5 gets its Workload; run-4 and run-5 are admitted
+	// one at a time (after a restart, Kueue's best-effort FIFO may take
+	// either first), and both complete.
 	startKueue(t)
-	waitPod(t, ns, "run-5-1")
+	workloadOf(t, ns, "run-5")
 	for range 2 {
 		var admitted string
 		testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
@@ -541,7 +512,7 @@ func TestQueuedRunsShowTheirPosition(t *testing.T) {
 	// Queued in this order (Kueue orders by whole seconds of creation).
 	for i, name := range []string{"run-1", "run-2", "run-3"} {
 		if i > 0 {
-			waitNextSecond(t, ns, fmt.Sprintf("run-%d-1", i))
+			waitNextSecond(t, ns, fmt.Sprintf("run-%d", i))
 		}
 		run(name)
 		waitQueued(t, ns, name, metav1.ConditionTrue, "Pending")

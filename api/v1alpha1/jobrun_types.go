@@ -240,13 +240,13 @@ const (
 	// ArchivePending) while archiving it failed and is retried. Only with an
 	// archive configured.
 	JobRunConditionArchived = "Archived"
-	// JobRunConditionQueued is True while the run's pod waits for Kueue to
-	// admit it (its scheduling gate kueue.x-k8s.io/admission is on; the
-	// run is pending and its start timeout does not run), with Kueue's
-	// reason and message from the pod's Workload (such as Pending: "...
-	// insufficient unused quota ..."; WaitingForAdmission before Kueue made
-	// the Workload), False (reason Admitted) once Kueue admitted it. Only
-	// with the manager's --kueue.
+	// JobRunConditionQueued is True while the run's Kueue Workload waits
+	// for admission (the run is pending, has no pod yet, and its start
+	// timeout does not run), with Kueue's reason and message from the
+	// Workload (such as Pending: "... insufficient unused quota ...";
+	// WaitingForAdmission before Kueue looked at it) after the run's
+	// position, False (reason Admitted) once Kueue admitted it. Only with
+	// the manager's --kueue.
 	JobRunConditionQueued = "Queued"
 
 	// ReasonAccepted: the JobType exists and the run may start.
@@ -296,15 +296,20 @@ const (
 	// ReasonDeleted: the run was deleted before it finished (kubectl
 	// delete); with an archive it is archived as cancelled first.
 	ReasonDeleted = "Deleted"
-	// ReasonWaitingForAdmission: the run's pod is in its Kueue LocalQueue,
-	// not admitted yet (the message says which queue).
+	// ReasonWaitingForAdmission: the run's Workload is in its Kueue
+	// LocalQueue, not admitted yet (the message says which queue).
 	ReasonWaitingForAdmission = "WaitingForAdmission"
-	// ReasonAdmitted: Kueue admitted the run's pod; the start timeout runs
-	// from here.
+	// ReasonAdmitted: Kueue admitted the run's Workload: its pod is
+	// created; the start timeout runs from here.
 	ReasonAdmitted = "Admitted"
 	// ReasonCancelledWhileQueued: the run was cancelled before Kueue
 	// admitted it; its pod never ran.
 	ReasonCancelledWhileQueued = "CancelledWhileQueued"
+	// ReasonWorkloadRefused: the API server refused the run's Kueue
+	// Workload (Kueue's webhook denied it or could not be called, as
+	// while Kueue restarts); retried every few seconds, the message says
+	// why.
+	ReasonWorkloadRefused = "WorkloadRefused"
 	// ReasonPriorityClassNotFound: the JobType's priorityClassName names no
 	// Kueue WorkloadPriorityClass; the run failed before any pod was
 	// created (Kueue would never admit it).
