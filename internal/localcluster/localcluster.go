@@ -66,8 +66,8 @@ type Options struct {
 	// Kueue, when set, starts a real Kueue (internal/kueue) with jobrun's
 	// queues (its ResourceFlavor, the ClusterQueues jobrun-teams and
 	// jobrun-system), labels Namespace for Kueue's pod integration, and
-	// gives every manager --kueue. nil: runs get their pods first come,
-	// first served.
+	// gives every manager --kueue (StartKueue). nil: runs get their pods
+	// first come, first served, unless StartKueue starts it later.
 	Kueue *KueueOptions
 	// Log receives progress lines.
 	Log func(format string, args ...any)
@@ -190,7 +190,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return c, err
 	}
 	if o.Kueue != nil {
-		if err := c.startKueue(ctx, *o.Kueue); err != nil {
+		if err := c.StartKueue(ctx, *o.Kueue); err != nil {
 			return c, err
 		}
 	}
@@ -227,27 +227,30 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	return c, nil
 }
 
-// startKueue starts Kueue (its files in Dir/kueue), creates jobrun's queues
-// and labels the namespace for its pod integration; the managers get
-// --kueue.
-func (c *Cluster) startKueue(ctx context.Context, o KueueOptions) error {
+// StartKueue starts Kueue (its files in Dir/kueue), creates jobrun's queues
+// sized by o and labels the namespace for its pod integration: Start does it
+// for Options.Kueue, a caller such as the bench on a running cluster. Every
+// manager started after it gets --kueue and the queues' flags (the running
+// one keeps its flags until StartManager starts it again). Stop, or
+// StopKueue, stops it.
+func (c *Cluster) StartKueue(ctx context.Context, o KueueOptions) error {
+	c.mu.Lock()
+	running := c.kueue != nil
+	c.mu.Unlock()
+	if running {
+		return errors.New("kueue: already running on this cluster")
+	}
 	c.opts.Log("starting Kueue (log %s)", filepath.Join(c.opts.Dir, "kueue", "kueue.log"))
 	start := time.Now()
 	k, err := kueue.Start(ctx, c.ControlPlane, kueue.Options{Root: c.opts.Root, Dir: filepath.Join(c.opts.Dir, "kueue")})
 	if err != nil {
 		return fmt.Errorf("kueue: %w", err)
 	}
+	c.mu.Lock()
 	c.kueue = k
-	ns := &corev1.Namespace{}
-	if err := c.Client.Get(ctx, client.ObjectKey{Name: c.opts.Namespace}, ns); err != nil {
+	c.mu.Unlock()
+	if err := c.labelForKueue(ctx, true); err != nil {
 		return err
-	}
-	if ns.Labels == nil {
-		ns.Labels = map[string]string{}
-	}
-	ns.Labels[kueue.NamespaceLabel] = "true"
-	if err := c.Client.Update(ctx, ns); err != nil {
-		return fmt.Errorf("labelling namespace %s for Kueue: %w", c.opts.Namespace, err)
 	}
 	queues := "apiVersion: kueue.x-k8s.io/v1beta2\nkind: ResourceFlavor\nmetadata: {name: jobrun}\n" +
 		clusterQueueYAML(KueueTeamsQueue, o.TeamRuns, true) + clusterQueueYAML(KueueSystemQueue, o.SystemRuns, false) +
@@ -255,9 +258,56 @@ func (c *Cluster) startKueue(ctx context.Context, o KueueOptions) error {
 	if err := c.applyYAML(ctx, "kueue-queues", queues); err != nil {
 		return err
 	}
-	c.opts.ManagerArgs = append(c.opts.ManagerArgs, "--kueue", "--kueue-team-cluster-queue="+KueueTeamsQueue, "--kueue-system-cluster-queue="+KueueSystemQueue)
 	c.opts.Log("Kueue ready after %s: ClusterQueues %s (%d runs at once) and %s (%d)", time.Since(start).Round(time.Millisecond), KueueTeamsQueue, o.TeamRuns, KueueSystemQueue, o.SystemRuns)
 	return nil
+}
+
+// StopKueue stops what StartKueue started: Kueue's webhooks and manager,
+// and the namespace's label for its pod integration. Managers started after
+// it run without --kueue; its kinds, queues and Workloads stay. Pods it
+// still gates stay gated, and pods carrying its finalizer keep it.
+func (c *Cluster) StopKueue(ctx context.Context) error {
+	c.mu.Lock()
+	k := c.kueue
+	c.kueue = nil
+	c.mu.Unlock()
+	if k == nil {
+		return nil
+	}
+	c.opts.Log("stopping Kueue")
+	return errors.Join(k.Stop(), c.labelForKueue(ctx, false))
+}
+
+// labelForKueue sets (on) or removes the label by which Kueue's pod
+// integration and webhooks select the cluster's namespace.
+func (c *Cluster) labelForKueue(ctx context.Context, on bool) error {
+	ns := &corev1.Namespace{}
+	if err := c.Client.Get(ctx, client.ObjectKey{Name: c.opts.Namespace}, ns); err != nil {
+		return err
+	}
+	if ns.Labels == nil {
+		ns.Labels = map[string]string{}
+	}
+	if on {
+		ns.Labels[kueue.NamespaceLabel] = "true"
+	} else {
+		delete(ns.Labels, kueue.NamespaceLabel)
+	}
+	if err := c.Client.Update(ctx, ns); err != nil {
+		return fmt.Errorf("labelling namespace %s for Kueue (%v): %w", c.opts.Namespace, on, err)
+	}
+	return nil
+}
+
+// kueueArgs are the manager flags of a cluster running Kueue: --kueue and
+// the ClusterQueues StartKueue created.
+func (c *Cluster) kueueArgs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.kueue == nil {
+		return nil
+	}
+	return []string{"--kueue", "--kueue-team-cluster-queue=" + KueueTeamsQueue, "--kueue-system-cluster-queue=" + KueueSystemQueue}
 }
 
 // clusterQueueYAML is a ClusterQueue of the flavor jobrun for every
@@ -557,6 +607,7 @@ func (c *Cluster) startManager(name, probeAddr, metricsAddr, apiAddr string, ext
 	if c.ArchiveDSN != "" {
 		args = append(args, "--archive-dsn="+c.ArchiveDSN)
 	}
+	args = append(args, c.kueueArgs()...)
 	args = append(append(args, c.opts.ManagerArgs...), extra...)
 	log := "manager"
 	if name != managerName {
@@ -647,14 +698,18 @@ func (c *Cluster) ManagerPID() int {
 func (c *Cluster) Exited() <-chan string { return c.procs.exitedChan() }
 
 // Stop stops the manager, the agent, the scheduler, the controller-manager,
-// kube-apiserver, etcd and the archive's PostgreSQL, in that order, and
-// removes the kubeconfig. The archive's data stays.
+// Kueue, kube-apiserver, etcd and the archive's PostgreSQL, in that order,
+// and removes the kubeconfig. The archive's data stays.
 func (c *Cluster) Stop() error {
 	c.procs.stopAll()
 	var errs []error
-	if c.kueue != nil {
+	c.mu.Lock()
+	k := c.kueue
+	c.kueue = nil
+	c.mu.Unlock()
+	if k != nil {
 		c.opts.Log("stopping Kueue")
-		errs = append(errs, c.kueue.Stop())
+		errs = append(errs, k.Stop())
 	}
 	if c.proxy != nil {
 		c.proxy.Cut()
