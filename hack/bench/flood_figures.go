@@ -81,7 +81,7 @@ func (ph *floodPhase) waitFigures() []Figure {
 			continue
 		}
 		for _, s := range steps {
-			d, censored := ph.waits(who.runs, who.from, s.at)
+			d, censored, floor := ph.waits(who.runs, who.from, s.at)
 			for _, p := range []float64{0.5, 0.99} {
 				if len(who.runs) == 1 && p == 0.5 {
 					continue // one run: its wait is its p99
@@ -91,7 +91,7 @@ func (ph *floodPhase) waitFigures() []Figure {
 				if len(who.runs) == 1 {
 					name = fmt.Sprintf("%s -> %s, %s", who.name, s.name, ph.label())
 				}
-				if censored > 0 {
+				if censored > 0 && v >= floor {
 					name += fmt.Sprintf(" (%d of %d not %s in the wait: at least)", censored, len(who.runs), s.name)
 				}
 				f := Figure{Scenario: "flood", Name: name, Value: v.Seconds(), Unit: "s"}
@@ -116,17 +116,22 @@ func (ph *floodPhase) systemRuns() []string {
 
 // waits is each of runs' time from from(run) to the step at picks, and how
 // many had not reached that step when the phase stopped waiting: those
-// count as waitEnd - from, a lower bound.
-func (ph *floodPhase) waits(runs []string, from func(string) time.Time, at func(runSeen) time.Time) (d []time.Duration, censored int) {
+// count as waitEnd - from, a lower bound; floor is the least of those, so
+// a percentile below it is exact.
+func (ph *floodPhase) waits(runs []string, from func(string) time.Time, at func(runSeen) time.Time) (d []time.Duration, censored int, floor time.Duration) {
 	for _, id := range runs {
 		t := at(ph.seen[id])
+		w := t.Sub(from(id))
 		if t.IsZero() {
+			w = ph.waitEnd.Sub(from(id))
+			if censored == 0 || w < floor {
+				floor = w
+			}
 			censored++
-			t = ph.waitEnd
 		}
-		d = append(d, t.Sub(from(id)))
+		d = append(d, w)
 	}
-	return d, censored
+	return d, censored, floor
 }
 
 // throughput is A's runs ended per second from A's first trigger to the

@@ -25,18 +25,19 @@ func TestFloodWaits(t *testing.T) {
 		runs         []string
 		want         []time.Duration
 		wantCensored int
+		wantFloor    time.Duration
 	}{
-		{"all ran", []string{"b1", "b2"}, []time.Duration{time.Second, 4 * time.Second}, 0},
-		{"one never ran", []string{"b1", "b3"}, []time.Duration{time.Second, 88 * time.Second}, 1},
+		{"all ran", []string{"b1", "b2"}, []time.Duration{time.Second, 4 * time.Second}, 0, 0},
+		{"one never ran", []string{"b1", "b3"}, []time.Duration{time.Second, 88 * time.Second}, 1, 88 * time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, censored := ph.waits(tt.runs, func(id string) time.Time { return ph.triggered[id] }, func(r runSeen) time.Time { return r.running })
+			got, censored, floor := ph.waits(tt.runs, func(id string) time.Time { return ph.triggered[id] }, func(r runSeen) time.Time { return r.running })
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("waits (-want +got):\n%s", diff)
 			}
-			if censored != tt.wantCensored {
-				t.Errorf("censored = %d, want %d", censored, tt.wantCensored)
+			if censored != tt.wantCensored || floor != tt.wantFloor {
+				t.Errorf("censored, floor = %d, %s; want %d, %s", censored, floor, tt.wantCensored, tt.wantFloor)
 			}
 		})
 	}
