@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -17,6 +19,7 @@ import (
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/benchstat"
+	"jobrun.dev/jobrun/internal/kueue"
 	"jobrun.dev/jobrun/internal/localcluster"
 )
 
@@ -120,11 +123,35 @@ func (b *bench) floodScenario(ctx context.Context) error {
 		b.add(f)
 	}
 
+	b.waitKueueReleased(ctx)
 	b.log("flood: stopping Kueue; the manager again without --kueue")
 	if err := b.cl.StopKueue(ctx); err != nil {
 		return err
 	}
 	return b.restartManager(ctx)
+}
+
+// waitKueueReleased waits up to 3 minutes until Kueue has let go of every
+// pod of the namespace (its finalizer removed, which it does once a pod has
+// ended or is deleted), so that stopping Kueue leaves no pod that cannot be
+// deleted behind for the later scenarios.
+func (b *bench) waitKueueReleased(ctx context.Context) {
+	left := -1
+	if !waitFor(3*time.Minute, 2*time.Second, func() bool {
+		pods := &corev1.PodList{}
+		if err := b.c.List(ctx, pods, client.InNamespace(ns)); err != nil {
+			return false
+		}
+		left = 0
+		for _, p := range pods.Items {
+			if slices.Contains(p.Finalizers, kueue.ManagedLabel) {
+				left++
+			}
+		}
+		return left == 0
+	}) {
+		b.log("flood: %d pods still carry Kueue's finalizer; they stay after Kueue stops", left)
+	}
 }
 
 // restartManager stops the manager gracefully and starts it again with the
@@ -171,12 +198,12 @@ func (b *bench) floodSetup(ctx context.Context) error {
 	})
 }
 
-// floodProject is team's i-th project of the phase with Kueue (kueue) or
+// floodProject is team's i-th project of the phase with Kueue (withKueue) or
 // without: each phase has its own, so no trigger meets a run of the other
 // phase still active on its project.
-func floodProject(team string, kueue bool, i int) string {
+func floodProject(team string, withKueue bool, i int) string {
 	phase := "off"
-	if kueue {
+	if withKueue {
 		phase = "on"
 	}
 	return fmt.Sprintf("%s-%s-%05d", team, phase, i)
@@ -193,8 +220,8 @@ func (b *bench) teamToken(team string) (string, error) {
 // floodOverhead triggers runs at 50/s for floodOverheadSeconds with nothing
 // else running (the dispatch scenario's code; team bench, whose queue no
 // other team shares) and waits until they ended.
-func (b *bench) floodOverhead(ctx context.Context, kueue bool) (*dispatched, error) {
-	b.log("flood: admission overhead, 50 triggers/s for %d s, Kueue %v", floodOverheadSeconds, kueue)
+func (b *bench) floodOverhead(ctx context.Context, withKueue bool) (*dispatched, error) {
+	b.log("flood: admission overhead, 50 triggers/s for %d s, Kueue %v", floodOverheadSeconds, withKueue)
 	return b.triggerAtRate(ctx, 50*floodOverheadSeconds, false)
 }
 
@@ -235,8 +262,8 @@ func sinceTriggered(triggered, at map[string]time.Time) []time.Duration {
 // system JobSchedule that fires at the next full minute; it waits until
 // every run ended or floodWindow passed since A's first trigger, and then
 // cancels what is left, so that the next phase starts on an idle node.
-func (b *bench) flood(ctx context.Context, kueue bool) (*floodPhase, error) {
-	b.log("flood: %d runs of team %s at once, then %d of team %s and a system schedule; Kueue %v", floodRuns, floodTeamA, floodBRuns, floodTeamB, kueue)
+func (b *bench) flood(ctx context.Context, withKueue bool) (*floodPhase, error) {
+	b.log("flood: %d runs of team %s at once, then %d of team %s and a system schedule; Kueue %v", floodRuns, floodTeamA, floodBRuns, floodTeamB, withKueue)
 	tokenA, err := b.teamToken(floodTeamA)
 	if err != nil {
 		return nil, err
@@ -251,13 +278,13 @@ func (b *bench) flood(ctx context.Context, kueue bool) (*floodPhase, error) {
 	if err != nil {
 		return nil, err
 	}
-	ph := &floodPhase{kueue: kueue, triggered: map[string]time.Time{}}
+	ph := &floodPhase{kueue: withKueue, triggered: map[string]time.Time{}}
 	params := map[string]any{"items": 1, "item_ms": floodRunMS}
 	var mu sync.Mutex
 	send := func(token, team string, n, clients int, runs *[]string) error {
 		return parallel(clients, n, func(i int) error {
 			at := time.Now()
-			id, err := b.triggerAs(token, team, floodProject(team, kueue, i), params)
+			id, err := b.triggerAs(token, team, floodProject(team, withKueue, i), params)
 			if err != nil {
 				return err
 			}
@@ -282,7 +309,7 @@ func (b *bench) flood(ctx context.Context, kueue bool) (*floodPhase, error) {
 	// A real system schedule, every minute: created now, it fires at the
 	// next full minute. Suspended once it has, so it starts one run.
 	sched := &jobsv1alpha1.JobSchedule{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "flood-system-" + map[bool]string{false: "off", true: "on"}[kueue]},
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "flood-system-" + map[bool]string{false: "off", true: "on"}[withKueue]},
 		Spec:       jobsv1alpha1.JobScheduleSpec{Schedule: "* * * * *", JobType: "demo_maintenance", ConcurrencyPolicy: jobsv1alpha1.ConcurrencyForbid},
 	}
 	if err := b.c.Create(ctx, sched); err != nil {

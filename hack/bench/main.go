@@ -50,7 +50,7 @@ var (
 )
 
 // scenarios are the names -only takes, in the order they run.
-var scenarios = []string{"sidebyside", "dispatch", "load", "archive", "flood", "controller", "progress", "stream", "trigger", "list"}
+var scenarios = []string{"sidebyside", "dispatch", "load", "flood", "archive", "controller", "progress", "stream", "trigger", "list"}
 
 // want reports whether scenario runs in this bench.
 func want(scenario string) bool { return len(only) == 0 || only[scenario] }
@@ -212,19 +212,20 @@ func run(out, listRuns string, dispatchSeconds int) error {
 			return err
 		}
 	}
+	// Fair dispatch through Kueue: a team's flood without Kueue, then with
+	// it, on the dev node (before the archive scenario kills it). It stops
+	// Kueue again and leaves the manager without it.
+	if want("flood") {
+		if err := b.floodScenario(ctx); err != nil {
+			return err
+		}
+	}
 	// The run archive in PostgreSQL: lists over a million archived runs,
 	// archiving at the end-to-end rate (the dev node), then, without the
 	// node, many runs through a short live window. It leaves the node
 	// killed and the manager as it found it.
 	if want("archive") {
 		if err := b.archiveScenario(ctx); err != nil {
-			return err
-		}
-	}
-	// Fair dispatch through Kueue: a team's flood without Kueue, then with
-	// it. It stops Kueue again and leaves the manager without it.
-	if want("flood") {
-		if err := b.floodScenario(ctx); err != nil {
 			return err
 		}
 	}
