@@ -102,7 +102,7 @@ fuzz: ## Fuzz the REST API's inputs (trigger body, list query and cursor, JWTs, 
 	done
 
 .PHONY: bench
-bench: tools-dev build ## Measure: start a local cluster, run the benchmark scenarios, print the figures (bench.json too). ~15 min (go run ./hack/bench -h: -only, sizes).
+bench: tools-dev build ## Measure: start a local cluster, run the benchmark scenarios, print the figures (bench.json too). ~27 min (go run ./hack/bench -h: -only, sizes).
 	go run ./hack/bench --out bench.json
 
 ##@ Build

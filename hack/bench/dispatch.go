@@ -4,14 +4,11 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/watch"
-
-	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/benchstat"
 )
 
@@ -53,10 +50,11 @@ func (b *bench) dispatch(ctx context.Context, seconds int, scenario string) erro
 }
 
 // dispatched is what triggerAtRate saw of its runs, by run id: when each
-// was triggered, its pod created, it ran, it ended.
+// was triggered, its pod created, admitted by Kueue (without Kueue: its pod
+// created), it ran, it ended.
 type dispatched struct {
-	start                                time.Time
-	triggeredAt, podAt, runningAt, endAt map[string]time.Time
+	start                                            time.Time
+	triggeredAt, podAt, admittedAt, runningAt, endAt map[string]time.Time
 	// failed is how many ended other than completed.
 	failed int64
 }
@@ -70,47 +68,14 @@ func (b *bench) triggerAtRate(ctx context.Context, n int, podsOnly bool) (*dispa
 	if err != nil {
 		return nil, err
 	}
-	// The API server ends a watch now and then under a burst of pod
-	// events: watchAll watches again from the last event.
 	wctx, stopWatches := context.WithCancel(ctx)
 	defer stopWatches()
-	var mu sync.Mutex
-	d := &dispatched{triggeredAt: make(map[string]time.Time, n), podAt: map[string]time.Time{}, runningAt: map[string]time.Time{}, endAt: map[string]time.Time{}}
-	var failed atomic.Int64
-	if _, err := b.watchAll(wctx, &corev1.PodList{}, func(ev watch.Event) {
-		if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type == watch.Added {
-			run := p.Labels[jobsv1alpha1.LabelRun]
-			mu.Lock()
-			if _, seen := d.podAt[run]; !seen {
-				d.podAt[run] = time.Now()
-			}
-			mu.Unlock()
-		}
-	}); err != nil {
-		return nil, err
-	}
-	if _, err := b.watchAll(wctx, &jobsv1alpha1.JobRunList{}, func(ev watch.Event) {
-		jr, ok := ev.Object.(*jobsv1alpha1.JobRun)
-		if !ok {
-			return
-		}
-		now := time.Now()
-		mu.Lock()
-		defer mu.Unlock()
-		phase := jr.CurrentPhase()
-		if _, seen := d.runningAt[jr.Name]; !seen && (phase == jobsv1alpha1.JobRunRunning || phase.IsTerminal() && jr.Status.StartedAt != nil) {
-			d.runningAt[jr.Name] = now
-		}
-		if _, seen := d.endAt[jr.Name]; !seen && phase.IsTerminal() {
-			d.endAt[jr.Name] = now
-			if phase != jobsv1alpha1.JobRunCompleted {
-				failed.Add(1)
-			}
-		}
-	}); err != nil {
+	t, err := b.trackRuns(wctx)
+	if err != nil {
 		return nil, err
 	}
 
+	d := &dispatched{triggeredAt: make(map[string]time.Time, n), podAt: map[string]time.Time{}, admittedAt: map[string]time.Time{}, runningAt: map[string]time.Time{}, endAt: map[string]time.Time{}}
 	var tmu sync.Mutex
 	var terr atomic.Value
 	d.start = time.Now()
@@ -128,22 +93,31 @@ func (b *bench) triggerAtRate(ctx context.Context, n int, podsOnly bool) (*dispa
 	if err, _ := terr.Load().(error); err != nil {
 		return nil, err
 	}
+	ids := slices.Collect(maps.Keys(d.triggeredAt))
 	var done int
 	if !waitFor(10*time.Minute, 200*time.Millisecond, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		done = len(d.endAt)
-		if podsOnly {
-			done = len(d.podAt)
-		}
+		done = t.count(ids, func(r runSeen) bool { return !r.end.IsZero() || podsOnly && !r.pod.IsZero() })
 		return done >= n
 	}) {
 		return nil, fmt.Errorf("dispatch: only %d of %d runs ended within 10 minutes", done, n)
 	}
-	// The watches' goroutines may still write: hand out copies.
-	mu.Lock()
-	defer mu.Unlock()
-	d.podAt, d.runningAt, d.endAt = maps.Clone(d.podAt), maps.Clone(d.runningAt), maps.Clone(d.endAt)
-	d.failed = failed.Load()
+	seen := t.snapshot()
+	for _, id := range ids {
+		r := seen[id]
+		setSeen(d.podAt, id, r.pod)
+		setSeen(d.admittedAt, id, r.admitted)
+		setSeen(d.runningAt, id, r.running)
+		setSeen(d.endAt, id, r.end)
+		if r.failed {
+			d.failed++
+		}
+	}
 	return d, nil
+}
+
+// setSeen records at as id's time in m if it was seen (not zero).
+func setSeen(m map[string]time.Time, id string, at time.Time) {
+	if !at.IsZero() {
+		m[id] = at
+	}
 }

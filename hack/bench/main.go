@@ -38,6 +38,9 @@ const ns = "jobrun-system"
 
 var (
 	loadSeconds int
+	// keepDir keeps the cluster's directory (its processes' logs, Kueue's)
+	// after the bench.
+	keepDir bool
 	// only is the scenarios to run, none: all.
 	only map[string]bool
 	// sideRates and sideSeconds are the side-by-side scenario's creation
@@ -47,7 +50,7 @@ var (
 )
 
 // scenarios are the names -only takes, in the order they run.
-var scenarios = []string{"sidebyside", "dispatch", "load", "archive", "controller", "progress", "stream", "trigger", "list"}
+var scenarios = []string{"sidebyside", "dispatch", "load", "flood", "archive", "controller", "progress", "stream", "trigger", "list"}
 
 // want reports whether scenario runs in this bench.
 func want(scenario string) bool { return len(only) == 0 || only[scenario] }
@@ -82,6 +85,12 @@ func main() {
 	flag.IntVar(&archiveSeconds, "archive-seconds", 10, "How long triggers arrive at 50/s, run by the dev node, in the archive scenario's archiving figures.")
 	flag.IntVar(&archiveLiveRuns, "archive-live-runs", 5000, "Runs the archive scenario makes (pods completed by the bench, no node) before reading the manager's heap and etcd's JobRun count; ~45 runs/s on 2 cores, so the issue's 100000 take ~40 min.")
 	flag.DurationVar(&archiveLiveTTL, "archive-live-ttl", 20*time.Second, "The archive scenario manager's --archive-live-ttl.")
+	flag.BoolVar(&keepDir, "keep", false, "Keep the cluster's directory (the logs of its processes and of Kueue) instead of removing it at the end.")
+	flag.IntVar(&floodRuns, "flood-runs", 3000, "Runs team A triggers at once in the flood scenario (each phase, with and without Kueue).")
+	flag.IntVar(&floodRunMS, "flood-run-ms", 1000, "How long each flood run's handler works (demo_sync, one item of this many ms).")
+	flag.IntVar(&floodTeamRuns, "flood-team-runs", 198, "The teams' ClusterQueue's quota in the flood scenario (runs at once): the dev node's 200 pods less the system queue's 2.")
+	flag.DurationVar(&floodWindow, "flood-window", 4*time.Minute, "How long each flood phase waits for its runs to end, from A's first trigger, before it cancels the rest; A's throughput is measured over it.")
+	flag.IntVar(&floodOverheadSeconds, "flood-overhead-seconds", 5, "How long triggers arrive at 50/s for the Kueue admission-overhead figures (with and without Kueue).")
 	flag.Parse()
 	if *onlyList != "" {
 		only = map[string]bool{}
@@ -130,7 +139,11 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	if keepDir {
+		fmt.Fprintf(os.Stderr, "[bench] the cluster's logs stay in %s (-keep)\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "[bench] "+format+"\n", args...) }
 	quiet := func(string, ...any) {}
 	api, metricsAddr := freeAddr(), freeAddr()
@@ -166,11 +179,15 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	b := &bench{cl: cl, c: c, cfg: cfg, api: "http://" + api, metrics: "http://" + metricsAddr + "/metrics", token: tok, log: logf,
 		http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128}}}
 	nProjects := 0
-	switch {
-	case want("dispatch") || want("load") || want("controller") || want("trigger"):
+	if want("dispatch") || want("load") || want("controller") || want("trigger") {
 		nProjects = projectCount
-	case want("archive"):
-		nProjects = 50 * archiveSeconds
+	} else {
+		if want("archive") {
+			nProjects += 50 * archiveSeconds
+		}
+		if want("flood") {
+			nProjects += 2 * 50 * floodOverheadSeconds
+		}
 	}
 	if err := b.setup(ctx, nProjects); err != nil {
 		return err
@@ -192,6 +209,14 @@ func run(out, listRuns string, dispatchSeconds int) error {
 	}
 	if want("load") {
 		if err := b.load(ctx, loadSeconds); err != nil {
+			return err
+		}
+	}
+	// Fair dispatch through Kueue: a team's flood without Kueue, then with
+	// it, on the dev node (before the archive scenario kills it). It stops
+	// Kueue again and leaves the manager without it.
+	if want("flood") {
+		if err := b.floodScenario(ctx); err != nil {
 			return err
 		}
 	}

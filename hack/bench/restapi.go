@@ -42,18 +42,34 @@ func (b *bench) postTrigger(projects projectRange, i int, params map[string]any)
 	if err != nil {
 		return 0, nil, err
 	}
-	return b.do(http.MethodPost, "/v1/teams/bench/jobs/trigger", map[string]any{"job_type": "demo_sync", "project_id": project, "params": params})
+	return b.postTriggerAs(b.token, "bench", project, params)
+}
+
+// postTriggerAs triggers a demo_sync run for project of team with the
+// bearer token token and returns the response.
+func (b *bench) postTriggerAs(token, team, project string, params map[string]any) (int, []byte, error) {
+	return b.doAs(token, http.MethodPost, "/v1/teams/"+team+"/jobs/trigger", map[string]any{"job_type": "demo_sync", "project_id": project, "params": params})
 }
 
 // trigger triggers a run as postTrigger does and returns its id; any
 // answer but 201 Created is an error.
 func (b *bench) trigger(projects projectRange, i int, params map[string]any) (string, error) {
-	status, body, err := b.postTrigger(projects, i, params)
+	project, err := projects.name(i)
+	if err != nil {
+		return "", err
+	}
+	return b.triggerAs(b.token, "bench", project, params)
+}
+
+// triggerAs triggers a run as postTriggerAs does and returns its id; any
+// answer but 201 Created is an error.
+func (b *bench) triggerAs(token, team, project string, params map[string]any) (string, error) {
+	status, body, err := b.postTriggerAs(token, team, project, params)
 	if err != nil {
 		return "", err
 	}
 	if status != http.StatusCreated {
-		return "", fmt.Errorf("trigger: %d %s", status, body)
+		return "", fmt.Errorf("trigger for %s/%s: %d %s", team, project, status, body)
 	}
 	return triggeredID(body)
 }

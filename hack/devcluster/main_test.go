@@ -131,12 +131,12 @@ func TestDevCluster(t *testing.T) {
 	if len(seen) < 2 {
 		t.Errorf("saw the run running with progress %v; want it seen at least twice, moving", seen)
 	}
-	// It went through Kueue: its pod was in its team's LocalQueue, which
-	// the manager created, admitted by Kueue (its Workload).
-	out, err = exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "pods,localqueues,workloads", "-n", "jobrun-system",
-		"-l", "jobs.jobrun.dev/run="+strings.TrimPrefix(run, "jobrun.jobs.jobrun.dev/"), "-o", `jsonpath={range .items[*]}{.kind} {.metadata.labels.kueue\.x-k8s\.io/queue-name}{"\n"}{end}`).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "Pod jobrun-team-demo-team") {
-		t.Errorf("the sample run's pod is not in Kueue's LocalQueue jobrun-team-demo-team: %q (%v)", out, err)
+	// It went through Kueue: its Workload (named as the run) was in its
+	// team's LocalQueue, which the manager created, and Kueue admitted it.
+	out, err = exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "workload", strings.TrimPrefix(run, "jobrun.jobs.jobrun.dev/"), "-n", "jobrun-system",
+		"-o", `jsonpath={.spec.queueName} {.status.conditions[?(@.type=="Admitted")].status}`).CombinedOutput()
+	if err != nil || string(out) != "jobrun-team-demo-team True" {
+		t.Errorf("the sample run's Workload: %q (%v), want it in LocalQueue jobrun-team-demo-team, admitted", out, err)
 	}
 	out, err = exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "localqueue", "jobrun-team-demo-team", "-n", "jobrun-system", "-o", "jsonpath={.spec.clusterQueue}").CombinedOutput()
 	if err != nil || string(out) != "jobrun-teams" {

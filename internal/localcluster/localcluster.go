@@ -65,9 +65,9 @@ type Options struct {
 	Archive *ArchiveOptions
 	// Kueue, when set, starts a real Kueue (internal/kueue) with jobrun's
 	// queues (its ResourceFlavor, the ClusterQueues jobrun-teams and
-	// jobrun-system), labels Namespace for Kueue's pod integration, and
-	// gives every manager --kueue. nil: runs get their pods first come,
-	// first served.
+	// jobrun-system, its WorkloadPriorityClasses) and gives every manager
+	// --kueue (StartKueue). nil: runs get their pods
+	// first come, first served, unless StartKueue starts it later.
 	Kueue *KueueOptions
 	// Log receives progress lines.
 	Log func(format string, args ...any)
@@ -190,7 +190,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return c, err
 	}
 	if o.Kueue != nil {
-		if err := c.startKueue(ctx, *o.Kueue); err != nil {
+		if err := c.StartKueue(ctx, *o.Kueue); err != nil {
 			return c, err
 		}
 	}
@@ -227,40 +227,65 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	return c, nil
 }
 
-// startKueue starts Kueue (its files in Dir/kueue), creates jobrun's queues
-// and labels the namespace for its pod integration; the managers get
-// --kueue.
-func (c *Cluster) startKueue(ctx context.Context, o KueueOptions) error {
+// StartKueue starts Kueue (its files in Dir/kueue) and creates jobrun's
+// queues sized by o: Start does it
+// for Options.Kueue, a caller such as the bench on a running cluster. Every
+// manager started after it gets --kueue and the queues' flags (the running
+// one keeps its flags until StartManager starts it again). Stop, or
+// StopKueue, stops it.
+func (c *Cluster) StartKueue(ctx context.Context, o KueueOptions) error {
+	c.mu.Lock()
+	running := c.kueue != nil
+	c.mu.Unlock()
+	if running {
+		return errors.New("kueue: already running on this cluster")
+	}
 	c.opts.Log("starting Kueue (log %s)", filepath.Join(c.opts.Dir, "kueue", "kueue.log"))
 	start := time.Now()
 	k, err := kueue.Start(ctx, c.ControlPlane, kueue.Options{Root: c.opts.Root, Dir: filepath.Join(c.opts.Dir, "kueue")})
 	if err != nil {
 		return fmt.Errorf("kueue: %w", err)
 	}
+	c.mu.Lock()
 	c.kueue = k
-	ns := &corev1.Namespace{}
-	if err := c.Client.Get(ctx, client.ObjectKey{Name: c.opts.Namespace}, ns); err != nil {
-		return err
-	}
-	if ns.Labels == nil {
-		ns.Labels = map[string]string{}
-	}
-	ns.Labels[kueue.NamespaceLabel] = "true"
-	if err := c.Client.Update(ctx, ns); err != nil {
-		return fmt.Errorf("labelling namespace %s for Kueue: %w", c.opts.Namespace, err)
-	}
+	c.mu.Unlock()
 	queues := "apiVersion: kueue.x-k8s.io/v1beta2\nkind: ResourceFlavor\nmetadata: {name: jobrun}\n" +
 		clusterQueueYAML(KueueTeamsQueue, o.TeamRuns, true) + clusterQueueYAML(KueueSystemQueue, o.SystemRuns, false) +
 		fmt.Sprintf(priorityClassYAML, KueuePriorityHigh, KueuePriorityLow)
 	if err := c.applyYAML(ctx, "kueue-queues", queues); err != nil {
 		return err
 	}
-	// Queued runs' positions from Kueue's visibility server, directly:
-	// a local control plane has no aggregation to reach it through.
-	c.opts.ManagerArgs = append(c.opts.ManagerArgs, "--kueue", "--kueue-team-cluster-queue="+KueueTeamsQueue, "--kueue-system-cluster-queue="+KueueSystemQueue,
-		"--kueue-visibility-url="+k.VisibilityURL, "--kueue-visibility-ca-file="+k.VisibilityCAFile())
 	c.opts.Log("Kueue ready after %s: ClusterQueues %s (%d runs at once) and %s (%d)", time.Since(start).Round(time.Millisecond), KueueTeamsQueue, o.TeamRuns, KueueSystemQueue, o.SystemRuns)
 	return nil
+}
+
+// StopKueue stops what StartKueue started: Kueue's webhooks and manager.
+// Managers started after it run without --kueue; its kinds, queues and
+// Workloads stay.
+func (c *Cluster) StopKueue(ctx context.Context) error {
+	c.mu.Lock()
+	k := c.kueue
+	c.kueue = nil
+	c.mu.Unlock()
+	if k == nil {
+		return nil
+	}
+	c.opts.Log("stopping Kueue")
+	return k.Stop()
+}
+
+// kueueArgs are the manager flags of a cluster running Kueue: --kueue and
+// the ClusterQueues StartKueue created.
+func (c *Cluster) kueueArgs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.kueue == nil {
+		return nil
+	}
+	// Queued runs' positions from Kueue's visibility server, directly: a
+	// local control plane has no aggregation layer to reach it through.
+	return []string{"--kueue", "--kueue-team-cluster-queue=" + KueueTeamsQueue, "--kueue-system-cluster-queue=" + KueueSystemQueue,
+		"--kueue-visibility-url=" + c.kueue.VisibilityURL, "--kueue-visibility-ca-file=" + c.kueue.VisibilityCAFile()}
 }
 
 // clusterQueueYAML is a ClusterQueue of the flavor jobrun for every
@@ -560,6 +585,7 @@ func (c *Cluster) startManager(name, probeAddr, metricsAddr, apiAddr string, ext
 	if c.ArchiveDSN != "" {
 		args = append(args, "--archive-dsn="+c.ArchiveDSN)
 	}
+	args = append(args, c.kueueArgs()...)
 	args = append(append(args, c.opts.ManagerArgs...), extra...)
 	log := "manager"
 	if name != managerName {
@@ -650,14 +676,18 @@ func (c *Cluster) ManagerPID() int {
 func (c *Cluster) Exited() <-chan string { return c.procs.exitedChan() }
 
 // Stop stops the manager, the agent, the scheduler, the controller-manager,
-// kube-apiserver, etcd and the archive's PostgreSQL, in that order, and
-// removes the kubeconfig. The archive's data stays.
+// Kueue, kube-apiserver, etcd and the archive's PostgreSQL, in that order,
+// and removes the kubeconfig. The archive's data stays.
 func (c *Cluster) Stop() error {
 	c.procs.stopAll()
 	var errs []error
-	if c.kueue != nil {
+	c.mu.Lock()
+	k := c.kueue
+	c.kueue = nil
+	c.mu.Unlock()
+	if k != nil {
 		c.opts.Log("stopping Kueue")
-		errs = append(errs, c.kueue.Stop())
+		errs = append(errs, k.Stop())
 	}
 	if c.proxy != nil {
 		c.proxy.Cut()
