@@ -319,7 +319,7 @@ func (r *JobRunReconciler) priorityClassValue(ctx context.Context, name string) 
 func KueueServed(mapper meta.RESTMapper) error {
 	for _, gvk := range []schema.GroupVersionKind{localQueueGVK, workloadGVK, priorityGVK} {
 		if _, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
-			return fmt.Errorf("--kueue: Kueue's %s (%s) is not served; install Kueue (v0.17 or later, with its pod framework) first: %w", gvk.Kind, gvk.GroupVersion(), err)
+			return fmt.Errorf("--kueue: Kueue's %s (%s) is not served; install Kueue (v0.17 or later) first: %w", gvk.Kind, gvk.GroupVersion(), err)
 		}
 	}
 	return nil

@@ -24,8 +24,8 @@ type runSeen struct {
 	created time.Time
 	// pod is when its first pod was seen, admitted when a pod of it was
 	// first seen without Kueue's scheduling gate (jobrun creates a run's
-	// pod once Kueue admitted its Workload, so with or without Kueue, the
-	// pod's creation; a gate is Kueue's plain-Pod integration's), running when the run was first seen running (or ended
+	// pod once Kueue admitted its Workload: with or without Kueue, the
+	// pod's creation; gates were Kueue's plain-Pod integration's), running when the run was first seen running (or ended
 	// having started), end when it was first seen in a final phase.
 	pod, admitted, running, end time.Time
 	// failed is whether it ended other than completed.
