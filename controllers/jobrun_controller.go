@@ -151,7 +151,7 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		// A run's Workload admitted, or why it waits.
 		wl := &unstructured.Unstructured{}
 		wl.SetGroupVersionKind(workloadGVK)
-		b = b.Watches(wl, handler.EnqueueRequestsFromMapFunc(workloadRun))
+		b = b.Watches(wl, workloadEvents)
 		if r.kueuePositions != nil {
 			// A queued run whose position changed.
 			reporter, err := newPositionReporter(r, *r.kueuePositions)
@@ -175,6 +175,29 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 // runs stop arriving faster than it creates their pods).
 const dispatchPriority = 10
 
+// systemDispatchPriority is dispatchPriority for a system run (no team):
+// the system lane is never held behind a team's burst, in the controller's
+// queue either.
+const systemDispatchPriority = dispatchPriority + 1
+
+// runDispatchPriority is the dispatch priority of run o.
+func runDispatchPriority(o client.Object) int {
+	if run, ok := o.(*jobsv1alpha1.JobRun); ok && run.Spec.TeamID == "" {
+		return systemDispatchPriority
+	}
+	return dispatchPriority
+}
+
+// addAt queues req at priority (at the normal one when q has no
+// priorities).
+func addAt(q workqueue.TypedRateLimitingInterface[reconcile.Request], req reconcile.Request, priority int) {
+	if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+		pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(priority)}, req)
+		return
+	}
+	q.Add(req)
+}
+
 // podlessFirst queues a run created without an attempt yet (or found so when
 // the manager starts) at dispatchPriority (at the normal one when the queue
 // has no priorities), for one pass: Reconcile's results ask for the normal
@@ -187,12 +210,7 @@ var podlessFirst = handler.Funcs{
 		if !podless(e.Object) {
 			return
 		}
-		req := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)}
-		if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
-			pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(dispatchPriority)}, req)
-			return
-		}
-		q.Add(req)
+		addAt(q, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)}, runDispatchPriority(e.Object))
 	},
 }
 

@@ -4,6 +4,10 @@ import (
 	"context"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/utils/ptr"
+
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -19,10 +23,11 @@ import (
 // consistency marker are left to the normal priority.
 func TestPodlessFirst(t *testing.T) {
 	withStatus := func(status jobsv1alpha1.JobRunStatus) *jobsv1alpha1.JobRun {
-		run := testrun.Make("ns", "run").JobType("demo_sync").Obj()
+		run := testrun.Make("ns", "run").JobType("demo_sync").Team("team-1").Project("p").Obj()
 		run.Status = status
 		return run
 	}
+	system := testrun.Make("ns", "run").JobType("demo_maintenance").Obj()
 	for _, tc := range []struct {
 		name          string
 		run           *jobsv1alpha1.JobRun
@@ -31,6 +36,7 @@ func TestPodlessFirst(t *testing.T) {
 		want          bool
 	}{
 		{"new run", withStatus(jobsv1alpha1.JobRunStatus{}), false, false, true},
+		{"new system run", system, false, false, true},
 		{"new run, queued by its other handler", withStatus(jobsv1alpha1.JobRunStatus{}), false, true, true},
 		{"pending run without a pod, listed at start", withStatus(jobsv1alpha1.JobRunStatus{Phase: jobsv1alpha1.JobRunPending}), true, false, true},
 		{"run with a pod", withStatus(jobsv1alpha1.JobRunStatus{Phase: jobsv1alpha1.JobRunPending, Attempts: 1}), false, false, false},
@@ -50,8 +56,12 @@ func TestPodlessFirst(t *testing.T) {
 			other := reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "ns", Name: "other"}}
 			q.Add(other)
 			got, priority, _ := q.GetWithPriority()
-			if first := got == req; first != tc.want || first && priority != dispatchPriority {
-				t.Errorf("first out: %v at priority %d; want the run first: %v (at %d)", got, priority, tc.want, dispatchPriority)
+			want := dispatchPriority
+			if tc.run.Spec.TeamID == "" {
+				want = systemDispatchPriority // the system lane, ahead of teams' runs
+			}
+			if first := got == req; first != tc.want || first && priority != want {
+				t.Errorf("first out: %v at priority %d; want the run first: %v (at %d)", got, priority, tc.want, want)
 			}
 		})
 	}
@@ -119,5 +129,40 @@ func TestNewRunQueuedOnce(t *testing.T) {
 	withPod.Status.Attempts = 1
 	if !leftToPodlessFirst.Create(event.CreateEvent{Object: withPod}) {
 		t.Error("the creation of a run with a pod (seen when the manager starts) is not queued")
+	}
+}
+
+// TestAdmissionFirst: a run whose Workload Kueue just admitted is queued at
+// dispatchPriority (its next pass creates its pod); other changes of its
+// Workload (why it still waits) at the normal priority.
+func TestAdmissionFirst(t *testing.T) {
+	workload := func(admitted string) *unstructured.Unstructured {
+		wl := &unstructured.Unstructured{Object: map[string]any{"status": map[string]any{"conditions": []any{
+			map[string]any{"type": "Admitted", "status": admitted},
+		}}}}
+		wl.SetGroupVersionKind(workloadGVK)
+		wl.SetNamespace("ns")
+		wl.SetName("run")
+		wl.SetOwnerReferences([]metav1.OwnerReference{{APIVersion: jobsv1alpha1.GroupVersion.String(), Kind: "JobRun", Name: "run", Controller: ptr.To(true)}})
+		return wl
+	}
+	for _, tc := range []struct {
+		name     string
+		old, new string
+		want     int
+	}{
+		{"admitted now", "False", "True", dispatchPriority},
+		{"still waiting", "False", "False", 0},
+		{"admitted before", "True", "True", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := priorityqueue.New[reconcile.Request]("test")
+			defer q.ShutDown()
+			workloadEvents.Update(context.Background(), event.UpdateEvent{ObjectOld: workload(tc.old), ObjectNew: workload(tc.new)}, q)
+			got, priority, _ := q.GetWithPriority()
+			if got.Name != "run" || priority != tc.want {
+				t.Errorf("queued %v at priority %d, want run at %d", got, priority, tc.want)
+			}
+		})
 	}
 }

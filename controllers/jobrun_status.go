@@ -368,14 +368,16 @@ func (d *decision) queued(run *jobsv1alpha1.JobRun, o observation, now metav1.Ti
 }
 
 // workloadUnrecorded reports whether d would write nothing but the
-// bookkeeping of a new run whose Workload it creates into a status the
-// controller never wrote: then it is not written (as firstAttemptUnrecorded).
-// Kueue admits the Workload or says why not, and either brings the next pass.
+// bookkeeping of a new run whose Workload Kueue has not looked at yet (or
+// which it creates) into a status the controller never wrote: then it is
+// not written (as firstAttemptUnrecorded). Kueue admits the Workload or
+// says why not, and either brings the next pass; a run admitted at once
+// costs no status write before its pod.
 func (d *decision) workloadUnrecorded(run *jobsv1alpha1.JobRun) bool {
 	neverWritten := run.Status.Attempts == 0 && len(run.Status.Conditions) == 0
 	c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued)
-	return neverWritten && d.createWorkload && !d.finished && len(d.events) == 0 &&
-		c != nil && c.Reason == jobsv1alpha1.ReasonWaitingForAdmission
+	return neverWritten && !d.finished && len(d.events) == 0 &&
+		c != nil && c.Status == metav1.ConditionTrue && c.Reason == jobsv1alpha1.ReasonWaitingForAdmission
 }
 
 // startAttempt asks for the pod of attempt n.

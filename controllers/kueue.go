@@ -14,8 +14,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -219,6 +222,43 @@ func (r *JobRunReconciler) finishWorkload(ctx context.Context, run *jobsv1alpha1
 		return fmt.Errorf("failed to mark the Workload of JobRun %s finished: %w", client.ObjectKeyFromObject(run), err)
 	}
 	return nil
+}
+
+// workloadEvents queues the run of a Workload that changed: at
+// dispatchPriority when Kueue just admitted it (the next pass creates the
+// pod a user waits for, ahead of recording why other runs still wait),
+// else at the normal priority.
+var workloadEvents = handler.Funcs{
+	CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		addRuns(ctx, q, e.Object, 0)
+	},
+	UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		priority := 0
+		if workloadAdmitted(e.ObjectNew) && !workloadAdmitted(e.ObjectOld) {
+			priority = dispatchPriority
+		}
+		addRuns(ctx, q, e.ObjectNew, priority)
+	},
+	DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		addRuns(ctx, q, e.Object, 0)
+	},
+}
+
+// addRuns queues the run of Workload obj at priority.
+func addRuns(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], obj client.Object, priority int) {
+	for _, req := range workloadRun(ctx, obj) {
+		addAt(q, req, priority)
+	}
+}
+
+// workloadAdmitted reports whether Workload obj is admitted.
+func workloadAdmitted(obj client.Object) bool {
+	wl, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return false
+	}
+	status, _, _ := workloadCondition(wl, "Admitted")
+	return status == "True"
 }
 
 // workloadRun maps a Workload to the run that owns it.

@@ -29,8 +29,8 @@ import (
 
 // TestDevCluster runs the local default end to end: everything comes up, the
 // samples are there for kubectl, the sample run goes to completed with live
-// progress, the manager is ready, and cancelling (what Ctrl-C does) leaves
-// nothing running. The archive's PostgreSQL is off here (options' zero
+// progress, the manager is ready, and a child's death (Kueue's) stops it,
+// leaving nothing running. The archive's PostgreSQL is off here (options' zero
 // value); TestDevClusterArchive covers it.
 func TestDevCluster(t *testing.T) {
 	var printed syncBuffer
@@ -259,14 +259,27 @@ func TestDevCluster(t *testing.T) {
 		t.Fatalf("expected etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the dev node agent and the manager as children, found pids %v", pids)
 	}
 
-	cancel()
+	// Kueue dies: make dev says so and stops everything, as for any other
+	// child (Ctrl-C is TestDevClusterArchive's).
+	kueuePID := 0
+	for _, pid := range pids {
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmdline), filepath.Join("bin", "kueue", "kueue")) {
+			kueuePID = pid
+		}
+	}
+	if kueuePID == 0 {
+		t.Fatalf("no Kueue among the children %v", pids)
+	}
+	if err := syscall.Kill(kueuePID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-done:
-		if runErr != nil {
-			t.Errorf("devcluster stopped with %v", runErr)
+		if runErr == nil || !strings.Contains(runErr.Error(), "kueue exited") {
+			t.Errorf("devcluster stopped with %v after Kueue was killed, want an error saying Kueue exited", runErr)
 		}
 	case <-time.After(60 * time.Second):
-		t.Fatal("devcluster did not stop within 60s")
+		t.Fatal("devcluster did not stop within 60s of Kueue's death")
 	}
 	for _, pid := range pids {
 		if err := syscall.Kill(pid, 0); err == nil && !isZombie(pid) {

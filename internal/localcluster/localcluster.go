@@ -249,6 +249,17 @@ func (c *Cluster) StartKueue(ctx context.Context, o KueueOptions) error {
 	c.mu.Lock()
 	c.kueue = k
 	c.mu.Unlock()
+	go func() {
+		// Kueue's exit is a child's exit (Exited, which make dev watches),
+		// unless StopKueue or Stop stopped it.
+		<-k.Exited()
+		c.mu.Lock()
+		stopped := c.kueue != k
+		c.mu.Unlock()
+		if !stopped {
+			c.procs.exitedChan() <- fmt.Sprintf("kueue exited (log %s)", filepath.Join(k.Dir, "kueue.log"))
+		}
+	}()
 	queues := "apiVersion: kueue.x-k8s.io/v1beta2\nkind: ResourceFlavor\nmetadata: {name: jobrun}\n" +
 		clusterQueueYAML(KueueTeamsQueue, o.TeamRuns, true) + clusterQueueYAML(KueueSystemQueue, o.SystemRuns, false) +
 		fmt.Sprintf(priorityClassYAML, KueuePriorityHigh, KueuePriorityLow)
