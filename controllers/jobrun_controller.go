@@ -330,6 +330,14 @@ func (r *JobRunReconciler) reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if err := r.act(ctx, run, pod, d); err != nil {
 		return ctrl.Result{}, err
 	}
+	if d.finished && r.kueue != nil {
+		// Its quota back to Kueue in this pass, not the finished run's next
+		// one (which does it again if this failed): under a flood, the
+		// next pass waits behind every queued run's bookkeeping.
+		if err := r.finishWorkload(ctx, run); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	return ctrl.Result{RequeueAfter: d.requeueAfter}, nil
 }
 
