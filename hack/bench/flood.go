@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -13,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 	"jobrun.dev/jobrun/internal/benchstat"
@@ -141,17 +138,7 @@ func (b *bench) restartManager(ctx context.Context) error {
 // demo_maintenance, no retries) and teams A's and B's projects for both
 // phases.
 func (b *bench) floodSetup(ctx context.Context) error {
-	data, err := os.ReadFile(filepath.Join("config", "samples", "jobs_v1alpha1_jobtype_demo_maintenance.yaml"))
-	if err != nil {
-		return err
-	}
-	jt := &jobsv1alpha1.JobType{}
-	if err := yaml.UnmarshalStrict(data, jt); err != nil {
-		return err
-	}
-	jt.Namespace = ns
-	jt.Spec.RetryLimit = ptr.To[int32](0)
-	if err := b.c.Create(ctx, jt); err != nil {
+	if err := b.createSampleJobType(ctx, "jobs_v1alpha1_jobtype_demo_maintenance.yaml"); err != nil {
 		return err
 	}
 	type project struct{ team, name string }

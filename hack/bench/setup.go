@@ -12,10 +12,10 @@ import (
 	jobsv1alpha1 "jobrun.dev/jobrun/api/v1alpha1"
 )
 
-// setup creates the demo_sync JobType (from the sample, no retries) and
-// the first n of the projects the scenarios trigger for (see projects).
-func (b *bench) setup(ctx context.Context, n int) error {
-	data, err := os.ReadFile(filepath.Join("config", "samples", "jobs_v1alpha1_jobtype_demo_sync.yaml"))
+// createSampleJobType creates the JobType of config/samples/file, without
+// retries.
+func (b *bench) createSampleJobType(ctx context.Context, file string) error {
+	data, err := os.ReadFile(filepath.Join("config", "samples", file))
 	if err != nil {
 		return err
 	}
@@ -25,7 +25,13 @@ func (b *bench) setup(ctx context.Context, n int) error {
 	}
 	jt.Namespace = ns
 	jt.Spec.RetryLimit = ptr.To[int32](0)
-	if err := b.c.Create(ctx, jt); err != nil {
+	return b.c.Create(ctx, jt)
+}
+
+// setup creates the demo_sync JobType (from the sample, no retries) and
+// the first n of the projects the scenarios trigger for (see projects).
+func (b *bench) setup(ctx context.Context, n int) error {
+	if err := b.createSampleJobType(ctx, "jobs_v1alpha1_jobtype_demo_sync.yaml"); err != nil {
 		return err
 	}
 	b.projects.count = n
