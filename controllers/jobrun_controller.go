@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
@@ -84,6 +85,8 @@ type JobRunReconciler struct {
 	// (kueue_position.go).
 	kueuePositions *KueuePositions
 	positions      sync.Map
+	// backlog orders the first passes of teams' new runs (podlessFirst).
+	backlog teamBacklog
 }
 
 // Notifier sends the completion email of a finished run.
@@ -145,7 +148,7 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 			predicate.LabelChangedPredicate{}, statusPhaseChanged{}))).
 		// A new run's first pass (its pod) ahead of the bookkeeping of
 		// runs that have one.
-		Watches(&jobsv1alpha1.JobRun{}, podlessFirst).
+		Watches(&jobsv1alpha1.JobRun{}, r.podlessFirst()).
 		Owns(&corev1.Pod{})
 	if r.kueue != nil {
 		// A run's Workload admitted, or why it waits.
@@ -205,13 +208,67 @@ func addAt(q workqueue.TypedRateLimitingInterface[reconcile.Request], req reconc
 // (leftToPodlessFirst): queued twice, the run could be taken by a worker
 // between the two, and then passed over again at once, before the cache
 // shows the pod the first pass created (a pod create refused as existing).
-var podlessFirst = handler.Funcs{
-	CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-		if !podless(e.Object) {
-			return
+// A team's first passes wait lower the more of them its backlog holds
+// (teamBacklog).
+func (r *JobRunReconciler) podlessFirst() handler.Funcs {
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if !podless(e.Object) {
+				return
+			}
+			req := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)}
+			priority := runDispatchPriority(e.Object)
+			if team := e.Object.(*jobsv1alpha1.JobRun).Spec.TeamID; team != "" {
+				priority = r.backlog.add(req.NamespacedName, team)
+			}
+			addAt(q, req, priority)
+		},
+	}
+}
+
+// backlogStep is how many of a team's first passes wait at one priority:
+// its first backlogStep at dispatchPriority, the next one lower, and so
+// on, never below 1 (still ahead of the normal priority's bookkeeping).
+const backlogStep = 50
+
+// teamBacklog counts, per team, the runs podlessFirst queued whose first
+// pass has not come yet, so that one team's burst does not queue another
+// team's new runs behind it: within a priority the queue is first come,
+// first served.
+type teamBacklog struct {
+	mu     sync.Mutex
+	teams  map[string]int
+	queued map[types.NamespacedName]string
+}
+
+// add counts run's first pass in team's backlog (once, however often it is
+// queued) and returns its priority.
+func (b *teamBacklog) add(run types.NamespacedName, team string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.teams == nil {
+		b.teams, b.queued = map[string]int{}, map[types.NamespacedName]string{}
+	}
+	ahead := b.teams[team]
+	if _, ok := b.queued[run]; !ok {
+		b.queued[run] = team
+		b.teams[team]++
+	} else {
+		ahead--
+	}
+	return max(dispatchPriority-ahead/backlogStep, 1)
+}
+
+// done takes run's first pass out of its team's backlog.
+func (b *teamBacklog) done(run types.NamespacedName) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if team, ok := b.queued[run]; ok {
+		delete(b.queued, run)
+		if b.teams[team]--; b.teams[team] == 0 {
+			delete(b.teams, team)
 		}
-		addAt(q, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)}, runDispatchPriority(e.Object))
-	},
+	}
 }
 
 // leftToPodlessFirst keeps the JobRun handler from queueing the creations
@@ -248,6 +305,7 @@ func (statusPhaseChanged) Update(e event.UpdateEvent) bool {
 // Reconcile brings one run one step closer to its end. A pass it asks for
 // later waits at the normal priority, whatever this one's (podlessFirst).
 func (r *JobRunReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	r.backlog.done(req.NamespacedName)
 	res, err := r.reconcile(ctx, req)
 	if err == nil {
 		res.Priority = ptr.To(0)

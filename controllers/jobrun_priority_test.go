@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,7 +51,7 @@ func TestPodlessFirst(t *testing.T) {
 			if tc.queuedAlready {
 				q.Add(req)
 			}
-			podlessFirst.Create(context.Background(), event.CreateEvent{Object: tc.run, IsInInitialList: tc.initialList}, q)
+			(&JobRunReconciler{}).podlessFirst().Create(context.Background(), event.CreateEvent{Object: tc.run, IsInInitialList: tc.initialList}, q)
 			// Something else queued after it: first out is whatever has
 			// the higher priority.
 			other := reconcile.Request{NamespacedName: client.ObjectKey{Namespace: "ns", Name: "other"}}
@@ -103,7 +104,7 @@ func TestNewRunQueuedOnce(t *testing.T) {
 		q := priorityqueue.New[reconcile.Request]("test")
 		handlers := []func(){
 			func() { forHandler(q) },
-			func() { podlessFirst.Create(context.Background(), created, q) },
+			func() { (&JobRunReconciler{}).podlessFirst().Create(context.Background(), created, q) },
 		}
 		if !forFirst {
 			handlers[0], handlers[1] = handlers[1], handlers[0]
@@ -164,5 +165,46 @@ func TestAdmissionFirst(t *testing.T) {
 				t.Errorf("queued %v at priority %d, want run at %d", got, priority, tc.want)
 			}
 		})
+	}
+}
+
+// TestTeamBacklogFirst: one team's burst of new runs does not queue another
+// team's new run behind it: team A's runs beyond its first backlogStep wait
+// at lower priorities, team B's first run comes out among A's first
+// backlogStep; a run's first pass takes it out of its team's backlog.
+func TestTeamBacklogFirst(t *testing.T) {
+	ns := env.Namespace(t)
+	r := NewJobRunReconciler(env.NewManager(t, ns))
+	r.client = env.Client
+	h := r.podlessFirst()
+	q := priorityqueue.New[reconcile.Request]("test")
+	defer q.ShutDown()
+	create := func(name, team string) {
+		run := testrun.Make(ns, name).JobType("demo_sync").Team(team).Project(name).Obj()
+		h.Create(context.Background(), event.CreateEvent{Object: run}, q)
+	}
+	for i := range 3 * backlogStep {
+		create(fmt.Sprintf("a-%03d", i), "team-a")
+	}
+	create("b-000", "team-b")
+	for i := 0; ; i++ {
+		got, priority, _ := q.GetWithPriority()
+		if got.Name == "b-000" {
+			if i > backlogStep || priority != dispatchPriority {
+				t.Errorf("team-b's run came out after %d of team-a's, at priority %d; want within the first %d, at %d", i, priority, backlogStep, dispatchPriority)
+			}
+			break
+		}
+		q.Done(got)
+	}
+	// Team A's passes done (the runs do not exist: nothing else to do):
+	// its next run is first in line again.
+	for i := range 3 * backlogStep {
+		if _, err := r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: ns, Name: fmt.Sprintf("a-%03d", i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := r.backlog.add(client.ObjectKey{Namespace: ns, Name: "a-new"}, "team-a"); got != dispatchPriority {
+		t.Errorf("team-a's next run after its backlog went: priority %d, want %d", got, dispatchPriority)
 	}
 }
