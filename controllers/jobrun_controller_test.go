@@ -89,8 +89,14 @@ func waitPhase(t *testing.T, ns, name string, phase jobsv1alpha1.JobRunPhase) *j
 
 func waitPod(t *testing.T, ns, name string) *corev1.Pod {
 	t.Helper()
+	return waitPodWithin(t, ns, name, 30*time.Second)
+}
+
+// waitPodWithin waits up to bound until pod name exists and returns it.
+func waitPodWithin(t *testing.T, ns, name string, bound time.Duration) *corev1.Pod {
+	t.Helper()
 	pod := &corev1.Pod{}
-	testenv.Eventually(t, 30*time.Second, func(ctx context.Context) error {
+	testenv.Eventually(t, bound, func(ctx context.Context) error {
 		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
 	})
 	return pod

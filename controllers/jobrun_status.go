@@ -95,7 +95,7 @@ func decide(o observation) decision {
 
 	if st.Attempts == 0 {
 		if cancel {
-			if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionQueued); o.pod == nil && c != nil && c.Status == metav1.ConditionTrue {
+			if o.pod == nil && meta.IsStatusConditionTrue(st.Conditions, jobsv1alpha1.JobRunConditionQueued) {
 				d.finish(jobsv1alpha1.JobRunCancelled, jobsv1alpha1.ReasonCancelledWhileQueued, "cancelled while queued for admission; it never ran", o.now)
 				return d
 			}
@@ -114,7 +114,7 @@ func decide(o observation) decision {
 				d.queued(run, o, now)
 				return d
 			}
-			if c := meta.FindStatusCondition(st.Conditions, jobsv1alpha1.JobRunConditionQueued); c != nil && c.Status == metav1.ConditionTrue {
+			if meta.IsStatusConditionTrue(st.Conditions, jobsv1alpha1.JobRunConditionQueued) {
 				d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionFalse, jobsv1alpha1.ReasonAdmitted, "Kueue admitted the run's Workload", now)
 			}
 			if d.startTimedOut(o) {
@@ -336,10 +336,15 @@ func (d *decision) startedFromPod(pod *corev1.Pod) {
 // timeout ends it, a cancel request comes. Dispatch then costs the API server
 // one write (the pod) instead of two.
 func (d *decision) firstAttemptUnrecorded(run *jobsv1alpha1.JobRun) bool {
-	neverWritten := run.Status.Attempts == 0 && len(run.Status.Conditions) == 0
-	return neverWritten && d.status.Attempts == 1 && d.status.Phase == jobsv1alpha1.JobRunPending &&
+	return statusNeverWritten(run) && d.status.Attempts == 1 && d.status.Phase == jobsv1alpha1.JobRunPending &&
 		!d.finished && !d.deletePod && len(d.events) == 0 && d.status.Progress == nil &&
 		meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued) == nil // a queued run says so
+}
+
+// statusNeverWritten reports whether the controller never wrote run's
+// status (firstAttemptUnrecorded, workloadUnrecorded).
+func statusNeverWritten(run *jobsv1alpha1.JobRun) bool {
+	return run.Status.Attempts == 0 && len(run.Status.Conditions) == 0
 }
 
 // queued keeps a run whose Workload Kueue has not admitted pending, with
@@ -352,15 +357,14 @@ func (d *decision) queued(run *jobsv1alpha1.JobRun, o observation, now metav1.Ti
 	if p := o.position; p != nil {
 		where = fmt.Sprintf("position %d in LocalQueue %s (%d in its ClusterQueue)", p.local+1, lq, p.cluster+1)
 	}
-	if o.workload == nil {
-		d.createWorkload = true
-		if c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued); c == nil || c.Reason != jobsv1alpha1.ReasonWorkloadRefused {
-			d.setCondition(jobsv1alpha1.JobRunConditionQueued, metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission, where+": waiting for Kueue to admit the run's Workload", now)
-		}
-		return
-	}
 	reason, msg := jobsv1alpha1.ReasonWaitingForAdmission, where+": waiting for Kueue to admit the run's Workload"
-	if o.workload.reason != "" {
+	switch {
+	case o.workload == nil:
+		d.createWorkload = true
+		if c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued); c != nil && c.Reason == jobsv1alpha1.ReasonWorkloadRefused {
+			return // says why until the next try succeeds
+		}
+	case o.workload.reason != "":
 		reason = conditionReason(o.workload.reason, reason)
 		msg = clipTo(where+": "+o.workload.message, 1024)
 	}
@@ -374,9 +378,8 @@ func (d *decision) queued(run *jobsv1alpha1.JobRun, o observation, now metav1.Ti
 // says why not, and either brings the next pass; a run admitted at once
 // costs no status write before its pod.
 func (d *decision) workloadUnrecorded(run *jobsv1alpha1.JobRun) bool {
-	neverWritten := run.Status.Attempts == 0 && len(run.Status.Conditions) == 0
 	c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued)
-	return neverWritten && !d.finished && len(d.events) == 0 &&
+	return statusNeverWritten(run) && !d.finished && len(d.events) == 0 &&
 		c != nil && c.Status == metav1.ConditionTrue && c.Reason == jobsv1alpha1.ReasonWaitingForAdmission
 }
 

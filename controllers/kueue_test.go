@@ -92,11 +92,7 @@ func waitQueued(t *testing.T, ns, name string, want metav1.ConditionStatus, reas
 // Kueue admitted its Workload), and returns it.
 func waitAdmitted(t *testing.T, ns, name string) *corev1.Pod {
 	t.Helper()
-	pod := &corev1.Pod{}
-	testenv.Eventually(t, 60*time.Second, func(ctx context.Context) error {
-		return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod)
-	})
-	return pod
+	return waitPodWithin(t, ns, name, 60*time.Second)
 }
 
 // workloadOf returns the Workload of run name.
