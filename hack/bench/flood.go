@@ -118,7 +118,7 @@ func (b *bench) floodScenario(ctx context.Context) error {
 	}
 
 	b.log("flood: stopping Kueue; the manager again without --kueue")
-	if err := b.cl.StopKueue(ctx); err != nil {
+	if err := b.cl.StopKueue(); err != nil {
 		return err
 	}
 	return b.restartManager(ctx)

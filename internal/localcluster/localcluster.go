@@ -273,7 +273,7 @@ func (c *Cluster) StartKueue(ctx context.Context, o KueueOptions) error {
 // StopKueue stops what StartKueue started: Kueue's webhooks and manager.
 // Managers started after it run without --kueue; its kinds, queues and
 // Workloads stay.
-func (c *Cluster) StopKueue(ctx context.Context) error {
+func (c *Cluster) StopKueue() error {
 	c.mu.Lock()
 	k := c.kueue
 	c.kueue = nil
@@ -691,15 +691,7 @@ func (c *Cluster) Exited() <-chan string { return c.procs.exitedChan() }
 // and removes the kubeconfig. The archive's data stays.
 func (c *Cluster) Stop() error {
 	c.procs.stopAll()
-	var errs []error
-	c.mu.Lock()
-	k := c.kueue
-	c.kueue = nil
-	c.mu.Unlock()
-	if k != nil {
-		c.opts.Log("stopping Kueue")
-		errs = append(errs, k.Stop())
-	}
+	errs := []error{c.StopKueue()}
 	if c.proxy != nil {
 		c.proxy.Cut()
 	}
