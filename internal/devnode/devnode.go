@@ -28,6 +28,7 @@ import (
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
 )
 
 // Options configure the agent.
@@ -81,6 +82,14 @@ func Run(ctx context.Context, o Options) error {
 		ConfigMapInformer: otherInformers.Core().V1().ConfigMaps(),
 		SecretInformer:    otherInformers.Core().V1().Secrets(),
 		ServiceInformer:   otherInformers.Core().V1().Services(),
+		// A kubelet starts every pod it is given at once; virtual-kubelet's
+		// default limiter lets 10 pod events a second through its queues in
+		// all (client-go's controller default), which made this node start
+		// at most ~10 pods a second and, after a burst, queued a new pod
+		// behind a minute of older events.
+		SyncPodsFromKubernetesRateLimiter:    podQueueRateLimiter(),
+		DeletePodsFromKubernetesRateLimiter:  podQueueRateLimiter(),
+		SyncPodStatusFromProviderRateLimiter: podQueueRateLimiter(),
 	})
 	if err != nil {
 		return fmt.Errorf("creating the pod controller: %w", err)
@@ -97,7 +106,7 @@ func Run(ctx context.Context, o Options) error {
 	defer cancel()
 	podInformers.Start(ctx.Done())
 	otherInformers.Start(ctx.Done())
-	go func() { _ = pc.Run(ctx, 2) }()
+	go func() { _ = pc.Run(ctx, podWorkers) }()
 	if up, err := waitReady(ctx, pc); !up {
 		return err
 	}
@@ -119,6 +128,19 @@ func Run(ctx context.Context, o Options) error {
 	case <-nc.Done():
 		return nc.Err()
 	}
+}
+
+// podWorkers is how many pods the agent starts, stops or reports at once.
+const podWorkers = 4
+
+// podQueueRateLimiterBase is the first retry delay of a pod's failed sync.
+const podQueueRateLimiterBase = 5 * time.Millisecond
+
+// podQueueRateLimiter paces the agent's pod queues per pod only: a pod whose
+// sync failed is retried after 5 ms, doubling up to 30 s; no pod waits for
+// other pods' turns.
+func podQueueRateLimiter() workqueue.TypedRateLimiter[any] {
+	return workqueue.NewTypedItemExponentialFailureRateLimiter[any](podQueueRateLimiterBase, 30*time.Second)
 }
 
 // nodeObject is the Node the scheduler sees: ready, untainted, with room for
