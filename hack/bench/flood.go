@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -313,8 +314,40 @@ func (b *bench) flood(ctx context.Context, withKueue bool) (*floodPhase, error) 
 	if err := b.c.Delete(ctx, sched); err != nil {
 		return nil, err
 	}
+	if err := b.waitNodeIdle(ctx); err != nil {
+		return nil, err
+	}
 	b.log("flood: phase done in %s", time.Since(ph.start).Round(time.Second))
 	return ph, nil
+}
+
+// waitNodeIdle waits up to 5 minutes until no pod of the namespace is
+// pending or running: the runs a phase cancelled have ended, but their pods
+// may still wait for the node, which starts ~10 a second; the next phase
+// (the overhead with Kueue follows the flood without) would otherwise queue
+// behind them and measure the last phase's backlog.
+func (b *bench) waitNodeIdle(ctx context.Context) error {
+	start := time.Now()
+	busy := 0
+	idle := waitFor(5*time.Minute, time.Second, func() bool {
+		pods := &corev1.PodList{}
+		if err := b.c.List(ctx, pods, client.InNamespace(ns)); err != nil {
+			b.log("flood: listing pods: %v", err)
+			return false
+		}
+		busy = 0
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodPending || p.Status.Phase == corev1.PodRunning {
+				busy++
+			}
+		}
+		return busy == 0
+	})
+	if !idle {
+		return fmt.Errorf("flood: %d pods still pending or running 5 minutes after the phase ended", busy)
+	}
+	b.log("flood: the node is idle after %s", time.Since(start).Round(time.Second))
+	return nil
 }
 
 // cancelRuns asks those of runs that have not ended to stop and waits up
