@@ -154,7 +154,11 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		// A run's Workload admitted, or why it waits.
 		wl := &unstructured.Unstructured{}
 		wl.SetGroupVersionKind(workloadGVK)
-		b = b.Watches(wl, workloadEvents)
+		b = b.Watches(wl, workloadEvents).
+			// A run's end gives its quota back (its Workload Finished):
+			// ahead of the first passes of a team's backlog.
+			Watches(&jobsv1alpha1.JobRun{}, endsFirst, builder.WithPredicates(notConsistencyMarker)).
+			Watches(&corev1.Pod{}, endsFirst)
 		if r.kueuePositions != nil {
 			// A queued run whose position changed.
 			reporter, err := newPositionReporter(r, *r.kueuePositions)

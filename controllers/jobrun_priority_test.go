@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
@@ -206,5 +207,56 @@ func TestTeamBacklogFirst(t *testing.T) {
 	}
 	if got := r.backlog.add(client.ObjectKey{Namespace: ns, Name: "a-new"}, "team-a"); got != dispatchPriority {
 		t.Errorf("team-a's next run after its backlog went: priority %d, want %d", got, dispatchPriority)
+	}
+}
+
+// TestEndsFirst: with Kueue, a run's end (its phase, or its pod's) is queued
+// at dispatchPriority, ahead of a team's backlog of first passes: that pass
+// gives the run's quota back to the next queued run. Other changes queue
+// nothing here (the controller's other handlers queue them at the normal
+// priority).
+func TestEndsFirst(t *testing.T) {
+	run := func(phase jobsv1alpha1.JobRunPhase) *jobsv1alpha1.JobRun {
+		r := testrun.Make("ns", "run").JobType("demo_sync").Team("team-1").Project("p").Obj()
+		r.Status.Phase = phase
+		return r
+	}
+	pod := func(phase corev1.PodPhase) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "run-1", OwnerReferences: []metav1.OwnerReference{
+				{APIVersion: jobsv1alpha1.GroupVersion.String(), Kind: "JobRun", Name: "run", Controller: ptr.To(true)},
+			}},
+			Status: corev1.PodStatus{Phase: phase},
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		old, new client.Object
+		queued   bool
+	}{
+		{"run completed", run(jobsv1alpha1.JobRunRunning), run(jobsv1alpha1.JobRunCompleted), true},
+		{"run failed while pending", run(jobsv1alpha1.JobRunPending), run(jobsv1alpha1.JobRunFailed), true},
+		{"run started", run(jobsv1alpha1.JobRunPending), run(jobsv1alpha1.JobRunRunning), false},
+		{"ended run changed again", run(jobsv1alpha1.JobRunCompleted), run(jobsv1alpha1.JobRunCancelled), false},
+		{"pod succeeded", pod(corev1.PodRunning), pod(corev1.PodSucceeded), true},
+		{"pod failed", pod(corev1.PodPending), pod(corev1.PodFailed), true},
+		{"pod started", pod(corev1.PodPending), pod(corev1.PodRunning), false},
+		{"ended pod changed again", pod(corev1.PodFailed), pod(corev1.PodFailed), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := priorityqueue.New[reconcile.Request]("test")
+			defer q.ShutDown()
+			endsFirst.Update(context.Background(), event.UpdateEvent{ObjectOld: tc.old, ObjectNew: tc.new}, q)
+			if !tc.queued {
+				if n := q.Len(); n != 0 {
+					t.Errorf("queued %d passes, want none", n)
+				}
+				return
+			}
+			got, priority, _ := q.GetWithPriority()
+			if got.Name != "run" || got.Namespace != "ns" || priority != dispatchPriority {
+				t.Errorf("queued %v at priority %d, want ns/run at %d", got, priority, dispatchPriority)
+			}
+		})
 	}
 }
