@@ -155,10 +155,10 @@ func (r *JobRunReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manage
 		wl := &unstructured.Unstructured{}
 		wl.SetGroupVersionKind(workloadGVK)
 		b = b.Watches(wl, workloadEvents).
-			// A run's end gives its quota back (its Workload Finished):
-			// ahead of the first passes of a team's backlog.
-			Watches(&jobsv1alpha1.JobRun{}, endsFirst, builder.WithPredicates(notConsistencyMarker)).
-			Watches(&corev1.Pod{}, endsFirst)
+			// A run's start (what its user waits to see) and its end
+			// (its quota back): ahead of a team's backlog.
+			Watches(&jobsv1alpha1.JobRun{}, startsAndEndsFirst, builder.WithPredicates(notConsistencyMarker)).
+			Watches(&corev1.Pod{}, startsAndEndsFirst)
 		if r.kueuePositions != nil {
 			// A queued run whose position changed.
 			reporter, err := newPositionReporter(r, *r.kueuePositions)

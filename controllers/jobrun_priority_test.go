@@ -210,12 +210,12 @@ func TestTeamBacklogFirst(t *testing.T) {
 	}
 }
 
-// TestEndsFirst: with Kueue, a run's end (its phase, or its pod's) is queued
-// at dispatchPriority, ahead of a team's backlog of first passes: that pass
-// gives the run's quota back to the next queued run. Other changes queue
-// nothing here (the controller's other handlers queue them at the normal
-// priority).
-func TestEndsFirst(t *testing.T) {
+// TestStartsAndEndsFirst: with Kueue, a run's start (its pod running) and
+// its end (its phase, or its pod's) are queued at dispatchPriority, ahead of
+// a team's backlog: the first is what its user waits to see, the second gives
+// the run's quota back to the next queued run. Other changes queue nothing
+// here (the controller's other handlers queue them at the normal priority).
+func TestStartsAndEndsFirst(t *testing.T) {
 	run := func(phase jobsv1alpha1.JobRunPhase) *jobsv1alpha1.JobRun {
 		r := testrun.Make("ns", "run").JobType("demo_sync").Team("team-1").Project("p").Obj()
 		r.Status.Phase = phase
@@ -240,13 +240,16 @@ func TestEndsFirst(t *testing.T) {
 		{"ended run changed again", run(jobsv1alpha1.JobRunCompleted), run(jobsv1alpha1.JobRunCancelled), false},
 		{"pod succeeded", pod(corev1.PodRunning), pod(corev1.PodSucceeded), true},
 		{"pod failed", pod(corev1.PodPending), pod(corev1.PodFailed), true},
-		{"pod started", pod(corev1.PodPending), pod(corev1.PodRunning), false},
+		{"pod started", pod(corev1.PodPending), pod(corev1.PodRunning), true},
+		{"pod ended at once", pod(corev1.PodPending), pod(corev1.PodSucceeded), true},
+		{"running pod changed again", pod(corev1.PodRunning), pod(corev1.PodRunning), false},
+		{"pod still pending", pod(corev1.PodPending), pod(corev1.PodPending), false},
 		{"ended pod changed again", pod(corev1.PodFailed), pod(corev1.PodFailed), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := priorityqueue.New[reconcile.Request]("test")
 			defer q.ShutDown()
-			endsFirst.Update(context.Background(), event.UpdateEvent{ObjectOld: tc.old, ObjectNew: tc.new}, q)
+			startsAndEndsFirst.Update(context.Background(), event.UpdateEvent{ObjectOld: tc.old, ObjectNew: tc.new}, q)
 			if !tc.queued {
 				if n := q.Len(); n != 0 {
 					t.Errorf("queued %d passes, want none", n)

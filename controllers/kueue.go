@@ -245,13 +245,16 @@ var workloadEvents = handler.Funcs{
 	},
 }
 
-// endsFirst queues, at dispatchPriority, a run that just ended (its phase,
-// written by its runner) or whose pod just ended: with Kueue that pass marks
-// the run's Workload Finished, which gives its quota to the next queued run.
-// Left at the normal priority, a team's flood of first passes (Workloads
-// to create, which cannot be admitted before quota frees) held it back: in
-// make bench's flood, quota came back ~35 s after a 1 s run's pod exited.
-var endsFirst = handler.Funcs{
+// startsAndEndsFirst queues, at dispatchPriority, a run whose pod just
+// started running and a run that just ended (its phase, written by its
+// runner, or its pod's). With Kueue their number is bounded by the quota's
+// turnover, and both are what someone waits for: a run's start is what its
+// user waits to see (phase running), its end marks its Workload Finished,
+// which gives its quota to the next queued run. At the normal priority both
+// waited behind a team's backlog (first passes, Workloads that cannot be
+// admitted before quota frees, and every queued run's Queued status): in
+// make bench's flood a 1 s run held its quota ~35 s after its pod exited.
+var startsAndEndsFirst = handler.Funcs{
 	UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		switch o := e.ObjectNew.(type) {
 		case *jobsv1alpha1.JobRun:
@@ -259,18 +262,27 @@ var endsFirst = handler.Funcs{
 				addAt(q, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(o)}, dispatchPriority)
 			}
 		case *corev1.Pod:
-			if old, ok := e.ObjectOld.(*corev1.Pod); ok && podEnded(o) && !podEnded(old) {
-				if ref := metav1.GetControllerOf(o); ref != nil && ref.Kind == "JobRun" {
-					addAt(q, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: o.Namespace, Name: ref.Name}}, dispatchPriority)
-				}
+			old, ok := e.ObjectOld.(*corev1.Pod)
+			if !ok || podStage(o) == podStage(old) || podStage(o) == 0 {
+				return
+			}
+			if ref := metav1.GetControllerOf(o); ref != nil && ref.Kind == "JobRun" {
+				addAt(q, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: o.Namespace, Name: ref.Name}}, dispatchPriority)
 			}
 		}
 	},
 }
 
-// podEnded reports whether pod's containers are done for good.
-func podEnded(pod *corev1.Pod) bool {
-	return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+// podStage is 0 for a pod not started yet, 1 for a running one, 2 for one
+// whose containers are done for good.
+func podStage(pod *corev1.Pod) int {
+	switch pod.Status.Phase {
+	case corev1.PodRunning:
+		return 1
+	case corev1.PodSucceeded, corev1.PodFailed:
+		return 2
+	}
+	return 0
 }
 
 // addRuns queues the run of Workload obj at priority.
