@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,6 +34,23 @@ func kueueQueues(t *testing.T, ns string, teamPods, systemPods int) (KueueQueues
 	t.Helper()
 	k := startKueue(t)
 	ctx := context.Background()
+	// The test's LocalQueues and Workloads go with it (envtest deletes no
+	// namespace): later tests' Kueue would otherwise keep sampling every
+	// earlier test's LocalQueues (Admission Fair Sharing) and load a busy
+	// machine more with each test. On failure, Kueue's log lines about
+	// the test's namespace (its tail is mostly other namespaces').
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kueue log lines of namespace %s (last 100):\n%s", ns, k.LogLines(100, ns))
+		}
+		for _, gvk := range []schema.GroupVersionKind{workloadGVK, localQueueGVK} {
+			u := &unstructured.Unstructured{}
+			u.SetGroupVersionKind(gvk)
+			if err := env.Client.DeleteAllOf(context.Background(), u, client.InNamespace(ns)); err != nil {
+				t.Logf("deleting the test's %ss: %v", gvk.Kind, err)
+			}
+		}
+	})
 	q := KueueQueues{Teams: "teams-" + ns, System: "system-" + ns}
 	flavor := "flavor-" + ns
 	create := func(obj map[string]any) {
@@ -471,7 +489,12 @@ func TestKueueRestartsLoseNothing(t *testing.T) {
 	// Kueue is back: run-5 gets its Workload; run-2, run-4 and run-5 are
 	// admitted one at a time, in whatever order Kueue takes them, and all
 	// complete: none lost.
-	startKueue(t)
+	k = startKueue(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("restarted kueue's log lines of namespace %s (last 100):\n%s", ns, k.LogLines(100, ns))
+		}
+	})
 	workloadOf(t, ns, "run-5")
 	left := []string{"run-2", "run-4", "run-5"}
 	for len(left) > 0 {
@@ -503,7 +526,19 @@ func nextAdmitted(t *testing.T, ns string, names ...string) string {
 			}
 			queued = append(queued, name)
 		}
-		return fmt.Errorf("none of %v admitted (pending: %v)", names, queued)
+		// Whether Kueue admitted them and the manager missed it, or not.
+		var workloads []string
+		for _, name := range queued {
+			wl := &unstructured.Unstructured{}
+			wl.SetGroupVersionKind(workloadGVK)
+			if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, wl); err != nil {
+				workloads = append(workloads, fmt.Sprintf("%s: %v", name, err))
+				continue
+			}
+			conds, _, _ := unstructured.NestedSlice(wl.Object, "status", "conditions")
+			workloads = append(workloads, fmt.Sprintf("%s: %v", name, conds))
+		}
+		return fmt.Errorf("none of %v admitted (pending: %v; their Workloads' conditions: %v)", names, queued, workloads)
 	})
 	return admitted
 }

@@ -312,6 +312,20 @@ func (k *Kueue) LogTail(lines int) string {
 	return strings.Join(l, "\n")
 }
 
+// LogLines is the last lines of the manager's log that contain substr.
+func (k *Kueue) LogLines(lines int, substr string) string {
+	var l []string
+	for _, line := range strings.Split(k.Log(), "\n") {
+		if strings.Contains(line, substr) {
+			l = append(l, line)
+		}
+	}
+	if len(l) > lines {
+		l = l[len(l)-lines:]
+	}
+	return strings.Join(l, "\n")
+}
+
 // stop sends SIGTERM, and SIGKILL after 10 s.
 func (k *Kueue) stop() {
 	select {
