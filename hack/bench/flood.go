@@ -323,9 +323,9 @@ func (b *bench) flood(ctx context.Context, withKueue bool) (*floodPhase, error) 
 
 // waitNodeIdle waits up to 5 minutes until no pod of the namespace is
 // pending or running: the runs a phase cancelled have ended, but their pods
-// may still wait for the node; the next phase
-// (the overhead with Kueue follows the flood without) would otherwise queue
-// behind them and measure the last phase's backlog.
+// may still wait for the node; the next phase (the overhead with Kueue
+// follows the flood without) would otherwise queue behind them and measure
+// the last phase's backlog.
 func (b *bench) waitNodeIdle(ctx context.Context) error {
 	start := time.Now()
 	busy := 0
