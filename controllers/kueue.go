@@ -262,12 +262,8 @@ var startsAndEndsFirst = handler.Funcs{
 				addAt(q, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(o)}, dispatchPriority)
 			}
 		case *corev1.Pod:
-			old, ok := e.ObjectOld.(*corev1.Pod)
-			if !ok || podStage(o) == podStage(old) || podStage(o) == 0 {
-				return
-			}
-			if ref := metav1.GetControllerOf(o); ref != nil && ref.Kind == "JobRun" {
-				addAt(q, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: o.Namespace, Name: ref.Name}}, dispatchPriority)
+			if old, ok := e.ObjectOld.(*corev1.Pod); ok && podStage(o) != podStage(old) && podStage(o) != 0 {
+				addRuns(ctx, q, o, dispatchPriority)
 			}
 		}
 	},
@@ -285,9 +281,10 @@ func podStage(pod *corev1.Pod) int {
 	return 0
 }
 
-// addRuns queues the run of Workload obj at priority.
+// addRuns queues the run that controls obj (its Workload, its pod) at
+// priority.
 func addRuns(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], obj client.Object, priority int) {
-	for _, req := range workloadRun(ctx, obj) {
+	for _, req := range controllingRun(ctx, obj) {
 		addAt(q, req, priority)
 	}
 }
@@ -302,8 +299,9 @@ func workloadAdmitted(obj client.Object) bool {
 	return status == "True"
 }
 
-// workloadRun maps a Workload to the run that owns it.
-func workloadRun(_ context.Context, obj client.Object) []reconcile.Request {
+// controllingRun maps an object a run controls (its Workload, its pod) to
+// that run.
+func controllingRun(_ context.Context, obj client.Object) []reconcile.Request {
 	if ref := metav1.GetControllerOf(obj); ref != nil && ref.Kind == "JobRun" {
 		return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: obj.GetNamespace(), Name: ref.Name}}}
 	}

@@ -304,18 +304,12 @@ func (k *Kueue) Log() string {
 }
 
 // LogTail is the last lines of the manager's log.
-func (k *Kueue) LogTail(lines int) string {
-	l := strings.Split(strings.TrimRight(k.Log(), "\n"), "\n")
-	if len(l) > lines {
-		l = l[len(l)-lines:]
-	}
-	return strings.Join(l, "\n")
-}
+func (k *Kueue) LogTail(lines int) string { return k.LogLines(lines, "") }
 
 // LogLines is the last lines of the manager's log that contain substr.
 func (k *Kueue) LogLines(lines int, substr string) string {
 	var l []string
-	for _, line := range strings.Split(k.Log(), "\n") {
+	for _, line := range strings.Split(strings.TrimRight(k.Log(), "\n"), "\n") {
 		if strings.Contains(line, substr) {
 			l = append(l, line)
 		}
