@@ -24,9 +24,17 @@ func (b *bench) add(f Figure) {
 		f.Ratio = f.Value / f.Ceiling
 	}
 	b.figures = append(b.figures, f)
-	b.log("%s: %s = %.3g %s", f.Scenario, f.Name, f.Value, f.Unit)
+	b.log("%s: %s = %.3g %s%s", f.Scenario, f.Name, f.Value, f.Unit, f.logBreakdown())
 }
 
+// logBreakdown is f's Breakdown for the log, largest part first: " (a
+// 3.00, b 1.00)", or "" if it has none.
+func (f Figure) logBreakdown() string {
+	if len(f.Breakdown) == 0 {
+		return ""
+	}
+	return " (" + breakdown(f.Breakdown) + ")"
+}
 func met(ok bool) *bool { return &ok }
 
 func (b *bench) print() {

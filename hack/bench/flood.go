@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -37,6 +38,8 @@ var (
 	// floodOverheadSeconds is how long the admission-overhead runs are
 	// triggered at 50/s, with and without Kueue.
 	floodOverheadSeconds int
+	// floodKueueOnly skips the phases without Kueue.
+	floodKueueOnly bool
 )
 
 const (
@@ -77,6 +80,12 @@ type floodPhase struct {
 	// floodWindow passed).
 	waitEnd time.Time
 	seen    map[string]runSeen
+	// cpu is the CPU seconds each process of this machine used from
+	// start to waitEnd, by name (the dev node's include its runners').
+	cpu map[string]float64
+	// writes is kube-apiserver's write requests from start to waitEnd, by
+	// verb and resource (apiserverWrites).
+	writes map[string]float64
 }
 
 // floodScenario runs the admission overhead and the flood without Kueue
@@ -87,13 +96,15 @@ func (b *bench) floodScenario(ctx context.Context) error {
 	if err := b.floodSetup(ctx); err != nil {
 		return err
 	}
-	offOverhead, err := b.floodOverhead(ctx, false)
-	if err != nil {
-		return err
-	}
-	off, err := b.flood(ctx, false)
-	if err != nil {
-		return err
+	offOverhead, off := &dispatched{}, &floodPhase{}
+	if !floodKueueOnly {
+		var err error
+		if offOverhead, err = b.floodOverhead(ctx, false); err != nil {
+			return err
+		}
+		if off, err = b.flood(ctx, false); err != nil {
+			return err
+		}
 	}
 
 	b.log("flood: starting Kueue (jobrun-teams: %d runs at once, jobrun-system: %d) and the manager with --kueue", floodTeamRuns, floodSystemRuns)
@@ -256,6 +267,15 @@ func (b *bench) flood(ctx context.Context, withKueue bool) (*floodPhase, error) 
 			return nil
 		})
 	}
+	hc, err := rest.HTTPClientFor(b.cfg)
+	if err != nil {
+		return nil, err
+	}
+	writesBefore, err := b.apiserverWrites(ctx, hc)
+	if err != nil {
+		return nil, err
+	}
+	cpuBefore := takeCPU()
 	ph.start = time.Now()
 	if err := send(tokenA, floodTeamA, floodRuns, floodTriggerClients, &ph.a); err != nil {
 		return nil, err
@@ -300,6 +320,17 @@ func (b *bench) flood(ctx context.Context, withKueue bool) (*floodPhase, error) 
 		return ended == len(all) && ph.system != "" && t.count([]string{ph.system}, func(r runSeen) bool { return !r.end.IsZero() }) == 1
 	})
 	ph.waitEnd = time.Now()
+	ph.cpu = cpuSince(cpuBefore, takeCPU())
+	writes, err := b.apiserverWrites(ctx, hc)
+	if err != nil {
+		return nil, err
+	}
+	ph.writes = map[string]float64{}
+	for k, v := range writes {
+		if d := v - writesBefore[k]; d != 0 {
+			ph.writes[k] = d
+		}
+	}
 	ph.seen = t.snapshot()
 	if left := len(all) - t.count(all, func(r runSeen) bool { return !r.end.IsZero() }); left > 0 {
 		b.log("flood: %d runs not ended after %s; cancelling them", left, floodWindow)

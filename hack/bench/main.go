@@ -90,6 +90,7 @@ func main() {
 	flag.IntVar(&floodRunMS, "flood-run-ms", 1000, "How long each flood run's handler works (demo_sync, one item of this many ms).")
 	flag.IntVar(&floodTeamRuns, "flood-team-runs", 198, "The teams' ClusterQueue's quota in the flood scenario (runs at once): the dev node's 200 pods less the system queue's 2.")
 	flag.DurationVar(&floodWindow, "flood-window", 4*time.Minute, "How long each flood phase waits for its runs to end, from A's first trigger, before it cancels the rest; A's throughput is measured over it.")
+	flag.BoolVar(&floodKueueOnly, "flood-kueue-only", false, "Run the flood scenario's phases with Kueue only (to compare changes on that side quickly; the figures against without Kueue are then empty).")
 	flag.IntVar(&floodOverheadSeconds, "flood-overhead-seconds", 5, "How long triggers arrive at 50/s for the Kueue admission-overhead figures (with and without Kueue).")
 	flag.Parse()
 	if *onlyList != "" {

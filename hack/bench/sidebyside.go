@@ -416,17 +416,23 @@ func (s *side) waitGone(ctx context.Context, lists ...client.ObjectList) error {
 	return err
 }
 
-// writes reads kube-apiserver's apiserver_request_total and returns the
-// write requests (POST, PUT, PATCH, APPLY, DELETE, DELETECOLLECTION) by
-// writeKey. Leases and nodes are left out: they are the background of
-// heartbeats (the manager's leader Lease, the dev node's Node and Lease,
-// node-lifecycle), not work on the measured objects.
+// writes reads kube-apiserver's write requests so far (apiserverWrites).
 func (s *side) writes(ctx context.Context) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(s.b.cfg.Host, "/")+"/metrics", nil)
+	return s.b.apiserverWrites(ctx, s.metrics)
+}
+
+// apiserverWrites reads kube-apiserver's apiserver_request_total with hc
+// (the bench's credentials) and returns the write requests (POST, PUT,
+// PATCH, APPLY, DELETE, DELETECOLLECTION) by writeKey. Leases and nodes
+// are left out: they are the background of heartbeats (the manager's
+// leader Lease, the dev node's Node and Lease, node-lifecycle), not work on
+// the measured objects.
+func (b *bench) apiserverWrites(ctx context.Context, hc *http.Client) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(b.cfg.Host, "/")+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.metrics.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, err
 	}
