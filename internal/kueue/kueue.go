@@ -7,11 +7,13 @@
 // manager as a child process with its webhook server on 127.0.0.1 and a
 // self-signed certificate: the webhooks (and the CRDs' conversion webhooks)
 // are pointed at it by clientConfig.url with that certificate's CA as
-// caBundle, since there is no Service to route to. Only the "pod" integration
-// is enabled, for namespaces labelled NamespaceLabel=true; only the webhooks
-// for Kueue's own kinds and for pods are installed, and the pod webhooks are
-// limited to those namespaces too, so the rest of the cluster never waits on
-// Kueue.
+// caBundle, since there is no Service to route to. jobrun needs no Kueue
+// integration (it writes a Workload per run itself), so only the webhooks
+// for Kueue's own kinds are installed, and Kueue runs its one unavoidable
+// integration, batch/job, for namespaces labelled NamespaceLabel=true only
+// (Jobs elsewhere never wait on Kueue; no Job webhook is installed). With
+// Options.PodIntegration, Kueue's plain-Pod integration runs instead, its
+// webhooks limited to those namespaces too.
 package kueue
 
 import (
@@ -40,8 +42,11 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -102,6 +107,12 @@ type Options struct {
 	// default 10s); UsageHalfLife is how fast that usage decays (default
 	// 10m).
 	UsageSamplingInterval, UsageHalfLife time.Duration
+	// PodIntegration enables Kueue's plain-Pod integration and its pod
+	// webhooks (internal/kueuetest's test of Kueue's pod admission). Off,
+	// Kueue neither watches nor reconciles pods: its pod controller queued
+	// a pass for every pod event and every Workload event of the cluster,
+	// work for nothing under jobrun's floods.
+	PodIntegration bool
 }
 
 // Kueue is a running Kueue manager.
@@ -263,11 +274,16 @@ func Start(ctx context.Context, cp *controlplane.ControlPlane, opts Options) (k 
 	if err := k.waitReady(ctx); err != nil {
 		return nil, err
 	}
-	if err := installWebhooks(ctx, cs, filepath.Join(opts.Root, "bin", "kueue", "webhook", "manifests.yaml"), k.WebhookURL, certPEM); err != nil {
+	if err := installWebhooks(ctx, cs, filepath.Join(opts.Root, "bin", "kueue", "webhook", "manifests.yaml"), k.WebhookURL, certPEM, opts.PodIntegration); err != nil {
 		return nil, err
 	}
-	if err := k.waitWebhook(ctx, cs); err != nil {
+	if err := k.waitWorkloadWebhook(ctx, cp.Config); err != nil {
 		return nil, err
+	}
+	if opts.PodIntegration {
+		if err := k.waitPodWebhook(ctx, cs); err != nil {
+			return nil, err
+		}
 	}
 	return k, nil
 }
@@ -364,10 +380,61 @@ func (k *Kueue) waitReady(ctx context.Context) error {
 	}
 }
 
-// waitWebhook waits until the API server calls Kueue's pod webhook: a
+// waitWorkloadWebhook waits until the API server calls Kueue's Workload
+// webhooks: a dry-run create of a Workload that only Kueue's validating
+// webhook refuses (two pod sets with minCount) is refused by it. (The API
+// server picks up new webhook configurations asynchronously.)
+func (k *Kueue) waitWorkloadWebhook(ctx context.Context, cfg *rest.Config) error {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	podSet := func(name string) map[string]any {
+		return map[string]any{"name": name, "count": int64(1), "minCount": int64(1), "template": map[string]any{
+			"spec": map[string]any{"containers": []any{map[string]any{"name": "c", "image": "probe"}}},
+		}}
+	}
+	wl := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Workload",
+		"metadata": map[string]any{"name": "probe", "namespace": Namespace},
+		"spec":     map[string]any{"queueName": "probe", "podSets": []any{podSet("a"), podSet("b")}},
+	}}
+	api := dyn.Resource(schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "workloads"}).Namespace(Namespace)
+	return k.poll(ctx, "Workload", func() error {
+		_, err := api.Create(ctx, wl, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		switch {
+		case err == nil:
+			return errors.New("a dry-run Workload with two minCounts was accepted: the validating webhook is not called yet")
+		case strings.Contains(err.Error(), `admission webhook "vworkload.kb.io" denied`):
+			return nil
+		}
+		return err
+	})
+}
+
+// poll calls probe every 100 ms until it returns nil, Kueue exits or ctx
+// ends; what names the webhook in the error.
+func (k *Kueue) poll(ctx context.Context, what string, probe func() error) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		last := probe()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-k.exited:
+			return fmt.Errorf("kueue exited: %v", k.waitErr)
+		case <-ctx.Done():
+			return fmt.Errorf("kueue's %s webhook never answered: %w (last: %v)", what, ctx.Err(), last)
+		case <-tick.C:
+		}
+	}
+}
+
+// waitPodWebhook waits until the API server calls Kueue's pod webhook: a
 // dry-run create of a queued pod in a managed namespace comes back gated.
-// (The API server picks up new webhook configurations asynchronously.)
-func (k *Kueue) waitWebhook(ctx context.Context, cs kubernetes.Interface) error {
+func (k *Kueue) waitPodWebhook(ctx context.Context, cs kubernetes.Interface) error {
 	const probeNS = "kueue-probe"
 	_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: probeNS, Labels: map[string]string{NamespaceLabel: "true"},
@@ -379,31 +446,19 @@ func (k *Kueue) waitWebhook(ctx context.Context, cs kubernetes.Interface) error 
 		ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: probeNS, Labels: map[string]string{QueueLabel: "probe"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "probe"}}},
 	}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	var last error
-	for {
+	return k.poll(ctx, "pod", func() error {
 		got, err := cs.CoreV1().Pods(probeNS).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		if err == nil {
-			if slices.ContainsFunc(got.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == AdmissionGate }) {
-				return nil
-			}
+		if err == nil && !slices.ContainsFunc(got.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == AdmissionGate }) {
 			err = errors.New("a dry-run pod came back without Kueue's scheduling gate")
 		}
-		last = err
-		select {
-		case <-k.exited:
-			return fmt.Errorf("kueue exited: %v", k.waitErr)
-		case <-ctx.Done():
-			return fmt.Errorf("kueue's pod webhook never answered: %w (last: %v)", ctx.Err(), last)
-		case <-tick.C:
-		}
-	}
+		return err
+	})
 }
 
 // configYAML is the manager's Configuration: no leader election, no
 // internal certificate management (the certificates are ours), every
-// server on loopback, the pod integration only, for NamespaceLabel=true.
+// server on loopback, one integration (batch/job, or pod with
+// Options.PodIntegration), for NamespaceLabel=true.
 // Its controllers' concurrency is that of Kueue's release manifests
 // (config/components/manager/controller_manager_config.yaml): without it
 // each controller gets controller-runtime's one worker, and under a flood
@@ -412,6 +467,11 @@ func (k *Kueue) waitWebhook(ctx context.Context, cs kubernetes.Interface) error 
 func configYAML(dir string, webhookPort, healthPort, visibilityPort int, opts Options) []byte {
 	gates := opts.FeatureGates
 	sampling, halfLife := opts.UsageSamplingInterval, opts.UsageHalfLife
+	// Kueue runs at least one integration (none listed means batch/job).
+	framework := "batch/job"
+	if opts.PodIntegration {
+		framework = "pod"
+	}
 	if sampling <= 0 {
 		sampling = 10 * time.Second
 	}
@@ -454,11 +514,11 @@ managedJobsNamespaceSelector:
     %s: "true"
 integrations:
   frameworks:
-  - pod
+  - %s
 admissionFairSharing:
   usageSamplingInterval: %s
   usageHalfLifeTime: %s
-`, Namespace, healthPort, webhookPort, filepath.Join(dir, "webhook-certs"), visibilityPort, NamespaceLabel, sampling, halfLife)
+`, Namespace, healthPort, webhookPort, filepath.Join(dir, "webhook-certs"), visibilityPort, NamespaceLabel, framework, sampling, halfLife)
 	if len(gates) > 0 {
 		b.WriteString("featureGates:\n")
 		names := make([]string, 0, len(gates))
@@ -513,10 +573,10 @@ func installCRDs(cfg *rest.Config, dir, convertURL string, caPEM []byte) error {
 }
 
 // installWebhooks creates (or replaces) Kueue's webhook configurations from
-// its manifests.yaml: only the webhooks for kueue.x-k8s.io kinds and for
-// pods, each pointed at baseURL+its path, the pod ones limited to
-// NamespaceLabel=true namespaces.
-func installWebhooks(ctx context.Context, cs kubernetes.Interface, path, baseURL string, caPEM []byte) error {
+// its manifests.yaml: only the webhooks for kueue.x-k8s.io kinds, and with
+// pods those for pods, limited to NamespaceLabel=true namespaces; each
+// pointed at baseURL+its path.
+func installWebhooks(ctx context.Context, cs kubernetes.Interface, path, baseURL string, caPEM []byte, pods bool) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -552,7 +612,7 @@ func installWebhooks(ctx context.Context, cs kubernetes.Interface, path, baseURL
 			found++
 			keep := ours(o.Webhooks, func(w *admissionv1.MutatingWebhook) ([]admissionv1.RuleWithOperations, *admissionv1.WebhookClientConfig, **metav1.LabelSelector) {
 				return w.Rules, &w.ClientConfig, &w.NamespaceSelector
-			}, clientConfig, nsSelector)
+			}, clientConfig, nsSelector, pods)
 			wc := &admissionv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: mutatingName}, Webhooks: keep}
 			if err := replace(ctx, cs.AdmissionregistrationV1().MutatingWebhookConfigurations(), mutatingName, wc); err != nil {
 				return err
@@ -561,7 +621,7 @@ func installWebhooks(ctx context.Context, cs kubernetes.Interface, path, baseURL
 			found++
 			keep := ours(o.Webhooks, func(w *admissionv1.ValidatingWebhook) ([]admissionv1.RuleWithOperations, *admissionv1.WebhookClientConfig, **metav1.LabelSelector) {
 				return w.Rules, &w.ClientConfig, &w.NamespaceSelector
-			}, clientConfig, nsSelector)
+			}, clientConfig, nsSelector, pods)
 			wc := &admissionv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: validatingName}, Webhooks: keep}
 			if err := replace(ctx, cs.AdmissionregistrationV1().ValidatingWebhookConfigurations(), validatingName, wc); err != nil {
 				return err
@@ -576,15 +636,15 @@ func installWebhooks(ctx context.Context, cs kubernetes.Interface, path, baseURL
 
 // ours keeps the webhooks (mutating or validating: fields gives a
 // webhook's rules, client config and namespace selector) of Kueue's own
-// kinds and of pods, pointed at the manager by clientConfig; the pod
-// webhooks only for nsSelector's namespaces.
+// kinds and, with withPods, of pods, pointed at the manager by
+// clientConfig; the pod webhooks only for nsSelector's namespaces.
 func ours[W any](hooks []W, fields func(*W) ([]admissionv1.RuleWithOperations, *admissionv1.WebhookClientConfig, **metav1.LabelSelector),
-	clientConfig func(*admissionv1.ServiceReference) admissionv1.WebhookClientConfig, nsSelector *metav1.LabelSelector) []W {
+	clientConfig func(*admissionv1.ServiceReference) admissionv1.WebhookClientConfig, nsSelector *metav1.LabelSelector, withPods bool) []W {
 	var keep []W
 	for _, w := range hooks {
 		rules, cc, sel := fields(&w)
 		kueueKind, pods := classify(rules)
-		if !kueueKind && !pods {
+		if !kueueKind && !(pods && withPods) {
 			continue
 		}
 		*cc = clientConfig(cc.Service)

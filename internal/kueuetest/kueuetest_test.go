@@ -48,7 +48,7 @@ var (
 // admitted) and the second waits, gated, its Workload pending for quota;
 // deleting the first admits the second.
 func TestPodsQueueThroughKueue(t *testing.T) {
-	k := kueuetest.Start(t, env.ControlPlane, kueuetest.Options{})
+	k := kueuetest.Start(t, env.ControlPlane, kueuetest.Options{PodIntegration: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	dyn := dynamic.NewForConfigOrDie(env.Config)
