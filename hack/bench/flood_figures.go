@@ -29,8 +29,8 @@ func floodFigures(off, on *floodPhase) []Figure {
 	}
 	figs = append(figs, f)
 	for _, ph := range []*floodPhase{off, on} {
-		figs = append(figs, ph.perRunEnded("CPU per run ended (A's and B's), all processes", "ms", 1000, ph.cpu),
-			ph.perRunEnded("API-server writes per run ended (A's and B's)", "writes", 1, ph.writes))
+		figs = append(figs, ph.perRunEnded("CPU per run ended (A's and B's), all processes", "ms", 1000, ph.cpu, 10),
+			ph.perRunEnded("API-server writes per run ended (A's and B's)", "writes", 1, ph.writes, 16))
 	}
 	for _, ph := range []*floodPhase{off, on} {
 		if ph.system == "" {
@@ -47,9 +47,9 @@ func floodFigures(off, on *floodPhase) []Figure {
 // perRunEnded is a figure of ph: the sum of by (the machine's CPU seconds
 // by process, the API server's writes by verb and resource, from A's first
 // trigger to the end of the phase's wait) times scale per run of A's and
-// B's that ended in it, with the ten largest parts of by as its breakdown:
-// where the work goes with Kueue and without.
-func (ph *floodPhase) perRunEnded(name, unit string, scale float64, by map[string]float64) Figure {
+// B's that ended in it, with the parts largest parts of by as its
+// breakdown: where the work goes with Kueue and without.
+func (ph *floodPhase) perRunEnded(name, unit string, scale float64, by map[string]float64, parts int) Figure {
 	ended := 0
 	for _, id := range append(append([]string(nil), ph.a...), ph.b...) {
 		if !ph.seen[id].end.IsZero() {
@@ -60,7 +60,7 @@ func (ph *floodPhase) perRunEnded(name, unit string, scale float64, by map[strin
 	if ended == 0 {
 		return f
 	}
-	for part, v := range top(by, 10) {
+	for part, v := range top(by, parts) {
 		f.Value += v * scale / float64(ended)
 		f.Breakdown[part] = v * scale / float64(ended)
 	}
