@@ -47,6 +47,9 @@ type decision struct {
 	createAttempt int32
 	// createWorkload asks for the run's Kueue Workload (decision.queued).
 	createWorkload bool
+	// quietWorkload: the run's Workload is younger than kueueQuietGrace
+	// and Kueue has not said anything about it yet.
+	quietWorkload bool
 	// deletePod asks to stop the current attempt's pod.
 	deletePod bool
 	// requeueAfter is when time alone changes the decision (deadline, grace).
@@ -364,6 +367,19 @@ func (d *decision) queued(run *jobsv1alpha1.JobRun, o observation, now metav1.Ti
 		if c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued); c != nil && c.Reason == jobsv1alpha1.ReasonWorkloadRefused {
 			return // says why until the next try succeeds
 		}
+		if statusNeverWritten(run) {
+			d.requeue(kueueQuietGrace)
+		}
+	case o.workload.reason == "" && statusNeverWritten(run):
+		// Kueue has not said anything yet: a Workload it admits at once
+		// costs no status write; one it does not look at (a Workload
+		// deep in a backlog, or set aside with others of its shape) is
+		// recorded as queued once kueueQuietGrace has passed.
+		if quiet := o.now.Sub(o.workload.created); quiet < kueueQuietGrace {
+			d.quietWorkload = true
+			// (At most the grace: a clock behind the API server's.)
+			d.requeue(min(kueueQuietGrace-quiet, kueueQuietGrace))
+		}
 	case o.workload.reason != "":
 		reason = conditionReason(o.workload.reason, reason)
 		msg = clipTo(where+": "+o.workload.message, 1024)
@@ -380,8 +396,17 @@ func (d *decision) queued(run *jobsv1alpha1.JobRun, o observation, now metav1.Ti
 func (d *decision) workloadUnrecorded(run *jobsv1alpha1.JobRun) bool {
 	c := meta.FindStatusCondition(d.status.Conditions, jobsv1alpha1.JobRunConditionQueued)
 	return statusNeverWritten(run) && !d.finished && len(d.events) == 0 &&
+		(d.createWorkload || d.quietWorkload) &&
 		c != nil && c.Status == metav1.ConditionTrue && c.Reason == jobsv1alpha1.ReasonWaitingForAdmission
 }
+
+// kueueQuietGrace is how long a new run's Workload may go without a word
+// from Kueue (admitted, or why not) before the run's status records it as
+// queued: Kueue admits a Workload with room within about a second, and
+// Kueue does not write why it waits for every Workload it has not tried
+// yet (nor, with SchedulingEquivalenceHashing, for those set aside with
+// another of their shape); without this such runs had no Queued condition.
+const kueueQuietGrace = 2 * time.Second
 
 // startAttempt asks for the pod of attempt n.
 func (d *decision) startAttempt(run *jobsv1alpha1.JobRun, n int32, now metav1.Time) {

@@ -83,6 +83,8 @@ type workloadObs struct {
 	// reason and message say why it is not admitted yet (its QuotaReserved
 	// condition, or Admitted while admission checks are pending).
 	reason, message string
+	// created is when it was created.
+	created time.Time
 }
 
 // workload reads run's Workload from the cache, or nil.
@@ -124,9 +126,9 @@ func (r *JobRunReconciler) workloadState(ctx context.Context, run *jobsv1alpha1.
 		return nil, err
 	}
 	if status, _, _ := workloadCondition(wl, "Admitted"); status == "True" {
-		return &workloadObs{admitted: true}, nil
+		return &workloadObs{admitted: true, created: wl.GetCreationTimestamp().Time}, nil
 	}
-	obs := &workloadObs{}
+	obs := &workloadObs{created: wl.GetCreationTimestamp().Time}
 	if status, reason, message := workloadCondition(wl, "QuotaReserved"); status == "False" && reason != "" {
 		obs.reason, obs.message = reason, message
 	} else if status == "True" {

@@ -32,7 +32,13 @@ import (
 // system runs (systemPods).
 func kueueQueues(t *testing.T, ns string, teamPods, systemPods int) (KueueQueues, *kueuetest.Kueue) {
 	t.Helper()
-	k := startKueue(t)
+	return kueueQueuesWith(t, ns, teamPods, systemPods, nil)
+}
+
+// kueueQueuesWith is kueueQueues with Kueue's feature gates.
+func kueueQueuesWith(t *testing.T, ns string, teamPods, systemPods int, gates map[string]bool) (KueueQueues, *kueuetest.Kueue) {
+	t.Helper()
+	k := startKueueWith(t, gates)
 	ctx := context.Background()
 	// The test's LocalQueues and Workloads go with it (envtest deletes no
 	// namespace): later tests' Kueue would otherwise keep sampling every
@@ -84,7 +90,13 @@ func kueueQueues(t *testing.T, ns string, teamPods, systemPods int) (KueueQueues
 // so that seconds of use count).
 func startKueue(t *testing.T) *kueuetest.Kueue {
 	t.Helper()
-	return kueuetest.Start(t, env.ControlPlane, kueuetest.Options{UsageSamplingInterval: time.Second, UsageHalfLife: 10 * time.Second})
+	return startKueueWith(t, nil)
+}
+
+// startKueueWith is startKueue with Kueue's feature gates.
+func startKueueWith(t *testing.T, gates map[string]bool) *kueuetest.Kueue {
+	t.Helper()
+	return kueuetest.Start(t, env.ControlPlane, kueuetest.Options{UsageSamplingInterval: time.Second, UsageHalfLife: 10 * time.Second, FeatureGates: gates})
 }
 
 // waitQueued waits until run name is pending with condition Queued of
@@ -239,6 +251,44 @@ func TestRunsQueueThroughKueue(t *testing.T) {
 	poke(t, ns, "run-c")
 	if jr := waitPhase(t, ns, "run-c", jobsv1alpha1.JobRunFailed); finishedReason(jr) != jobsv1alpha1.ReasonStartTimeout {
 		t.Errorf("run-c a start timeout after its admission: reason %q, want %s", finishedReason(jr), jobsv1alpha1.ReasonStartTimeout)
+	}
+}
+
+// TestQueuedWithoutAWordFromKueue: a run whose Workload Kueue never looks
+// at while it waits is still recorded as queued, within kueueQuietGrace.
+// Kueue writes why a Workload waits only when it tries it; with its
+// SchedulingEquivalenceHashing gate, once one Workload does not fit, later
+// ones of the same shape are set aside untried, without a word. Without
+// the grace their runs stayed pending with no Queued condition at all.
+func TestQueuedWithoutAWordFromKueue(t *testing.T) {
+	ns := env.Namespace(t)
+	q, _ := kueueQueuesWith(t, ns, 1, 1, map[string]bool{"SchedulingEquivalenceHashing": true})
+	clock := clocktesting.NewFakeClock(time.Now())
+	startManager(t, ns, clock, WithKueue(q))
+	createJobType(t, ns)
+
+	createRun(t, ns, "run-a")
+	waitAdmitted(t, ns, "run-a-1")
+	// run-b is tried and does not fit: Kueue says so.
+	createRun(t, ns, "run-b")
+	waitQueued(t, ns, "run-b", metav1.ConditionTrue, "Pending")
+	// run-c and run-d have run-b's shape: set aside untried.
+	createRun(t, ns, "run-c")
+	createRun(t, ns, "run-d")
+	for _, name := range []string{"run-c", "run-d"} {
+		workloadOf(t, ns, name)
+	}
+	// (The Workloads' creation times are the API server's: the fake clock,
+	// set at the test's start, moves past them.)
+	clock.SetTime(time.Now().Add(kueueQuietGrace + time.Second))
+	for _, name := range []string{"run-c", "run-d"} {
+		jr := waitQueued(t, ns, name, metav1.ConditionTrue, jobsv1alpha1.ReasonWaitingForAdmission)
+		if c := meta.FindStatusCondition(jr.Status.Conditions, jobsv1alpha1.JobRunConditionQueued); !strings.Contains(c.Message, "LocalQueue jobrun-team-team-1") {
+			t.Errorf("%s's Queued message %q, want its LocalQueue", name, c.Message)
+		}
+		if status, reason, _ := workloadCondition(workloadOf(t, ns, name), "QuotaReserved"); status != "" {
+			t.Logf("%s's Workload has QuotaReserved=%s (%s): Kueue did try it; the test shows less than it means to", name, status, reason)
+		}
 	}
 }
 
