@@ -514,10 +514,9 @@ func TestKueueRestartsLoseNothing(t *testing.T) {
 	}
 	// What the manager owes Kueue after its restart: the ended runs'
 	// Workloads Finished (their quota back), the new run's Workload made.
-	// (Which queued run Kueue admits next is Kueue's: in about half the
-	// runs of this test under a busy CPU, Kueue v0.17.0 admitted neither
-	// run-2 nor run-4 after run-1's Workload finished — it did not look
-	// at its inadmissible Workloads again — until it was restarted below.)
+	// (Which queued run Kueue admits next is Kueue's; run-4's Workload may
+	// be admitted as soon as it is made, and then run-4 is never recorded
+	// queued: nextAdmitted counts a run's pod as its admission.)
 	for _, name := range []string{"run-1", "run-3"} {
 		testenv.Eventually(t, 30*time.Second, func(context.Context) error {
 			if status, _, _ := workloadCondition(workloadOf(t, ns, name), "Finished"); status != "True" {
@@ -568,7 +567,7 @@ func TestKueueRestartsLoseNothing(t *testing.T) {
 }
 
 // nextAdmitted waits until one of the pending runs names is admitted
-// (Queued=False Admitted) and returns it.
+// (Queued=False Admitted, or its first pod exists) and returns it.
 func nextAdmitted(t *testing.T, ns string, names ...string) string {
 	t.Helper()
 	var admitted string
@@ -586,6 +585,17 @@ func nextAdmitted(t *testing.T, ns string, names ...string) string {
 				admitted = name
 				return nil
 			}
+			// A run Kueue admitted at once (within kueueQuietGrace of its
+			// Workload) was never recorded queued: it has its pod and no
+			// Queued condition until its runner writes.
+			err = env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: jobsv1alpha1.PodName(name, 1)}, &corev1.Pod{})
+			switch {
+			case err == nil:
+				admitted = name
+				return nil
+			case !apierrors.IsNotFound(err):
+				return err
+			}
 			queued = append(queued, name)
 		}
 		// Whether Kueue admitted them and the manager missed it, or not.
@@ -600,7 +610,7 @@ func nextAdmitted(t *testing.T, ns string, names ...string) string {
 			conds, _, _ := unstructured.NestedSlice(wl.Object, "status", "conditions")
 			workloads = append(workloads, fmt.Sprintf("%s: %v", name, conds))
 		}
-		return fmt.Errorf("none of %v admitted (pending: %v; their Workloads' conditions: %v)", names, queued, workloads)
+		return fmt.Errorf("none of %v admitted (pending, no pod: %v; their Workloads' conditions: %v)", names, queued, workloads)
 	})
 	return admitted
 }
