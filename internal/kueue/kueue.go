@@ -355,29 +355,19 @@ func (k *Kueue) stop() {
 // waitReady waits for the manager's /readyz, which Kueue makes ready once
 // its webhook server listens.
 func (k *Kueue) waitReady(ctx context.Context) error {
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	var last error
-	for {
+	return k.poll(ctx, "kueue not ready", func() error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, k.HealthURL+"/readyz", nil)
 		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("readyz: %s: %s", resp.Status, bytes.TrimSpace(body))
+		if err != nil {
+			return err
 		}
-		last = err
-		select {
-		case <-k.exited:
-			return fmt.Errorf("kueue exited before it was ready: %v", k.waitErr)
-		case <-ctx.Done():
-			return fmt.Errorf("kueue not ready: %w (last: %v)", ctx.Err(), last)
-		case <-tick.C:
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("readyz: %s: %s", resp.Status, bytes.TrimSpace(body))
 		}
-	}
+		return nil
+	})
 }
 
 // waitWorkloadWebhook waits until the API server calls Kueue's Workload
@@ -400,7 +390,7 @@ func (k *Kueue) waitWorkloadWebhook(ctx context.Context, cfg *rest.Config) error
 		"spec":     map[string]any{"queueName": "probe", "podSets": []any{podSet("a"), podSet("b")}},
 	}}
 	api := dyn.Resource(schema.GroupVersionResource{Group: "kueue.x-k8s.io", Version: "v1beta2", Resource: "workloads"}).Namespace(Namespace)
-	return k.poll(ctx, "Workload", func() error {
+	return k.poll(ctx, "kueue's Workload webhook never answered", func() error {
 		_, err := api.Create(ctx, wl, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		switch {
 		case err == nil:
@@ -413,7 +403,7 @@ func (k *Kueue) waitWorkloadWebhook(ctx context.Context, cfg *rest.Config) error
 }
 
 // poll calls probe every 100 ms until it returns nil, Kueue exits or ctx
-// ends; what names the webhook in the error.
+// ends; what says what the wait was for, in the error.
 func (k *Kueue) poll(ctx context.Context, what string, probe func() error) error {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -424,9 +414,9 @@ func (k *Kueue) poll(ctx context.Context, what string, probe func() error) error
 		}
 		select {
 		case <-k.exited:
-			return fmt.Errorf("kueue exited: %v", k.waitErr)
+			return fmt.Errorf("kueue exited (%s): %v", what, k.waitErr)
 		case <-ctx.Done():
-			return fmt.Errorf("kueue's %s webhook never answered: %w (last: %v)", what, ctx.Err(), last)
+			return fmt.Errorf("%s: %w (last: %v)", what, ctx.Err(), last)
 		case <-tick.C:
 		}
 	}
@@ -446,7 +436,7 @@ func (k *Kueue) waitPodWebhook(ctx context.Context, cs kubernetes.Interface) err
 		ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: probeNS, Labels: map[string]string{QueueLabel: "probe"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "probe"}}},
 	}
-	return k.poll(ctx, "pod", func() error {
+	return k.poll(ctx, "kueue's pod webhook never answered", func() error {
 		got, err := cs.CoreV1().Pods(probeNS).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		if err == nil && !slices.ContainsFunc(got.Spec.SchedulingGates, func(g corev1.PodSchedulingGate) bool { return g.Name == AdmissionGate }) {
 			err = errors.New("a dry-run pod came back without Kueue's scheduling gate")
