@@ -125,10 +125,11 @@ func (r *JobRunReconciler) workloadState(ctx context.Context, run *jobsv1alpha1.
 	if wl == nil || err != nil {
 		return nil, err
 	}
-	if status, _, _ := workloadCondition(wl, "Admitted"); status == "True" {
-		return &workloadObs{admitted: true, created: wl.GetCreationTimestamp().Time}, nil
-	}
 	obs := &workloadObs{created: wl.GetCreationTimestamp().Time}
+	if status, _, _ := workloadCondition(wl, "Admitted"); status == "True" {
+		obs.admitted = true
+		return obs, nil
+	}
 	if status, reason, message := workloadCondition(wl, "QuotaReserved"); status == "False" && reason != "" {
 		obs.reason, obs.message = reason, message
 	} else if status == "True" {

@@ -35,6 +35,7 @@ func (f Figure) logBreakdown() string {
 	}
 	return " (" + breakdown(f.Breakdown) + ")"
 }
+
 func met(ok bool) *bool { return &ok }
 
 func (b *bench) print() {
